@@ -1,0 +1,19 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up .venv on first use.
+.PHONY: demo test lint bench setup
+
+setup:
+	@scripts/bootstrap.sh
+
+demo: setup
+	.venv/bin/aiflow demo
+
+# pytest exits 5 when it collects no test: that is a failure, not a pass.
+test: setup
+	@.venv/bin/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	.venv/bin/ruff check .
+
+bench: setup
+	.venv/bin/python -m bench.planner_speed

@@ -1,0 +1,1 @@
+"""Network state, planning, scheduling, history and the command line."""

@@ -1,0 +1,159 @@
+"""The latency L of one request under an assignment, exactly as docs/planning-model.md defines it.
+
+This evaluator is the single source of truth: the planner's objective, every baseline, `plan
+explain` and the runtime's predicted-vs-measured comparison all use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orchestrator.network import NetworkState
+from profiler.profile import Profile
+
+TermKind = Literal["input", "compute", "transfer", "loop", "edge", "result"]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One addend of L, already multiplied by its phase's repeat count."""
+
+    kind: TermKind
+    phase: str | None
+    seconds: float
+    node: str | None = None          # compute terms
+    src: str | None = None           # transfer terms
+    dst: str | None = None
+    nbytes: float = 0.0
+    units: tuple[int, ...] = ()
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    latency_s: float
+    terms: tuple[Term, ...]
+    compute_s: dict[str, float]
+    transfer_s: dict[str, float]          # per hop "a->b", multi-hop paths split over their hops
+    violations: tuple[str, ...] = field(default=())
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violations and math.isfinite(self.latency_s)
+
+
+def compute_time(profile: Profile, net: NetworkState, unit: int, node: str, phase: str) -> float:
+    """c(u, p) on a node: the unit's latency on the node's hardware class times its slowdown."""
+    n = net.node(node)
+    lat = profile.units[unit].latency_s.get(n.hardware)
+    if lat is None or phase not in lat:
+        return math.inf
+    return lat[phase] * n.slowdown
+
+
+def check_constraints(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> list[str]:
+    """Every constraint of the planning model the assignment breaks, as readable sentences."""
+    problems: list[str] = []
+    if len(assignment) != len(profile.units):
+        return [f"assignment has {len(assignment)} entries for {len(profile.units)} units"]
+    names = set(net.node_names)
+    for u, node in enumerate(assignment):
+        if node not in names:
+            problems.append(f"unit {profile.units[u].name} is assigned to unknown node {node!r}")
+            continue
+        hw = net.node(node).hardware
+        if hw not in profile.units[u].latency_s:
+            problems.append(f"unit {profile.units[u].name} has no latency for hardware {hw!r} (node {node})")
+    if problems:
+        return problems
+    used: dict[str, int] = defaultdict(int)
+    for u, node in enumerate(assignment):
+        used[node] += profile.units[u].mem_bytes
+    for node, total in used.items():
+        cap = net.node(node).mem_bytes
+        if total > cap:
+            problems.append(f"node {node} holds {total:.4g} bytes of units but has {cap:.4g}")
+    for unit_name, allowed in net.constraints.pins.items():
+        try:
+            u = profile.unit_index(unit_name)
+        except KeyError:
+            continue
+        if assignment[u] not in allowed:
+            problems.append(f"unit {unit_name} is pinned to {allowed} but placed on {assignment[u]}")
+    if net.constraints.raw_input_stays_on_source:
+        for ph in profile.active_phases:
+            if ph.input == "source" and assignment[ph.first] != net.source:
+                problems.append(
+                    f"phase {ph.name} takes raw input but its first unit runs on {assignment[ph.first]}, "
+                    f"not the source {net.source}"
+                )
+    return problems
+
+
+def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> Evaluation:
+    """L of the assignment with every term; infeasible assignments get their violations listed."""
+    violations = check_constraints(profile, net, assignment)
+    if violations and len(assignment) != len(profile.units):
+        return Evaluation(math.inf, (), {}, {}, tuple(violations))
+    terms: list[Term] = []
+
+    def transfer(kind: TermKind, phase: str | None, src: str, dst: str, nbytes: float, repeat: int,
+                 units: tuple[int, ...] = ()) -> None:
+        if src == dst:
+            return
+        t = net.transfer_time(src, dst, nbytes)
+        terms.append(Term(kind, phase, repeat * t, src=src, dst=dst, nbytes=nbytes, units=units, repeat=repeat))
+
+    for ph in profile.active_phases:
+        r = ph.repeat
+        first_node = assignment[ph.first]
+        if ph.input == "source":
+            transfer("input", ph.name, net.source, first_node, ph.in_bytes, r, (ph.first,))
+        elif ph.input == "loop":
+            transfer("loop", ph.name, assignment[ph.last], first_node, ph.in_bytes, r, (ph.last, ph.first))
+        for u in range(ph.first, ph.last + 1):
+            c = compute_time(profile, net, u, assignment[u], ph.name)
+            terms.append(Term("compute", ph.name, r * c, node=assignment[u], units=(u,), repeat=r))
+            if u < ph.last:
+                nbytes = profile.units[u].out_bytes.get(ph.name, 0.0)
+                transfer("transfer", ph.name, assignment[u], assignment[u + 1], nbytes, r, (u, u + 1))
+    for e in profile.edges:
+        src = assignment[e.from_]
+        for m in dict.fromkeys(assignment[t] for t in e.to):
+            transfer("edge", None, src, m, e.bytes, 1, (e.from_,))
+    active = profile.active_phases
+    if active:
+        transfer("result", None, assignment[active[-1].last], net.sink_node, profile.result_bytes, 1,
+                 (active[-1].last,))
+
+    compute: dict[str, float] = defaultdict(float)
+    hops: dict[str, float] = defaultdict(float)
+    for t in terms:
+        if t.kind == "compute":
+            compute[t.node] += t.seconds  # type: ignore[index]
+        elif math.isfinite(t.seconds):
+            for a, b in net.route(t.src, t.dst, t.nbytes):  # type: ignore[arg-type]
+                hops[f"{a}->{b}"] += t.repeat * net.hop_time(a, b, t.nbytes)
+    total = math.fsum(t.seconds for t in terms)
+    if not math.isfinite(total):
+        violations.append("some transfer has no network path or some unit has no latency on its node")
+    return Evaluation(total, tuple(terms), dict(compute), dict(hops), tuple(violations))
+
+
+def throughput_bottleneck(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> float:
+    """The busiest resource's seconds per request: a node's compute, or one direction of a link's
+    serialisation time (8 * bytes / bandwidth; propagation latency does not occupy the link)."""
+    ev = evaluate(profile, net, assignment)
+    busy: dict[str, float] = defaultdict(float, ev.compute_s)
+    for t in ev.terms:
+        if t.kind == "compute" or t.src is None or not math.isfinite(t.seconds):
+            continue
+        for a, b in net.route(t.src, t.dst, t.nbytes):  # type: ignore[arg-type]
+            link_bw = max(link.bandwidth_bps for i, j, link in net.directed_links()
+                          if net.node_names[i] == a and net.node_names[j] == b)
+            busy[f"{a}->{b}"] += t.repeat * 8.0 * t.nbytes / link_bw
+    return max(busy.values(), default=0.0)

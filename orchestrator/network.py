@@ -1,0 +1,184 @@
+"""NetworkState: nodes, links and placement constraints, in the `aiflow.network/v1` format.
+
+Also the transfer time tau(i, j, b) of the planning model: the cheapest store-and-forward path,
+summing `latency_s + 8 * b / bandwidth_bps` over its links.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PrivateAttr, model_validator
+
+from profiler.fileio import dump_json, load_document, parse_document
+
+NETWORK_FORMAT = "aiflow.network/v1"
+
+Tier = Literal["device", "edge", "cloud"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+class Node(_Frozen):
+    name: str = Field(min_length=1)
+    hardware: str = Field(min_length=1)
+    mem_bytes: PositiveFloat
+    slowdown: float = Field(default=1.0, ge=1.0)
+    tier: Tier | None = None
+    # host:port of a worker that already runs elsewhere; absent means "start one on this machine".
+    address: str | None = None
+
+
+class Link(_Frozen):
+    a: str
+    b: str
+    bandwidth_bps: PositiveFloat
+    latency_s: NonNegativeFloat = 0.0
+    directed: bool = False
+    # Optional bandwidth trace (seconds<TAB>Mbit/s) replayed by the runtime's emulated link.
+    trace: str | None = None
+
+
+class Constraints(_Frozen):
+    raw_input_stays_on_source: bool = False
+    pins: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class NetworkState(_Frozen):
+    format: Literal["aiflow.network/v1"] = NETWORK_FORMAT
+    source: str
+    sink: str | None = None
+    nodes: list[Node] = Field(min_length=1)
+    links: list[Link] = Field(default_factory=list)
+    constraints: Constraints = Field(default_factory=Constraints)
+    # Route tables per message size; the state is immutable, so they never go stale.
+    _route_cache: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> NetworkState:
+        names = [n.name for n in self.nodes]
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                raise ValueError(f"nodes[{i}].name: duplicate node {n!r}")
+            seen.add(n)
+        if self.source not in seen:
+            raise ValueError(f"source: unknown node {self.source!r}")
+        if self.sink is not None and self.sink not in seen:
+            raise ValueError(f"sink: unknown node {self.sink!r}")
+        for i, link in enumerate(self.links):
+            for end in ("a", "b"):
+                if getattr(link, end) not in seen:
+                    raise ValueError(f"links[{i}].{end}: unknown node {getattr(link, end)!r}")
+            if link.a == link.b:
+                raise ValueError(f"links[{i}]: a link from {link.a!r} to itself")
+        for unit, pinned in self.constraints.pins.items():
+            for n in pinned:
+                if n not in seen:
+                    raise ValueError(f"constraints.pins.{unit}: unknown node {n!r}")
+        return self
+
+    # -- derived views -------------------------------------------------------------------------
+    @property
+    def sink_node(self) -> str:
+        return self.sink or self.source
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def index(self, name: str) -> int:
+        return self.node_names.index(name)
+
+    def directed_links(self) -> list[tuple[int, int, Link]]:
+        """Every usable direction of every link as (from index, to index, link)."""
+        out = []
+        for link in self.links:
+            i, j = self.index(link.a), self.index(link.b)
+            out.append((i, j, link))
+            if not link.directed:
+                out.append((j, i, link))
+        return out
+
+    def transfer_matrix(self, nbytes: float) -> tuple[tuple[float, ...], ...]:
+        """tau(i, j, nbytes) for all node pairs (math.inf where no path exists)."""
+        return self._routes(float(nbytes))[0]
+
+    def transfer_time(self, src: str, dst: str, nbytes: float) -> float:
+        return self.transfer_matrix(nbytes)[self.index(src)][self.index(dst)]
+
+    def route(self, src: str, dst: str, nbytes: float) -> list[tuple[str, str]]:
+        """The hops (from, to) of the cheapest path for a message of `nbytes`; [] when src == dst."""
+        nxt = self._routes(float(nbytes))[1]
+        i, j = self.index(src), self.index(dst)
+        if i == j:
+            return []
+        if nxt[i][j] < 0:
+            raise ValueError(f"no path from {src} to {dst}")
+        hops = []
+        names = self.node_names
+        while i != j:
+            k = nxt[i][j]
+            hops.append((names[i], names[k]))
+            i = k
+        return hops
+
+    def hop_time(self, a: str, b: str, nbytes: float) -> float:
+        """Time of one direct hop a -> b (the fastest direct link when several exist)."""
+        best = math.inf
+        ia, ib = self.index(a), self.index(b)
+        for i, j, link in self.directed_links():
+            if (i, j) == (ia, ib):
+                best = min(best, link.latency_s + 8.0 * nbytes / link.bandwidth_bps)
+        return best
+
+
+    def _routes(self, nbytes: float) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[int, ...], ...]]:
+        """Floyd-Warshall for one message size: (times, next hop). Networks are small (tens of nodes)."""
+        cached = self._route_cache.get(nbytes)
+        if cached is not None:
+            return cached
+        n = len(self.nodes)
+        d = [[0.0 if i == j else math.inf for j in range(n)] for i in range(n)]
+        nxt = [[j if i == j else -1 for j in range(n)] for i in range(n)]
+        for i, j, link in self.directed_links():
+            t = link.latency_s + 8.0 * nbytes / link.bandwidth_bps
+            if t < d[i][j]:
+                d[i][j] = t
+                nxt[i][j] = j
+        for k in range(n):
+            dk = d[k]
+            for i in range(n):
+                dik = d[i][k]
+                if dik == math.inf:
+                    continue
+                di = d[i]
+                for j in range(n):
+                    if dik + dk[j] < di[j]:
+                        di[j] = dik + dk[j]
+                        nxt[i][j] = nxt[i][k]
+        result = tuple(tuple(r) for r in d), tuple(tuple(r) for r in nxt)
+        self._route_cache[nbytes] = result
+        return result
+
+
+def load_network(path: str | Path) -> NetworkState:
+    return load_document(NetworkState, path, NETWORK_FORMAT)
+
+
+def parse_network(data: dict, source: str = "network") -> NetworkState:
+    return parse_document(NetworkState, data, NETWORK_FORMAT, source)
+
+
+def save_network(net: NetworkState, path: str | Path) -> None:
+    dump_json(net, path)

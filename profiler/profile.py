@@ -1,0 +1,131 @@
+"""The Profile: what every unit of a model costs, in the `aiflow.profile/v1` format.
+
+The format is the contract in docs/profile-format.md (from the planning model): latencies are seconds
+for ONE pass of a unit in a phase on a hardware class, bytes are bytes, FLOPs count a multiply-add
+as two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, model_validator
+
+from profiler.fileio import dump_json, load_document, parse_document
+
+PROFILE_FORMAT = "aiflow.profile/v1"
+
+PhaseInput = Literal["source", "none", "loop"]
+EntrySource = Literal["measured", "estimated", "given"]
+
+
+class _Frozen(BaseModel):
+    # Extra fields are kept: the formats may gain fields, and a round trip must not drop them.
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+
+class Unit(_Frozen):
+    name: str = Field(min_length=1)
+    param_bytes: NonNegativeInt
+    mem_bytes: NonNegativeInt
+    flops: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    out_bytes: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    latency_s: dict[str, dict[str, NonNegativeFloat]] = Field(default_factory=dict)
+    # Per hardware class: whether its latencies were measured there or estimated (roofline).
+    source: dict[str, EntrySource] = Field(default_factory=dict)
+    # Per hardware class and phase: relative spread (p90 - p10) / median of the timed runs.
+    spread: dict[str, dict[str, NonNegativeFloat]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mem_covers_params(self) -> Unit:
+        if self.mem_bytes < self.param_bytes:
+            raise ValueError(f"mem_bytes ({self.mem_bytes}) is smaller than param_bytes ({self.param_bytes})")
+        return self
+
+
+class Phase(_Frozen):
+    name: str = Field(min_length=1)
+    first: NonNegativeInt
+    last: NonNegativeInt
+    repeat: NonNegativeInt = 1
+    input: PhaseInput = "none"
+    in_bytes: NonNegativeFloat = 0.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Phase:
+        if self.last < self.first:
+            raise ValueError(f"last ({self.last}) is before first ({self.first})")
+        return self
+
+
+class Edge(_Frozen):
+    from_: NonNegativeInt = Field(alias="from")
+    to: list[NonNegativeInt] = Field(min_length=1)
+    bytes: NonNegativeFloat
+
+
+class Profile(_Frozen):
+    format: Literal["aiflow.profile/v1"] = PROFILE_FORMAT
+    model: str = Field(min_length=1)
+    units: list[Unit] = Field(min_length=1)
+    phases: list[Phase] = Field(min_length=1)
+    edges: list[Edge] = Field(default_factory=list)
+    result_bytes: NonNegativeFloat = 0.0
+    # Optional provenance: hardware fingerprints, the input spec, whether weights were trained.
+    hardware: dict[str, dict[str, object]] = Field(default_factory=dict)
+    input: dict[str, object] = Field(default_factory=dict)
+    weights: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        n = len(self.units)
+        names = set()
+        for i, u in enumerate(self.units):
+            if u.name in names:
+                raise ValueError(f"units[{i}].name: duplicate unit name {u.name!r}")
+            names.add(u.name)
+        for k, ph in enumerate(self.phases):
+            if ph.last >= n:
+                raise ValueError(f"phases[{k}].last: {ph.last} is out of range (the profile has {n} units)")
+        for k, e in enumerate(self.edges):
+            for idx in [e.from_, *e.to]:
+                if idx >= n:
+                    raise ValueError(f"edges[{k}]: unit {idx} is out of range (the profile has {n} units)")
+        for i, u in enumerate(self.units):
+            for hw, per_phase in u.latency_s.items():
+                for ph in self.phases:
+                    if ph.repeat > 0 and ph.first <= i <= ph.last and ph.name not in per_phase:
+                        raise ValueError(f"units[{i}].latency_s.{hw}: no latency for phase {ph.name!r}")
+        return self
+
+    # -- derived views -------------------------------------------------------------------------
+    @property
+    def active_phases(self) -> list[Phase]:
+        return [p for p in self.phases if p.repeat > 0]
+
+    @property
+    def hardware_classes(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for u in self.units:
+            for hw in u.latency_s:
+                seen.setdefault(hw, None)
+        return list(seen)
+
+    def unit_index(self, name: str) -> int:
+        for i, u in enumerate(self.units):
+            if u.name == name:
+                return i
+        raise KeyError(name)
+
+
+def load_profile(path: str | Path) -> Profile:
+    return load_document(Profile, path, PROFILE_FORMAT)
+
+
+def parse_profile(data: dict, source: str = "profile") -> Profile:
+    return parse_document(Profile, data, PROFILE_FORMAT, source)
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    dump_json(profile, path)

@@ -1,0 +1,1 @@
+"""Workers that execute a plan's units and move activations between nodes."""
