@@ -1,0 +1,51 @@
+"""The `aiflow` command line. Each sub-module owns one command group and registers it here.
+
+Bad input anywhere (an InputError) is printed as one line and exits with code 2, never a traceback;
+set AIFLOW_DEBUG=1 to see tracebacks of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from profiler.errors import InputError
+
+app = typer.Typer(
+    name="aiflow",
+    help="Split neural-network inference across device, edge and cloud.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+err_console = Console(stderr=True)
+
+
+def _register() -> None:
+    # Imported here so that `aiflow --help` stays quick and each module stays independent.
+    from orchestrator.cli import commands
+
+    commands.register(app)
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except InputError as exc:
+        err_console.print(f"[bold red]aiflow: error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("aiflow: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("AIFLOW_DEBUG"):
+            raise
+        err_console.print(f"[bold red]aiflow: internal error:[/] {type(exc).__name__}: {exc} "
+                          "(set AIFLOW_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
