@@ -10,7 +10,15 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PrivateAttr,
+    model_validator,
+)
 
 from profiler.fileio import dump_json, load_document, parse_document
 
@@ -141,7 +149,6 @@ class NetworkState(_Frozen):
             if (i, j) == (ia, ib):
                 best = min(best, link.latency_s + 8.0 * nbytes / link.bandwidth_bps)
         return best
-
 
     def _routes(self, nbytes: float) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[int, ...], ...]]:
         """Floyd-Warshall for one message size: (times, next hop). Networks are small (tens of nodes)."""
