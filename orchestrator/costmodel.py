@@ -97,7 +97,9 @@ def check_constraints(profile: Profile, net: NetworkState, assignment: Sequence[
 def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> Evaluation:
     """L of the assignment with every term; infeasible assignments get their violations listed."""
     violations = check_constraints(profile, net, assignment)
-    if violations and len(assignment) != len(profile.units):
+    names = set(net.node_names)
+    if violations and (len(assignment) != len(profile.units) or any(n not in names for n in assignment)):
+        # Nothing can be evaluated on a node that does not exist.
         return Evaluation(math.inf, (), {}, {}, tuple(violations))
     terms: list[Term] = []
 
@@ -144,6 +146,23 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
     return Evaluation(total, tuple(terms), dict(compute), dict(hops), tuple(violations))
 
 
+def serialisation_s(net: NetworkState, src: str, dst: str, nbytes: float) -> dict[str, float]:
+    """Seconds one message of `nbytes` occupies each hop "a->b" of its route src -> dst: 8 * bytes over the
+    bandwidth of the link that hop uses (the one `hop_time` picks; propagation latency occupies no link)."""
+    out: dict[str, float] = {}
+    for a, b in net.route(src, dst, nbytes):
+        ia, ib = net.index(a), net.index(b)
+        best, bw = math.inf, 0.0
+        for i, j, link in net.directed_links():
+            if (i, j) == (ia, ib):
+                t = link.latency_s + 8.0 * nbytes / link.bandwidth_bps
+                if t < best:
+                    best, bw = t, link.bandwidth_bps
+        key = f"{a}->{b}"
+        out[key] = out.get(key, 0.0) + 8.0 * nbytes / bw
+    return out
+
+
 def throughput_bottleneck(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> float:
     """The busiest resource's seconds per request: a node's compute, or one direction of a link's
     serialisation time (8 * bytes / bandwidth; propagation latency does not occupy the link)."""
@@ -152,8 +171,6 @@ def throughput_bottleneck(profile: Profile, net: NetworkState, assignment: Seque
     for t in ev.terms:
         if t.kind == "compute" or t.src is None or not math.isfinite(t.seconds):
             continue
-        for a, b in net.route(t.src, t.dst, t.nbytes):  # type: ignore[arg-type]
-            link_bw = max(link.bandwidth_bps for i, j, link in net.directed_links()
-                          if net.node_names[i] == a and net.node_names[j] == b)
-            busy[f"{a}->{b}"] += t.repeat * 8.0 * t.nbytes / link_bw
+        for hop, s in serialisation_s(net, t.src, t.dst, t.nbytes).items():  # type: ignore[arg-type]
+            busy[hop] += t.repeat * s
     return max(busy.values(), default=0.0)
