@@ -34,6 +34,9 @@ class EncoderDecoderAdapter(ModelAdapter):
     def __init__(self, model: VisionEncoderDecoderModel, name: str, weights: str, codec: TextCodec,
                  eos_token_id: int | None, decoder_start_token_id: int) -> None:
         super().__init__(model, name, weights)
+        # ViTModel's pooler is computed by the HF forward but never read by the decoder: drop it so
+        # the model's parameters are exactly those of its units.
+        model.encoder.pooler = None
         proj = model.enc_to_dec_proj if projects_encoder_output(model) else None
         self.vision = ViTStack(model.encoder, extra_norm=proj)
         self.text = GPT2Stack(model.decoder)
