@@ -1,0 +1,93 @@
+"""`aiflow caption` (caption image files) and `aiflow train-captioner` (reproduce tiny-captioner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from profiler.errors import InputError
+
+console = Console()
+
+
+def caption(
+    images: list[Path] = typer.Argument(..., help="PNG/JPEG files of any size.", show_default=False),
+    model: str = typer.Option("tiny-captioner", "--model", help="Built-in captioner name or a model folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption, scene}."),
+    network: Path | None = typer.Option(None, "--network", help="Network file: caption through workers."),
+    plan: Path | None = typer.Option(None, "--plan", help="Plan file: where each unit runs (with --network)."),
+) -> None:
+    """Caption images with the unsplit model (greedy), or through workers with --network and --plan."""
+    from profiler.captioner.inference import caption_files
+    from profiler.captioner.parse import try_parse
+
+    if (network is None) != (plan is None):
+        raise InputError("--network/--plan: give both to caption through workers, or neither")
+    if network is not None and plan is not None:
+        captions = _distributed(images, model, network, plan)
+    else:
+        captions = caption_files(images, model)
+    if as_json:
+        rows = []
+        for path, text in zip(images, captions, strict=True):
+            scene = try_parse(text)
+            rows.append({"image": str(path), "caption": text, "scene": scene.key() if scene else None})
+        print(json.dumps(rows, indent=2))
+    else:
+        for path, text in zip(images, captions, strict=True):
+            console.print(f"{path}: {text}", highlight=False, soft_wrap=True)
+
+
+def _distributed(images: list[Path], model: str, network: Path, plan: Path) -> list[str]:
+    """The hook for split execution: runtime.client.caption_distributed(images=, model=, network=, plan=)
+    returns one caption per image. Until the runtime provides it, this is a one-line error."""
+    try:
+        from runtime import client
+    except ImportError:
+        client = None
+    fn = getattr(client, "caption_distributed", None)
+    if fn is None:
+        raise InputError("--network/--plan: distributed captioning needs the runtime (runtime.client."
+                         "caption_distributed is not available)")
+    return list(fn(images=[str(p) for p in images], model=model, network=str(network), plan=str(plan)))
+
+
+def train_captioner(
+    steps: int = typer.Option(4000, "--steps", help="Optimiser steps (batch 64)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data generator and of the initial weights."),
+    out: Path = typer.Option(Path("tiny-captioner"), "--out", help="Folder to write the trained model to."),
+) -> None:
+    """Train tiny-captioner from scratch on generated scenes and save it with its training record."""
+    from profiler.captioner.train import Progress as Step
+    from profiler.captioner.train import TrainOptions, train
+
+    if steps < 1:
+        raise InputError(f"--steps: must be at least 1, got {steps}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a folder")
+    opts = TrainOptions(steps=steps, seed=seed)
+    columns = (TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("train", total=steps, info="")
+
+        def show(p: Step) -> None:
+            bar.update(task, completed=p.step, info=f"loss {p.train_loss:.3f}")
+            if p.val_loss is not None:
+                bar.console.print(f"step {p.step}: train loss {p.train_loss:.3f}, val loss {p.val_loss:.3f}, "
+                                  f"val scene accuracy {p.val_scene_accuracy:.1%}", highlight=False)
+
+        record = train(opts, out, show)
+    test = record["test"]
+    console.print(f"saved {out} ({record['parameters']:,} parameters, {record['train_seconds']:.0f} s of training)")
+    console.print(f"test ({test['scenes']} held-out scenes): scene accuracy {test['scene_accuracy']:.1%}, "
+                  f"BLEU-4 {test['bleu4']:.3f}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("caption")(caption)
+    app.command("train-captioner")(train_captioner)
