@@ -1,0 +1,160 @@
+"""History queries: SQL over the store's rows, returning plain rows (dicts of JSON-ready values).
+
+Every query lists the newest rows first. The CLI (`aiflow history ...`) prints them as a table,
+JSON or CSV; other code (the daemon, benchmarks) can call them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+from sqlalchemy import Connection, Select, func, select
+
+from orchestrator.store.tables import (
+    HardwareClass,
+    Model,
+    PlanApplication,
+    PlanRow,
+    ProbeRow,
+    ProfileHardware,
+    ProfileRow,
+    ProfileUnit,
+    RunRow,
+)
+from profiler.errors import InputError
+
+HistoryKind = Literal["profiles", "plans", "solves", "runs", "probes"]
+HISTORY_KINDS: tuple[str, ...] = get_args(HistoryKind)
+Row = dict[str, Any]
+
+# The columns each query returns, in order (also the CSV header of an empty result).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "profiles": ("id", "created_at", "model", "hardware", "units", "param_bytes", "mem_bytes", "weights"),
+    "plans": ("id", "created_at", "model", "objective", "status", "predicted_latency_s", "placement", "applied_at",
+              "runs"),
+    "solves": ("id", "created_at", "model", "profile_id", "network_id", "objective", "solver", "status",
+               "solve_time_s", "gap", "predicted_latency_s"),
+    "runs": ("id", "created_at", "model", "plan_id", "strategy", "measured_s", "predicted_s", "ratio", "output"),
+    "probes": ("id", "measured_at", "link", "bandwidth_bps", "latency_s"),
+}
+
+
+def _ordered(kind: str, row: Row) -> Row:
+    return {k: row[k] for k in COLUMNS[kind]}
+
+
+def _limited(q: Select, limit: int | None) -> Select:
+    return q if limit is None else q.limit(limit)
+
+
+def profiles(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """Stored profiles: model, hardware classes, unit count and total parameter and memory bytes."""
+    totals = (select(ProfileUnit.profile_id, func.sum(ProfileUnit.param_bytes).label("param_bytes"),
+                     func.sum(ProfileUnit.mem_bytes).label("mem_bytes"))
+              .group_by(ProfileUnit.profile_id).subquery())
+    q = (select(ProfileRow.id, ProfileRow.created_at, Model.name.label("model"), ProfileRow.n_units.label("units"),
+                totals.c.param_bytes, totals.c.mem_bytes, Model.weights)
+         .join(Model, Model.id == ProfileRow.model_id)
+         .outerjoin(totals, totals.c.profile_id == ProfileRow.id)
+         .order_by(ProfileRow.id.desc()))
+    if model is not None:
+        q = q.where(Model.name == model)
+    rows = [dict(r._mapping) for r in conn.execute(_limited(q, limit))]
+    hw_q = (select(ProfileHardware.profile_id, HardwareClass.name)
+            .join(HardwareClass, HardwareClass.id == ProfileHardware.hardware_class_id)
+            .where(ProfileHardware.profile_id.in_([r["id"] for r in rows])).order_by(HardwareClass.name))
+    hardware: dict[int, list[str]] = {}
+    for pid, name in conn.execute(hw_q):
+        hardware.setdefault(pid, []).append(name)
+    for r in rows:
+        r["hardware"] = ",".join(hardware.get(r["id"], []))
+        r["param_bytes"] = int(r["param_bytes"] or 0)
+        r["mem_bytes"] = int(r["mem_bytes"] or 0)
+    return [_ordered("profiles", r) for r in rows]
+
+
+def plans(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """Stored plans: where the units went, the predicted latency, when applied and how often run."""
+    applied = (select(PlanApplication.plan_id, func.max(PlanApplication.applied_at).label("applied_at"))
+               .group_by(PlanApplication.plan_id).subquery())
+    runs = select(RunRow.plan_id, func.count().label("runs")).group_by(RunRow.plan_id).subquery()
+    q = (select(PlanRow.id, PlanRow.created_at, Model.name.label("model"), PlanRow.objective, PlanRow.status,
+                PlanRow.predicted_latency_s, PlanRow.document, applied.c.applied_at, runs.c.runs)
+         .join(Model, Model.id == PlanRow.model_id)
+         .outerjoin(applied, applied.c.plan_id == PlanRow.id)
+         .outerjoin(runs, runs.c.plan_id == PlanRow.id)
+         .order_by(PlanRow.id.desc()))
+    if model is not None:
+        q = q.where(Model.name == model)
+    out = []
+    for r in conn.execute(_limited(q, limit)):
+        row = dict(r._mapping)
+        row["placement"] = placement_summary(row.pop("document").get("assignment", []))
+        row["runs"] = int(row["runs"] or 0)
+        out.append(_ordered("plans", row))
+    return out
+
+
+def solves(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """Every solve: solver, status, solve time and gap, with the profile and network it used."""
+    q = (select(PlanRow.id, PlanRow.created_at, Model.name.label("model"), PlanRow.profile_id, PlanRow.network_id,
+                PlanRow.objective, PlanRow.solver, PlanRow.status, PlanRow.solve_time_s, PlanRow.gap,
+                PlanRow.predicted_latency_s)
+         .join(Model, Model.id == PlanRow.model_id).order_by(PlanRow.id.desc()))
+    if model is not None:
+        q = q.where(Model.name == model)
+    return [_ordered("solves", dict(r._mapping)) for r in conn.execute(_limited(q, limit))]
+
+
+def runs(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """Executed requests: measured against predicted latency, and what came out."""
+    q = (select(RunRow.id, RunRow.created_at, Model.name.label("model"), RunRow.plan_id, RunRow.strategy,
+                RunRow.measured_s, RunRow.predicted_s, RunRow.output)
+         .outerjoin(Model, Model.id == RunRow.model_id).order_by(RunRow.id.desc()))
+    if model is not None:
+        q = q.where(Model.name == model)
+    out = []
+    for r in conn.execute(_limited(q, limit)):
+        row = dict(r._mapping)
+        pred = row["predicted_s"]
+        row["ratio"] = row["measured_s"] / pred if pred else None
+        out.append(_ordered("runs", row))
+    return out
+
+
+def probes(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """Link measurements, newest first."""
+    if model is not None:
+        raise InputError("--model: probes measure links, not models; leave --model out for probes")
+    q = (select(ProbeRow.id, ProbeRow.measured_at, ProbeRow.link, ProbeRow.bandwidth_bps, ProbeRow.latency_s)
+         .order_by(ProbeRow.measured_at.desc(), ProbeRow.id.desc()))
+    return [_ordered("probes", dict(r._mapping)) for r in conn.execute(_limited(q, limit))]
+
+
+QUERIES: dict[str, Callable[..., list[Row]]] = {
+    "profiles": profiles, "plans": plans, "solves": solves, "runs": runs, "probes": probes,
+}
+
+
+def history(conn: Connection, kind: str, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """Rows of one history kind (see HISTORY_KINDS)."""
+    try:
+        query = QUERIES[kind]
+    except KeyError:
+        raise InputError(f"history kind {kind!r}: expected one of {', '.join(HISTORY_KINDS)}") from None
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit: must be at least 1, got {limit}")
+    return query(conn, limit=limit, model=model)
+
+
+def placement_summary(assignment: list[str]) -> str:
+    """Runs of consecutive units on one node: "phone[0-3] edge[4-9] cloud[10-11]"."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(assignment) + 1):
+        if i == len(assignment) or assignment[i] != assignment[start]:
+            span = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
+            parts.append(f"{assignment[start]}[{span}]")
+            start = i
+    return " ".join(parts)
