@@ -1,0 +1,191 @@
+"""Building a Profile: run a model unit by unit on this machine and record what each unit costs.
+
+The walk follows one request: every phase in order, every unit of the phase in order, each unit fed
+the real output of the unit before it, sharing one request state (the encoder output, the KV cache),
+so the cache a decode step sees is the one the prefill really left. For each (unit, phase):
+
+- flops: fvcore on exactly that unit (profiler.flops), attention included, multiply-add = 2;
+- latency: median of timed runs of that unit alone, each on a fresh copy of the state
+  (profiler.measure); a decode step is one token at position = the tokens the prefill cached;
+- out_bytes: the size of the tensor the unit returned;
+- the state bytes the unit added (its KV cache growth), and the largest tensor any of its submodules
+  produced (forward hooks);
+- bytes_moved (an extra field the roofline estimator reads): weights read in full (embedding tables
+  excepted: a lookup reads only its rows) + input + output + the KV cache the unit holds after the pass.
+
+Per unit then: param_bytes (its modules' parameters and buffers), and
+mem_bytes = param_bytes + KV cache at the request's maximum length (prompt + new tokens) + the
+largest activation it holds at once (its input plus its largest intermediate or output tensor).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from profiler.adapters.base import InputSpec, ModelAdapter
+from profiler.errors import InputError
+from profiler.flops import count_unit
+from profiler.hardware import fingerprint, hardware_class, measure_mem_bandwidth, measure_peak_flops
+from profiler.measure import LargestOutput, held_bytes, param_bytes, streamed_param_bytes, time_unit_step
+from profiler.profile import Edge, Phase, Profile, Unit
+
+TOKEN_ID_BYTES = 8          # a sampled token travels as one int64 id
+ProgressFn = Callable[[int, int, str], None]   # (steps done, steps in all, what is being measured)
+
+
+@dataclass
+class _UnitRecord:
+    flops: dict[str, float] = field(default_factory=dict)
+    out_bytes: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)
+    bytes_moved: dict[str, float] = field(default_factory=dict)
+    kv_bytes: float = 0.0           # KV cache held at the request's maximum length
+    cache_now: int = 0              # state bytes this unit holds at this point of the walk
+    activation: int = 0             # largest input + intermediate it holds at once
+
+
+INPUT_KEYS = {"image": "image_size", "prompt": "prompt_tokens", "new": "new_tokens", "batch": "batch"}
+
+
+def parse_input_spec(text: str | None, where: str = "--input") -> InputSpec:
+    """`image=64,prompt=16,new=16` (any subset, any order) -> InputSpec; anything else is an InputError."""
+    if text is None or not text.strip():
+        return InputSpec()
+    values: dict[str, int] = {}
+    for part in text.split(","):
+        key, sep, raw = part.strip().partition("=")
+        key = key.strip()
+        if not sep or key not in INPUT_KEYS:
+            raise InputError(f"{where}: {part.strip()!r}: expected KEY=N with KEY one of {', '.join(INPUT_KEYS)}")
+        if INPUT_KEYS[key] in values:
+            raise InputError(f"{where}: {key}: given twice")
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise InputError(f"{where}: {key}: {raw.strip()!r} is not a whole number") from None
+        if value < 1:
+            raise InputError(f"{where}: {key}: must be at least 1, got {value}")
+        values[INPUT_KEYS[key]] = value
+    return InputSpec(**values)
+
+
+def _spec_dict(spec: InputSpec, image_size: int | None, uses_prompt: bool) -> dict[str, object]:
+    out: dict[str, object] = {"new_tokens": spec.new_tokens, "batch": spec.batch}
+    if uses_prompt:
+        out["prompt_tokens"] = spec.prompt_tokens
+    if image_size is not None or spec.image_size is not None:
+        out["image_size"] = spec.image_size or image_size
+    return out
+
+
+def machine_info(repeats: int, warmup: int) -> dict[str, object]:
+    """The fingerprint plus this machine's own roofline (matmul peak, copy bandwidth) for calibration."""
+    info = dict(fingerprint())
+    info["peak_flops_measured"] = measure_peak_flops()
+    info["mem_bandwidth_measured"] = measure_mem_bandwidth()
+    info["repeats"] = repeats
+    info["warmup"] = warmup
+    info["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return info
+
+
+def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | None = None, repeats: int = 10,
+                  warmup: int = 2, progress: ProgressFn | None = None) -> Profile:
+    """Profile `adapter` for requests shaped like `spec`; latencies are keyed by `hardware` (default: this
+    machine's class, e.g. "cpu-2c")."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    info = machine_info(repeats, warmup)
+    hw = hardware or hardware_class(info)
+    unit_infos = adapter.units()
+    phase_infos = adapter.phases(spec)
+    edge_infos = adapter.edges()
+    n = len(unit_infos)
+    params = [param_bytes(adapter.unit_modules(i)) for i in range(n)]
+    streamed = [streamed_param_bytes(adapter.unit_modules(i)) for i in range(n)]
+    recs = [_UnitRecord() for _ in range(n)]
+    edge_src = {e.src for e in edge_infos}
+    edge_bytes: dict[int, float] = {}
+    phase_in: dict[str, float] = {}
+    tokens_seen: dict[int, int] = {}       # first unit of a phase -> tokens earlier phases ran through it
+    image_size: int | None = None
+    uses_prompt = False                    # a phase reads prompt token ids from the source
+    total = sum(p.last - p.first + 1 for p in phase_infos)
+    done = 0
+    state = adapter.new_state()
+
+    for ph in phase_infos:
+        position = tokens_seen.get(ph.first, 0) if ph.input == "loop" else 0
+        x = adapter.example_input(spec, ph.name)
+        if x is not None and x.dim() == 4 and image_size is None:
+            image_size = int(x.shape[-1])
+        if x is not None and ph.input == "source" and not x.is_floating_point():
+            uses_prompt = True
+        phase_in[ph.name] = float(held_bytes(x)) if (x is not None and ph.input != "none") else 0.0
+        for i in range(ph.first, ph.last + 1):
+            if progress is not None:
+                progress(done, total, f"{ph.name} {unit_infos[i].name}")
+            rec = recs[i]
+            in_bytes = held_bytes(x) if x is not None else 0
+            rec.flops[ph.name] = count_unit(adapter, i, x, phase=ph.name, position=position, state=state)
+
+            def step(s: object, i: int = i, x: torch.Tensor | None = x, phase: str = ph.name,
+                     pos: int = position) -> torch.Tensor:
+                return adapter.run(i, i, x, phase=phase, position=pos, state=s)  # type: ignore[arg-type]
+
+            timing = time_unit_step(step, state, warmup=warmup, repeats=repeats)
+            rec.latency[ph.name] = round(timing.median_s, 9)
+            rec.spread[ph.name] = round(timing.spread, 4)
+
+            # The real run that advances the request, with hooks for the largest intermediate tensor.
+            before = held_bytes(state.cache)
+            with torch.inference_mode(), LargestOutput(adapter.unit_modules(i)) as largest:
+                out = adapter.run(i, i, x, phase=ph.name, position=position, state=state)
+            grown = held_bytes(state.cache) - before
+            rec.cache_now += grown
+            # A loop phase adds one step's growth per generated token; other phases add theirs once.
+            rec.kv_bytes += grown * (spec.new_tokens if ph.input == "loop" else 1)
+            out_b = held_bytes(out)
+            rec.out_bytes[ph.name] = float(out_b)
+            rec.activation = max(rec.activation, in_bytes + max(largest.max_bytes, out_b))
+            rec.bytes_moved[ph.name] = float(streamed[i] + in_bytes + out_b + rec.cache_now)
+            if i in edge_src and i not in edge_bytes:
+                state.encoder_out = out
+                edge_bytes[i] = float(out_b)
+            if i == ph.first and out.dim() == 3:
+                tokens_seen[ph.first] = tokens_seen.get(ph.first, 0) + int(out.shape[1])
+            x = out
+            done += 1
+    if progress is not None:
+        progress(done, total, "done")
+
+    units = [
+        Unit(name=u.name, param_bytes=params[i], mem_bytes=params[i] + int(recs[i].kv_bytes) + recs[i].activation,
+             flops=recs[i].flops, out_bytes=recs[i].out_bytes, latency_s={hw: recs[i].latency},
+             source={hw: "measured"}, spread={hw: recs[i].spread}, bytes_moved=recs[i].bytes_moved)
+        for i, u in enumerate(unit_infos)
+    ]
+    phases = [Phase(name=p.name, first=p.first, last=p.last, repeat=p.repeat, input=p.input,
+                    in_bytes=phase_in.get(p.name, 0.0)) for p in phase_infos]
+    edges = [Edge.model_validate({"from": e.src, "to": list(e.dst), "bytes": edge_bytes.get(e.src, 0.0)})
+             for e in edge_infos]
+    return Profile(model=adapter.name, units=units, phases=phases, edges=edges,
+                   result_bytes=result_bytes(phase_infos, recs, spec),
+                   hardware={hw: info}, input=_spec_dict(spec, image_size, uses_prompt), weights=adapter.weights,
+                   family=adapter.family)
+
+
+def result_bytes(phases: list, recs: list[_UnitRecord], spec: InputSpec) -> float:
+    """What the sink receives: the generated token ids for a generating model, else the last output."""
+    active = [p for p in phases if p.repeat > 0]
+    if not active:
+        return 0.0
+    last = active[-1]
+    if any(p.input == "loop" for p in phases):
+        return float(spec.new_tokens * spec.batch * TOKEN_ID_BYTES)
+    return recs[last.last].out_bytes.get(last.name, 0.0)

@@ -1,0 +1,1 @@
+"""Shipped descriptions of real hardware classes (YAML), read by profiler.hardware.load_device."""
