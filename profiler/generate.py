@@ -82,7 +82,7 @@ def greedy_generate(adapter: ModelAdapter, source: torch.Tensor, *, new_tokens: 
     logits = run_phase(adapter, phases["prefill"], prefill_in, 0, ranges, states)
     token = logits.argmax(dim=-1, keepdim=True)
     out = [token]
-    done = token.squeeze(1) == eos if eos is not None else torch.zeros(batch, dtype=torch.bool)
+    done = token.squeeze(1) == eos if eos is not None else torch.zeros(batch, dtype=torch.bool, device=token.device)
     steps = 1
     for step in range(new_tokens - 1):
         if bool(done.all()):

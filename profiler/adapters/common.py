@@ -108,9 +108,15 @@ def last_position_logits(h: torch.Tensor, lm_head: nn.Module, all_logits: bool) 
     return lm_head(h[:, -1:, :])[:, -1, :]
 
 
-def example_ids(spec: InputSpec, length: int, vocab_size: int) -> torch.Tensor:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights are: inputs the adapter makes itself are put there."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def example_ids(spec: InputSpec, length: int, vocab_size: int, device: torch.device) -> torch.Tensor:
     gen = torch.Generator().manual_seed(EXAMPLE_SEED)
-    return torch.randint(0, vocab_size, (spec.batch, length), generator=gen)
+    return torch.randint(0, vocab_size, (spec.batch, length), generator=gen).to(device)
 
 
 def valid_eos(eos: Any, vocab_size: int) -> int | None:
@@ -154,9 +160,9 @@ class CausalLMAdapter(ModelAdapter):
 
     def example_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:
         if phase == "prefill":
-            return example_ids(spec, spec.prompt_tokens, self.stack.vocab_size)
+            return example_ids(spec, spec.prompt_tokens, self.stack.vocab_size, model_device(self.model))
         if phase == "decode":
-            return example_ids(spec, 1, self.stack.vocab_size)
+            return example_ids(spec, 1, self.stack.vocab_size, model_device(self.model))
         raise ValueError(f"{self.name}: no phase {phase!r} (phases: prefill, decode)")
 
     @torch.no_grad()

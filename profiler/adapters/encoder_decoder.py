@@ -17,7 +17,7 @@ from torch import nn
 from transformers import VisionEncoderDecoderModel
 
 from profiler.adapters.base import EdgeInfo, InputSpec, ModelAdapter, PhaseInfo, RequestState, UnitInfo
-from profiler.adapters.common import TextCodec, example_ids, run_text_stack
+from profiler.adapters.common import TextCodec, example_ids, model_device, run_text_stack
 from profiler.adapters.gpt2 import GPT2Stack
 from profiler.adapters.vit import ViTStack
 
@@ -77,7 +77,7 @@ class EncoderDecoderAdapter(ModelAdapter):
         if phase == "prefill":
             return None
         if phase == "decode":
-            return example_ids(spec, 1, self.text.vocab_size)
+            return example_ids(spec, 1, self.text.vocab_size, model_device(self.model))
         raise ValueError(f"{self.name}: no phase {phase!r} (phases: encode, prefill, decode)")
 
     def start_tokens(self, state: RequestState) -> torch.Tensor:
@@ -85,7 +85,7 @@ class EncoderDecoderAdapter(ModelAdapter):
         batch = state.extra.get("batch")
         if batch is None:
             batch = state.encoder_out.shape[0] if state.encoder_out is not None else 1
-        return torch.full((int(batch), 1), self.start_token_id, dtype=torch.long)
+        return torch.full((int(batch), 1), self.start_token_id, dtype=torch.long, device=model_device(self.model))
 
     @torch.no_grad()
     def run(self, first: int, last: int, x: torch.Tensor | None, *, phase: str, position: int,

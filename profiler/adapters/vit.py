@@ -15,7 +15,7 @@ from transformers import ViTModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from profiler.adapters.base import InputSpec, ModelAdapter, PhaseInfo, RequestState, UnitInfo
-from profiler.adapters.common import EXAMPLE_SEED
+from profiler.adapters.common import EXAMPLE_SEED, model_device
 from profiler.images import image_to_pixel_values, load_image
 
 
@@ -69,7 +69,7 @@ class ViTStack:
         size = spec.image_size or self.image_size
         gen = torch.Generator().manual_seed(EXAMPLE_SEED)
         channels = int(self.config.num_channels)
-        return torch.randn(spec.batch, channels, size, size, generator=gen)
+        return torch.randn(spec.batch, channels, size, size, generator=gen).to(model_device(self.vit))
 
     def prepare_image(self, image: Any) -> torch.Tensor:
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):

@@ -308,3 +308,12 @@ def test_smollm2_builtin_split_generation_is_exact() -> None:
     split = greedy_generate(a, ids, new_tokens=4, cuts=[(0, 10), (11, 25), (26, 31)]).tokens
     assert torch.equal(split, greedy_generate(a, ids, new_tokens=4).tokens)
     assert "Paris" in a.decode_tokens(split[0].tolist())
+
+
+def test_batched_split_generation_matches_hf(folders: dict[str, Path]) -> None:
+    a = adapter_for(folders, "gpt2")
+    source = a.example_input(InputSpec(prompt_tokens=4, batch=3), "prefill")
+    with torch.no_grad():
+        hf = a.model.generate(source, attention_mask=torch.ones_like(source), max_new_tokens=6,
+                              do_sample=False)[:, 4:]
+    assert torch.equal(greedy_generate(a, source, new_tokens=6, cuts=[(0, 1), (2, 3)]).tokens, hf)
