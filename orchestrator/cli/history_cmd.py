@@ -5,15 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import sys
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+
+def _console() -> Console:
+    # Piped to a file or a pager, a table should not wrap at Rich's default of 80 columns.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=160 if wide else None)
 
 app = typer.Typer(help="History queries over the store: profiles, plans, solves, runs, probes.",
                   no_args_is_help=True)
@@ -43,7 +50,7 @@ def _show(kind: str, limit: int, model: str | None, fmt: Format, url: str | None
     elif fmt is Format.csv:
         print(_csv(kind, rows), end="")
     else:
-        console.print(_table(kind, rows, model))
+        _console().print(_table(kind, rows, model))
 
 
 def _json_value(v: Any) -> Any:
@@ -61,37 +68,46 @@ def _csv(kind: str, rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# Short headers for the Rich table; JSON and CSV keep the column names.
+HEADERS = {
+    "created_at": "created", "measured_at": "measured", "applied_at": "applied", "param_bytes": "params",
+    "mem_bytes": "memory", "predicted_latency_s": "predicted", "solve_time_s": "solve time", "profile_id": "profile",
+    "network_id": "network", "plan_id": "plan", "measured_s": "measured", "predicted_s": "predicted",
+    "bandwidth_bps": "bandwidth", "latency_s": "latency",
+}
+NUMERIC = ("id", "units", "runs", "plan_id", "profile_id", "network_id", "gap", "ratio")
+
+
 def _cell(column: str, v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, datetime):
-        return v.strftime("%Y-%m-%d %H:%M:%S")
+        return v.strftime("%Y-%m-%d %H:%M")
     if isinstance(v, float):
         if column.endswith("_bps"):
-            return f"{v / 1e6:.3g} Mbit/s"
+            return f"{v / 1e6:.4g} Mbit/s"
         if column == "gap":
             return f"{v:.2%}"
         if column == "ratio":
             return f"{v:.3f}"
         if column.endswith("_s"):
-            return f"{v * 1000:.3f} ms" if v < 1 else f"{v:.3f} s"
+            return f"{v * 1000:.4g} ms" if v < 1 else f"{v:.4g} s"
         return f"{v:.4g}"
     if isinstance(v, int) and column.endswith("_bytes"):
-        return f"{v / 1e6:.2f} MB"
+        return f"{v / 1e6:.3g} MB"
     text = str(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _table(kind: str, rows: list[dict[str, Any]], model: str | None) -> Table:
-    title = f"{kind}" + (f" of {model}" if model else "") + f" ({len(rows)} row{'s' if len(rows) != 1 else ''})"
-    table = Table(title=title, title_justify="left")
     from orchestrator.store.queries import COLUMNS
 
+    title = f"{kind}" + (f" of {model}" if model else "") + f" ({len(rows)} row{'s' if len(rows) != 1 else ''})"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     columns = COLUMNS[kind]
     for c in columns:
-        numeric = c in ("id", "units", "runs", "plan_id", "profile_id", "network_id") or c.endswith(("_s", "_bytes",
-                                                                                                   "_bps", "ratio"))
-        table.add_column(c, justify="right" if numeric or c == "gap" else "left", overflow="fold")
+        numeric = c in NUMERIC or c.endswith(("_s", "_bytes", "_bps"))
+        table.add_column(HEADERS.get(c, c), justify="right" if numeric else "left", overflow="fold")
     for r in rows:
         table.add_row(*(_cell(c, r[c]) for c in columns))
     return table
