@@ -16,6 +16,7 @@ import torch
 from transformers import (
     GPT2Config,
     LlamaConfig,
+    MistralConfig,
     Qwen2Config,
     VisionEncoderDecoderConfig,
     ViTConfig,
@@ -42,11 +43,14 @@ def configs() -> dict[str, object]:
     qwen2 = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                         bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
+    mistral = MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                            sliding_window=4, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     dec = GPT2Config(vocab_size=53, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=1,
                      eos_token_id=None)
     ved = VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(**VIT), dec)
     ved.decoder_start_token_id, ved.pad_token_id = 1, 0
-    return {"gpt2": gpt2, "llama": llama, "qwen2": qwen2, "vit": vit, "ved": ved}
+    return {"gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit, "ved": ved}
 
 
 def spread_weights(model: torch.nn.Module, seed: int) -> None:
@@ -126,7 +130,7 @@ def all_cuts(n_units: int) -> list[list[tuple[int, int]]]:
     return cuts
 
 
-FAMILIES = ["gpt2", "llama", "qwen2", "vit", "ved"]
+FAMILIES = ["gpt2", "llama", "qwen2", "mistral", "vit", "ved"]   # mistral: a sliding window of 4
 
 
 @pytest.mark.parametrize("eager", [False, True], ids=["sdpa", "eager"])
@@ -144,7 +148,7 @@ def test_every_cut_is_exact(folders: dict[str, Path], name: str, eager: bool) ->
             assert torch.equal(out, ref), f"{name} cut {ranges} all_logits={all_logits}"
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "ved"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "ved"])
 def test_split_generation_matches_hf_generate(folders: dict[str, Path], name: str) -> None:
     a = adapter_for(folders, name)
     n = 10
