@@ -131,11 +131,17 @@ def build_model(folder: Path, config: Any, family: str, *, eager_attention: bool
         raise InputError(f"{folder}: pytorch_model.bin: pickled weights are not loaded; save them as "
                          "model.safetensors")
     if has_weights:
+        from transformers.utils import logging as hf_logging
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()      # a "Loading weights" bar per load is noise in the CLI
         try:
             model = cls.from_pretrained(str(folder), config=config, local_files_only=True, **kwargs)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{folder}: weights not loadable: {first}") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         return model.eval(), "trained"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
