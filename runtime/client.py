@@ -1,0 +1,248 @@
+"""Driving requests through workers: apply a stage plan, send inputs, collect results and measurements.
+
+The client plays the request's source and sink node. For each request it:
+1. sends `open` to every node hosting a unit (control plane: not charged to the emulated links and
+   not part of the measured latency),
+2. starts the clock, sends the input to the node of the first unit (charged on the source -> node
+   route when emulation is on), and waits for the `result` frame the last stage sends to its reply
+   address (the workers pass activations, the encoder output and the decode loop among themselves),
+3. stops the clock, sends `close` to every hosting node and gathers their `stats` (compute per
+   node, link time per hop).
+Several requests may be in flight at once; each has its own id and its own state on every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.codec import Frame, ack_frame, decode_frame, encode_frame
+from runtime.links import EmulatedNetwork
+from runtime.stages import StagePlan
+from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport
+
+
+class RequestFailed(RuntimeError):
+    """A request that a worker refused or failed, or that timed out."""
+
+
+@dataclass
+class RequestResult:
+    request_id: str
+    tokens: torch.Tensor | None           # generate: [batch, n] greedy tokens (prompt excluded)
+    output: torch.Tensor | None           # forward: what the last unit returned (logits or hidden state)
+    steps: int                            # decoder passes (prefill + decode steps), 1 for a forward
+    measured_s: float                     # wall seconds from sending the input to receiving the result
+    dilation: float                       # K: measured_s / K is the emulated network's latency
+    emulated: bool
+    compute_s: dict[str, float] = field(default_factory=dict)       # node -> busy s (real + stretch)
+    real_compute_s: dict[str, float] = field(default_factory=dict)  # node -> real compute s here
+    transfer_s: dict[str, float] = field(default_factory=dict)      # "a->b" -> emulated link s
+    transfer_bytes: dict[str, int] = field(default_factory=dict)
+    rpc_s: float = 0.0                    # wall seconds spent in transport calls (all senders)
+    overrun_s: float = 0.0                # real compute beyond its emulated target (all nodes)
+
+    @property
+    def scaled_s(self) -> float:
+        """The measured latency divided by K: the latency of the emulated network."""
+        return self.measured_s / self.dilation
+
+    def breakdown(self, scale: bool = True) -> dict[str, Any]:
+        k = self.dilation if scale else 1.0
+        return {"compute_s": {n: s / k for n, s in self.compute_s.items()},
+                "transfer_s": {h: s / k for h, s in self.transfer_s.items()},
+                "transfer_bytes": dict(self.transfer_bytes),
+                "real_compute_s": dict(self.real_compute_s), "rpc_s": self.rpc_s, "overrun_s": self.overrun_s,
+                "dilation": self.dilation, "scaled": scale}
+
+
+class Client:
+    """Runs requests on the workers of one stage plan."""
+
+    def __init__(self, plan: StagePlan, *, token: str | None = None, transport: Transport | None = None,
+                 reply_listen: str = "127.0.0.1:0", timeout_s: float = 300.0,
+                 call_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        missing = [n for n in plan.hosting_nodes() if plan.node(n).address is None]
+        if missing:
+            raise ValueError(f"plan v{plan.version}: no address for node(s) {', '.join(missing)}")
+        self.plan = plan
+        self.token = token
+        self.transport = transport or GrpcTransport(token)
+        self.timeout_s = timeout_s
+        self.call_timeout_s = call_timeout_s
+        self._reply_listen = reply_listen
+        self._server: FrameServer | None = None
+        self._pending: dict[str, asyncio.Future] = {}
+        self._network = EmulatedNetwork(plan.nodes, plan.links, plan.dilation)
+        self.reply_address: str | None = None
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self, apply: bool = True) -> None:
+        self._server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token)
+        self.reply_address = await self._server.start(self._reply_listen)
+        if apply:
+            await self.apply()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        await self.transport.close()
+
+    async def apply(self) -> None:
+        """Give every hosting node the stage plan (each keeps it under its version)."""
+        frame = encode_frame(Frame("plan", plan_version=self.plan.version, meta={"plan": self.plan.to_dict()}))
+        await asyncio.gather(*(self._control(n, frame) for n in self.plan.hosting_nodes()))
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        nodes = self.plan.hosting_nodes()
+        rows = await asyncio.gather(*(self.transport.health(self._address(n)) for n in nodes))
+        return dict(zip(nodes, rows, strict=True))
+
+    def _address(self, node: str) -> str:
+        address = self.plan.node(node).address
+        assert address is not None
+        return address
+
+    async def _control(self, node: str, data: bytes) -> list[Frame]:
+        replies = [decode_frame(r) for r in await self.transport.send(self._address(node), data,
+                                                                       timeout=self.call_timeout_s)]
+        for r in replies:
+            if r.kind == "error":
+                raise RequestFailed(f"{node}: {r.meta.get('error')}")
+        return replies
+
+    async def _on_reply(self, data: bytes) -> list[bytes]:
+        frame = decode_frame(data)
+        fut = self._pending.get(frame.request_id)
+        if fut is not None and not fut.done() and frame.kind in ("result", "error"):
+            fut.set_result(frame)
+        return [ack_frame(frame.request_id)]
+
+    # -- requests --------------------------------------------------------------------------------
+    async def generate(self, source: torch.Tensor, *, max_new_tokens: int, eos: int | None = None) -> RequestResult:
+        """Greedy generation: prompt ids [B, S] for a causal LM, pixels [B, C, H, W] for a captioner."""
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        return await self._run(source, "generate", max_new_tokens=max_new_tokens, eos=eos)
+
+    async def forward(self, source: torch.Tensor, *, all_logits: bool = False) -> RequestResult:
+        """One pass of every active phase but decode: logits of a causal LM or captioner, a ViT's output."""
+        return await self._run(source, "forward", all_logits=all_logits)
+
+    async def _run(self, source: torch.Tensor, mode: str, *, max_new_tokens: int = 1, eos: int | None = None,
+                   all_logits: bool = False) -> RequestResult:
+        plan = self.plan
+        rid = uuid.uuid4().hex
+        nodes = plan.hosting_nodes()
+        meta = {"reply": self.reply_address, "mode": mode, "batch": int(source.shape[0]),
+                "max_new_tokens": int(max_new_tokens), "eos": eos, "all_logits": all_logits,
+                "timeout_s": self.timeout_s}
+        opened = encode_frame(Frame("open", rid, plan.version, meta=meta))
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await asyncio.gather(*(self._control(n, opened) for n in nodes))
+            first = plan.phases[0]
+            dst = plan.assignment[first.first]
+            data = encode_frame(Frame("data", rid, plan.version, first.name, first.first, 0, 0,
+                                      source if first.input != "none" else None))
+            t0 = time.perf_counter()
+            client_hops: dict[str, float] = {}
+            if plan.emulate and dst != plan.source:
+                client_hops = await self._network.carry(plan.source, dst, len(data))
+            await self._control(dst, data)
+            try:
+                frame = await asyncio.wait_for(fut, timeout=self.timeout_s)
+            except TimeoutError:
+                raise RequestFailed(f"request {rid} timed out after {self.timeout_s:g} s") from None
+            measured = time.perf_counter() - t0
+            if frame.kind == "error":
+                raise RequestFailed(str(frame.meta.get("error")))
+            closing = encode_frame(Frame("close", rid, plan.version))
+            stats = await asyncio.gather(*(self._control(n, closing) for n in nodes))
+        except BaseException:
+            await self._cancel(rid, nodes)
+            raise
+        finally:
+            self._pending.pop(rid, None)
+        result = RequestResult(rid, frame.tensor if mode == "generate" else None,
+                               frame.tensor if mode == "forward" else None, int(frame.meta.get("steps", 1)),
+                               measured, plan.dilation if plan.emulate else 1.0, plan.emulate)
+        _merge_stats(result, [f.meta for fs in stats for f in fs if f.kind == "stats"], client_hops, len(data))
+        return result
+
+    async def _cancel(self, rid: str, nodes: Sequence[str]) -> None:
+        frame = encode_frame(Frame("cancel", rid, self.plan.version))
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(self.transport.send(self._address(n), frame, timeout=5.0) for n in nodes),
+                                 return_exceptions=True)
+
+
+def _merge_stats(result: RequestResult, stats: list[dict[str, Any]], client_hops: dict[str, float],
+                 input_bytes: int) -> None:
+    compute: dict[str, float] = defaultdict(float)
+    real: dict[str, float] = defaultdict(float)
+    transfer: dict[str, float] = defaultdict(float, client_hops)
+    nbytes: dict[str, int] = defaultdict(int, {h: input_bytes for h in client_hops})
+    for s in stats:
+        node = s.get("node", "?")
+        for c in s.get("compute", {}).values():
+            compute[node] += float(c.get("busy_s", 0.0))
+            real[node] += float(c.get("real_s", 0.0))
+        for hop, t in s.get("transfer", {}).items():
+            transfer[hop] += float(t.get("seconds", 0.0))
+            nbytes[hop] += int(t.get("bytes", 0))
+        result.rpc_s += float(s.get("rpc_s", 0.0))
+        result.overrun_s += float(s.get("overrun_s", 0.0))
+    result.compute_s, result.real_compute_s = dict(compute), dict(real)
+    result.transfer_s, result.transfer_bytes = dict(transfer), dict(nbytes)
+
+
+# -- one-call helpers -----------------------------------------------------------------------------------
+async def run_requests(plan: StagePlan, sources: Sequence[torch.Tensor], *, mode: str = "generate",
+                       max_new_tokens: int = 16, eos: int | None = None, token: str | None = None,
+                       concurrency: int = 1, timeout_s: float = 300.0) -> list[RequestResult]:
+    """Apply `plan` to its (running) workers and run every source; at most `concurrency` at once."""
+    async with Client(plan, token=token, timeout_s=timeout_s) as client:
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(src: torch.Tensor) -> RequestResult:
+            async with gate:
+                if mode == "generate":
+                    return await client.generate(src, max_new_tokens=max_new_tokens, eos=eos)
+                return await client.forward(src)
+
+        return list(await asyncio.gather(*(one(s) for s in sources)))
+
+
+def caption_distributed(images: Sequence[str | Path], model: str, network: Any, plan: Any, *,
+                        max_new_tokens: int = 24, emulate: bool = True, profile: Any | None = None,
+                        dilation: float = 1.0) -> list[str]:
+    """Caption image files through local workers placed by `plan` on `network` (objects or file paths).
+
+    The hook `aiflow caption --network --plan` calls. Starts one worker process per node that hosts
+    a unit (nodes with an `address` are used as they are), runs the images one at a time, stops the
+    workers, and returns one caption per image (the unsplit model's caption, exactly).
+    """
+    from runtime.session import load_network_and_plan, run_on_network
+
+    net, pl, base = load_network_and_plan(network, plan)
+    results = run_on_network(model, net, pl, [str(p) for p in images], max_new_tokens=max_new_tokens,
+                             emulate=emulate, profile=profile, dilation=dilation, trace_base=base)
+    return [r.text for r in results]

@@ -1,0 +1,218 @@
+"""Emulated links and time dilation: one machine plays a whole network.
+
+An EmulatedLink carries one direction of a network link. Sending `n` bytes:
+1. waits for the link to be free and serialises the message at the link's rate (a token bucket
+   with `burst_bytes` of credit, zero by default, so each message costs 8 n / bandwidth as in the
+   planning model; messages queue FIFO behind each other, so concurrent requests share the rate);
+2. then holds it for the one-way latency (propagation does not occupy the link: the next message
+   may start serialising meanwhile).
+With a bandwidth trace (seconds<TAB>Mbit/s), the rate follows the trace, replayed in a loop from
+the link's creation.
+
+Time dilation K >= 1 stretches every link time (rates divided by K, latencies and trace time axes
+multiplied by K) and every compute time the same way (see runtime.worker), so a node faster than
+this machine can be played: the measured latency divided by K is the emulated network's latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from profiler.errors import InputError
+from runtime.stages import LinkSpec, NodeSpec, best_link, route
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Piecewise-constant bandwidth: rate_bps[i] holds from times[i] to times[i+1]; loops after `period`."""
+
+    times: tuple[float, ...]
+    rate_bps: tuple[float, ...]
+    period: float
+
+    def rate_at(self, t: float) -> float:
+        t = t % self.period if self.period > 0 else 0.0
+        return self.rate_bps[max(0, bisect_right(self.times, t) - 1)]
+
+    def mean_bps(self) -> float:
+        if self.period <= 0:
+            return self.rate_bps[0]
+        ends = (*self.times[1:], self.period)
+        return sum(r * (e - s) for s, e, r in zip(self.times, ends, self.rate_bps, strict=True)) / self.period
+
+
+def parse_trace(samples: Sequence[tuple[float, float]], where: str = "trace") -> Trace:
+    """Samples (seconds, Mbit/s), each the throughput over the interval that ENDS at its time (the
+    data/traces convention). Times are made relative to the first sample."""
+    if not samples:
+        raise InputError(f"{where}: no samples")
+    ts = [float(t) for t, _ in samples]
+    rs = [float(r) for _, r in samples]
+    for i, (t, r) in enumerate(zip(ts, rs, strict=True)):
+        if not (math.isfinite(t) and math.isfinite(r)) or r < 0:
+            raise InputError(f"{where}: sample {i + 1}: expected finite seconds and Mbit/s >= 0")
+        if i and t <= ts[i - 1]:
+            raise InputError(f"{where}: sample {i + 1}: times must increase")
+    if max(rs) <= 0:
+        raise InputError(f"{where}: every sample is 0 Mbit/s: nothing could ever be sent")
+    if len(ts) == 1:
+        return Trace((0.0,), (rs[0] * 1e6,), 0.0)
+    t0 = ts[0]
+    # interval (t[i-1], t[i]] has rate r[i]
+    times = tuple(t - t0 for t in ts[:-1])
+    rates = tuple(r * 1e6 for r in rs[1:])
+    return Trace(times, rates, ts[-1] - t0)
+
+
+def read_trace_samples(path: str | Path) -> list[tuple[float, float]]:
+    """(seconds, Mbit/s) samples of a trace file: whitespace-separated, '#' comments and blank lines skipped."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read trace: {exc}") from None
+    samples = []
+    for n, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            samples.append((float(parts[0]), float(parts[1])))
+        except (IndexError, ValueError):
+            raise InputError(f"{p}: line {n}: expected 'seconds<TAB>Mbit/s', got {line!r}") from None
+    parse_trace(samples, str(p))          # validate now, so a bad file fails before any worker starts
+    return samples
+
+
+def load_trace(path: str | Path) -> Trace:
+    return parse_trace(read_trace_samples(path), str(path))
+
+
+def network_traces(network: object, base_dir: str | Path | None = None) -> dict[str, tuple[tuple[float, float], ...]]:
+    """Samples of every trace a network's links name; relative paths are resolved against `base_dir`
+    (the network file's folder) first, then the current directory."""
+    out: dict[str, tuple[tuple[float, float], ...]] = {}
+    for link in getattr(network, "links", []):
+        ref = getattr(link, "trace", None)
+        if not ref or ref in out:
+            continue
+        p = Path(ref).expanduser()
+        if not p.is_absolute() and base_dir is not None and (Path(base_dir) / p).is_file():
+            p = Path(base_dir) / p
+        out[ref] = tuple(read_trace_samples(p))
+    return out
+
+
+class EmulatedLink:
+    """One direction of a link, with its rate and latency stretched by `dilation`."""
+
+    def __init__(self, bandwidth_bps: float, latency_s: float = 0.0, *, trace: Trace | None = None,
+                 dilation: float = 1.0, burst_bytes: float = 0.0, clock: object = None) -> None:
+        if not bandwidth_bps > 0 and trace is None:
+            raise ValueError("bandwidth_bps must be positive")
+        if dilation < 1.0:
+            raise ValueError("dilation must be >= 1")
+        self.bandwidth_bps = float(bandwidth_bps)
+        self.latency_s = float(latency_s)
+        self.trace = trace
+        self.k = float(dilation)
+        self.burst_bytes = float(burst_bytes)
+        self._free_at = 0.0          # when the link finishes serialising what it has accepted
+        self._origin = time.perf_counter()
+        self.bytes_sent = 0
+        self.messages = 0
+
+    def serialise_time(self, start: float, nbytes: float) -> float:
+        """Wall seconds to serialise `nbytes` starting at perf_counter time `start` (dilated)."""
+        bits = 8.0 * nbytes
+        if self.trace is None:
+            return self.k * bits / self.bandwidth_bps
+        # Walk the (dilated) trace from `start`: rate r/K for K * (segment length) seconds.
+        tr, k = self.trace, self.k
+        t = (start - self._origin) / k          # trace time
+        left, spent = bits, 0.0
+        for _ in range(1_000_000):
+            if tr.period <= 0:
+                return spent + k * left / tr.rate_bps[0]
+            local = t % tr.period
+            i = max(0, bisect_right(tr.times, local) - 1)
+            end = tr.times[i + 1] if i + 1 < len(tr.times) else tr.period
+            seg = max(end - local, 1e-9)
+            rate = tr.rate_bps[i]
+            if rate > 0 and rate * seg >= left:
+                return spent + k * left / rate
+            left -= rate * seg
+            spent += k * seg
+            t += seg
+        raise RuntimeError("trace replay did not converge")
+
+    def reserve(self, nbytes: float, now: float | None = None) -> tuple[float, float]:
+        """Book the link for one message: (serialisation done, arrival) as perf_counter times."""
+        now = time.perf_counter() if now is None else now
+        start = max(now, self._free_at)
+        done = start + self.serialise_time(start, nbytes)
+        if self.burst_bytes > 0:
+            # credit: up to burst_bytes may go out at once when the link was idle
+            credit = self.k * 8.0 * self.burst_bytes / max(self.bandwidth_bps, 1.0)
+            done = max(start, done - max(0.0, min(credit, start - self._free_at)))
+        self._free_at = done
+        self.bytes_sent += int(nbytes)
+        self.messages += 1
+        return done, done + self.k * self.latency_s
+
+    async def transmit(self, nbytes: float) -> float:
+        """Carry one message; returns the wall seconds it took (queueing + serialisation + latency)."""
+        t0 = time.perf_counter()
+        _, arrival = self.reserve(nbytes, t0)
+        await sleep_until(arrival)
+        return time.perf_counter() - t0
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until perf_counter() >= deadline; asyncio's timer is coarse, so finish with short sleeps."""
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return
+        # sleep most of it, then yield briefly: the loop's timer wakes up to ~1 ms late
+        await asyncio.sleep(left - 0.0005 if left > 0.001 else 0)
+
+
+class EmulatedNetwork:
+    """The emulated links of one stage plan as seen by one sender (a worker or the client).
+
+    `carry(src, dst, nbytes)` takes the planning model's route for that message size and holds the
+    message on each hop's link in turn (store and forward). Each sender has its own link objects, so
+    two senders that use the same link do not queue behind each other (documented limitation).
+    """
+
+    def __init__(self, nodes: Sequence[NodeSpec], links: Sequence[LinkSpec], dilation: float = 1.0) -> None:
+        self.nodes = tuple(nodes)
+        self.links = tuple(links)
+        self.dilation = dilation
+        self._links: dict[tuple[str, str, int], EmulatedLink] = {}
+
+    def _link(self, a: str, b: str, nbytes: float) -> tuple[str, EmulatedLink]:
+        spec = best_link(self.links, a, b, nbytes)
+        key = (a, b, self.links.index(spec))
+        link = self._links.get(key)
+        if link is None:
+            trace = parse_trace(spec.trace, f"link {spec.a}-{spec.b} trace") if spec.trace else None
+            link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=trace, dilation=self.dilation)
+            self._links[key] = link
+        return f"{a}->{b}", link
+
+    async def carry(self, src: str, dst: str, nbytes: float) -> dict[str, float]:
+        """Hold a message for its route's emulated time; seconds spent per hop "a->b"."""
+        spent: dict[str, float] = {}
+        for a, b in route(self.nodes, self.links, src, dst, nbytes):
+            name, link = self._link(a, b, nbytes)
+            spent[name] = spent.get(name, 0.0) + await link.transmit(nbytes)
+        return spent

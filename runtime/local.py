@@ -1,0 +1,104 @@
+"""Local workers: one process per node on this machine, on loopback ports, started and stopped together.
+
+Each worker is `python -m runtime.worker --listen HOST:0`; it picks a free port and prints
+`READY host:port` once it serves, so there is no race over port numbers. The shared token travels in
+the environment (AIFLOW_TOKEN), not on the command line where `ps` would show it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+class LocalWorkers:
+    """Worker processes for `names`, all serving `model`. Use as a context manager."""
+
+    def __init__(self, model: str, names: Sequence[str], *, token: str | None = None, host: str = "127.0.0.1",
+                 threads: int | None = None, release_unused: bool = False, python: str = sys.executable,
+                 state_timeout_s: float = 120.0) -> None:
+        self.model = model
+        self.names = list(dict.fromkeys(names))
+        self.token = token or secrets.token_hex(16)
+        self.host = host
+        self.threads = threads
+        self.release_unused = release_unused
+        self.python = python
+        self.state_timeout_s = state_timeout_s
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.addresses: dict[str, str] = {}
+
+    def __enter__(self) -> LocalWorkers:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 300.0) -> dict[str, str]:
+        env = dict(os.environ)
+        env["AIFLOW_TOKEN"] = self.token
+        env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        try:
+            for name in self.names:
+                cmd = [self.python, "-m", "runtime.worker", "--name", name, "--listen", f"{self.host}:0",
+                       "--model", self.model, "--state-timeout", str(self.state_timeout_s)]
+                if self.threads:
+                    cmd += ["--threads", str(self.threads)]
+                if self.release_unused:
+                    cmd.append("--release-unused")
+                self.processes[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                                        stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + timeout_s
+            for name, proc in self.processes.items():
+                self.addresses[name] = _await_ready(name, proc, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return dict(self.addresses)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        self.processes.clear()
+
+
+def _await_ready(name: str, proc: subprocess.Popen, deadline: float) -> str:
+    assert proc.stdout is not None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WorkerStartError(f"worker {name} did not start in time")
+        ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
+        if ready:
+            line = proc.stdout.readline()
+            if line.startswith("READY "):
+                return line.split()[1]
+            if line:
+                continue
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+            raise WorkerStartError(f"worker {name} exited: {last}")

@@ -1,0 +1,128 @@
+"""Running a model's inputs on a network under a plan, from one call: the glue the CLI, the captioner and
+the benchmark share.
+
+`run_on_network` loads the model (the client needs its tokenizer / image preprocessing), starts a
+local worker process for every node that hosts a unit and has no `address` in the network file,
+applies the plan, runs each input (an image path for a model with an encoder, prompt text for a
+causal LM), decodes the outputs and stops the workers.
+
+Networks and plans may be passed as objects (NetworkState, Plan) or file paths; loading files is
+the one place the runtime reaches into `orchestrator/` (lazily), because those types live there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from profiler.adapters.base import InputSpec, ModelAdapter
+from profiler.errors import InputError
+from runtime.client import RequestResult, run_requests
+from runtime.links import network_traces
+from runtime.local import LocalWorkers
+from runtime.stages import StagePlan, build_stage_plan
+
+
+@dataclass
+class InputResult:
+    input: str
+    text: str | None                 # generated text (None for a model that makes no text)
+    tokens: list[int] | None         # generated ids of the first (only) batch row
+    result: RequestResult
+
+
+def load_network_and_plan(network: Any, plan: Any) -> tuple[Any, Any, Path | None]:
+    """(NetworkState, Plan, folder of the network file) from objects or paths."""
+    base = None
+    if isinstance(network, (str, Path)):
+        from orchestrator.network import load_network
+        base = Path(network).resolve().parent
+        network = load_network(network)
+    if isinstance(plan, (str, Path)):
+        from orchestrator.plan import load_plan
+        plan = load_plan(plan)
+    return network, plan, base
+
+
+def is_generative(adapter: ModelAdapter) -> bool:
+    return any(p.name == "prefill" for p in adapter.phases(InputSpec()))
+
+
+def takes_images(adapter: ModelAdapter) -> bool:
+    return any(p.name == "encode" for p in adapter.phases(InputSpec()))
+
+
+def prepare_input(adapter: ModelAdapter, item: str) -> torch.Tensor:
+    """An image path -> pixels [1, C, H, W] for a model with an encoder; prompt text -> ids [1, S]."""
+    if takes_images(adapter):
+        if not Path(item).is_file():
+            raise InputError(f"{item}: no such image file (model {adapter.name} takes images)")
+        px = adapter.prepare_image(item)
+        return px if px.dim() == 4 else px.unsqueeze(0)
+    ids = adapter.encode_text(item)
+    if not ids:
+        raise InputError(f"{item!r}: the prompt encodes to no tokens")
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def make_stage_plan(adapter: ModelAdapter, network: Any, plan: Any, *, addresses: dict[str, str],
+                    profile: Any | None = None, emulate: bool = True, dilation: float = 1.0,
+                    compression: str | None = None, trace_base: Path | None = None, version: int = 1) -> StagePlan:
+    """The StagePlan of `plan` on `network`, with each node's address (given or from the network file)."""
+    units = adapter.units()
+    if len(plan.assignment) != len(units):
+        raise InputError(f"plan: assignment: {len(plan.assignment)} units, but model {adapter.name} has {len(units)}")
+    if profile is not None and len(profile.units) != len(units):
+        raise InputError(f"profile: units: {len(profile.units)} units, but model {adapter.name} has {len(units)}")
+    try:
+        sp = build_stage_plan(version=version, model=adapter.name, units=units, phases=adapter.phases(InputSpec()),
+                              edges=adapter.edges(), assignment=plan.assignment, network=network, profile=profile,
+                              emulate=emulate, dilation=dilation,
+                              compression=compression or getattr(plan, "compression", None),
+                              traces=network_traces(network, trace_base) if emulate else None)
+    except ValueError as exc:
+        raise InputError(f"plan: {exc}") from None
+    nodes = tuple(type(n)(n.name, n.hardware, n.slowdown, addresses.get(n.name, n.address)) for n in sp.nodes)
+    return replace(sp, nodes=nodes)
+
+
+def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *, max_new_tokens: int = 16,
+                   emulate: bool = True, profile: Any | None = None, dilation: float = 1.0,
+                   compression: str | None = None, trace_base: Path | None = None, token: str | None = None,
+                   concurrency: int = 1, threads: int | None = None, adapter: ModelAdapter | None = None,
+                   timeout_s: float = 300.0) -> list[InputResult]:
+    """Start local workers as needed, run every input, stop the workers; results in input order."""
+    from profiler.models import load_adapter
+
+    adapter = adapter or load_adapter(model)
+    sources = [prepare_input(adapter, item) for item in inputs]
+    hosting = list(dict.fromkeys(plan.assignment))
+    given = {n.name: n.address for n in network.nodes if n.address}
+    local = [n for n in hosting if n not in given]
+    workers = LocalWorkers(model, local, token=token, threads=threads) if local else None
+    try:
+        addresses = dict(given)
+        if workers is not None:
+            addresses.update(workers.start())
+        sp = make_stage_plan(adapter, network, plan, addresses=addresses, profile=profile, emulate=emulate,
+                             dilation=dilation, compression=compression, trace_base=trace_base)
+        mode = "generate" if is_generative(adapter) else "forward"
+        results = asyncio.run(run_requests(sp, sources, mode=mode, max_new_tokens=max_new_tokens,
+                                           eos=adapter.eos_token_id, token=workers.token if workers else token,
+                                           concurrency=concurrency, timeout_s=timeout_s))
+    finally:
+        if workers is not None:
+            workers.stop()
+    out = []
+    for item, r in zip(inputs, results, strict=True):
+        if r.tokens is not None:
+            ids = [int(t) for t in r.tokens[0]]
+            out.append(InputResult(item, adapter.decode_tokens(ids), ids, r))
+        else:
+            out.append(InputResult(item, None, None, r))
+    return out

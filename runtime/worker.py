@@ -1,0 +1,608 @@
+"""A worker: one node's server. It runs the unit ranges a stage plan gives its node and passes the
+outputs on.
+
+Life of a request at a worker (frame kinds from runtime.codec):
+- `plan` (from the client): a StagePlan to hold under its version; several versions may be held at
+  once, so requests in flight finish on the plan they started with.
+- `open`: creates the request's state (a RequestState: KV caches, encoder output) keyed by request
+  id, with the reply address, mode and generation limits. Data for an id never opened is refused.
+- `data`: input for the segment of this node that starts at `unit`. The frame is validated at once
+  (plan version, phase, unit, dtype, shape, batch) and answered with `ack` or `error`; the work runs
+  after the reply, one segment at a time per request. Its output goes to the next segment's node
+  (through the emulated link when emulation is on); at the end of the decoder the worker that owns
+  the head samples the next token greedily and sends it back to the embedding's node, or sends the
+  result to the client when max tokens or EOS is reached. The worker that makes the encoder output
+  sends it once (`edge`) to every node with cross-attention units.
+- `close` (answered with the request's `stats`), `cancel`, or `state_timeout_s` without activity
+  free the state. A failing request gets an `error` frame at its reply address and is freed.
+
+Memory: the worker holds the adapter (the whole model, as `load_adapter` builds it). With
+`release_unused=True` it drops the weights of every unit that no held plan gives its node once a plan
+is applied (weights tied to a kept unit stay), and reloads the model if a later plan needs them.
+
+Emulation (when the plan says so): compute of a segment is stretched to K * slowdown * the profiled
+latency of its units on the node's hardware class (or K * slowdown * the measured time when the plan
+carries no latencies) by sleeping the difference after the real compute while holding the node's
+compute slot; a real compute that already exceeds the target is counted as `overrun_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
+from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame
+from runtime.links import EmulatedNetwork, sleep_until
+from runtime.stages import StagePlan
+from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
+
+MODES = ("generate", "forward")
+
+
+class RequestRejected(ValueError):
+    """A frame that is well-formed but cannot be accepted (unknown request, wrong unit, wrong shape)."""
+
+    def __init__(self, message: str, code: str = "bad-request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Request:
+    rid: str
+    plan: StagePlan
+    reply: str
+    mode: str
+    batch: int
+    max_new_tokens: int
+    eos: int | None
+    all_logits: bool
+    deadline: float                       # perf_counter time after which the state is dropped
+    idle_s: float
+    state: RequestState
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    edge_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    last_active: float = field(default_factory=time.perf_counter)
+    tokens: list[torch.Tensor] = field(default_factory=list)
+    done: torch.Tensor | None = None
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    stats: dict[str, Any] = field(default_factory=lambda: {"compute": {}, "transfer": {}, "rpc_s": 0.0,
+                                                           "overrun_s": 0.0, "queue_s": 0.0})
+
+    def touch(self) -> None:
+        self.last_active = time.perf_counter()
+
+
+def probe_shapes(adapter: ModelAdapter) -> dict[str, list[tuple[int, ...]]]:
+    """Output shape of every unit in the encode/prefill phases for a batch-1 example (to validate inputs).
+    The decode phase has prefill's shapes with one token."""
+    spec = InputSpec(prompt_tokens=3, new_tokens=2, batch=1)
+    phases = {p.name: p for p in adapter.phases(spec)}
+    state = adapter.new_state()
+    state.extra["batch"] = 1
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    with torch.no_grad():
+        for name in ("encode", "prefill"):
+            if name not in phases:
+                continue
+            p = phases[name]
+            x = adapter.example_input(spec, name)
+            out: list[tuple[int, ...]] = []
+            for u in range(p.first, p.last + 1):
+                x = adapter.run(u, u, x, phase=name, position=0, state=state)
+                out.append(tuple(x.shape))
+            shapes[name] = out
+            if name == "encode" and any(e.src == p.last for e in adapter.edges()):
+                state.encoder_out = x
+    return shapes
+
+
+class Worker:
+    """One node. `model` is a built-in name or folder (loaded with load_adapter), or pass `adapter`."""
+
+    def __init__(self, name: str, model: str | None = None, *, adapter: ModelAdapter | None = None,
+                 token: str | None = None, transport: Transport | None = None, state_timeout_s: float = 120.0,
+                 release_unused: bool = False, call_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        if adapter is None and model is None:
+            raise ValueError("a worker needs a model name or an adapter")
+        self.name = name
+        self.model_name = model
+        if adapter is None:
+            from profiler.models import load_adapter
+            adapter = load_adapter(model)
+        self.adapter = adapter
+        self.units = adapter.units()
+        self.phase_infos = {p.name: p for p in adapter.phases(InputSpec())}
+        self.shapes = probe_shapes(adapter)
+        self.token = token
+        self.transport = transport or GrpcTransport(token)
+        self.state_timeout_s = state_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self.release_unused = release_unused
+        self.released: set[int] = set()
+        self.plans: dict[int, StagePlan] = {}
+        self.networks: dict[int, EmulatedNetwork] = {}
+        self.requests: dict[str, Request] = {}
+        self.freed = 0                          # requests whose state was dropped (any reason)
+        self.errors = 0                         # frames answered with an error
+        self._compute_slot = asyncio.Lock()     # one segment computes at a time: a node is one device
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"aiflow-{name}")
+        self._server: FrameServer | None = None
+        self._reaper: asyncio.Task | None = None
+        self.address: str | None = None
+
+    # -- serving ---------------------------------------------------------------------------------
+    async def start(self, listen: str = "127.0.0.1:0") -> str:
+        self._server = FrameServer(self.handle, self.health, token=self.token)
+        self.address = await self._server.start(listen)
+        self._reaper = asyncio.create_task(self._reap_loop())
+        return self.address
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for rid in list(self.requests):
+            self._drop(rid)
+        if self._server is not None:
+            await self._server.stop()
+        await self.transport.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "name": self.name, "model": self.adapter.name, "family": self.adapter.family,
+                "units": len(self.units), "plans": sorted(self.plans), "requests": len(self.requests),
+                "freed": self.freed, "errors": self.errors, "released_units": sorted(self.released)}
+
+    async def handle(self, data: bytes) -> list[bytes]:
+        """The Push handler: one frame in, ack/error/stats frames out. Never raises."""
+        rid = ""
+        try:
+            frame = decode_frame(data)
+            rid = frame.request_id
+            return await self._dispatch(frame)
+        except FrameError as exc:
+            self.errors += 1
+            return [error_frame(f"{self.name}: bad frame: {exc}", rid, "bad-frame")]
+        except RequestRejected as exc:
+            self.errors += 1
+            return [error_frame(f"{self.name}: {exc}", rid, exc.code)]
+        except Exception as exc:  # noqa: BLE001 - a worker answers every frame and keeps serving
+            self.errors += 1
+            return [error_frame(f"{self.name}: {type(exc).__name__}: {exc}", rid, "internal")]
+
+    async def _dispatch(self, frame: Frame) -> list[bytes]:
+        kind = frame.kind
+        if kind == "plan":
+            return [self._apply_plan(frame)]
+        if kind == "open":
+            return [self._open(frame)]
+        if kind == "data":
+            self._accept_data(frame)
+            return [ack_frame(frame.request_id)]
+        if kind == "edge":
+            self._accept_edge(frame)
+            return [ack_frame(frame.request_id)]
+        if kind == "close":
+            req = self._known(frame.request_id)
+            stats = self._stats_of(req)
+            self._drop(frame.request_id)
+            return [encode_frame(Frame("stats", request_id=req.rid, meta=stats))]
+        if kind == "cancel":
+            known = frame.request_id in self.requests
+            self._drop(frame.request_id)
+            return [ack_frame(frame.request_id, known=known)]
+        raise RequestRejected(f"a worker does not take {kind!r} frames", "bad-kind")
+
+    # -- plans -----------------------------------------------------------------------------------
+    def _apply_plan(self, frame: Frame) -> bytes:
+        try:
+            plan = StagePlan.from_dict(frame.meta.get("plan", {}))
+        except ValueError as exc:
+            raise RequestRejected(str(exc), "bad-plan") from None
+        if len(plan.assignment) != len(self.units):
+            raise RequestRejected(f"plan v{plan.version} places {len(plan.assignment)} units but model "
+                                  f"{self.adapter.name} has {len(self.units)}", "bad-plan")
+        if self.name not in {n.name for n in plan.nodes}:
+            raise RequestRejected(f"plan v{plan.version} has no node {self.name!r}", "bad-plan")
+        for p in plan.phases:
+            ours = self.phase_infos.get(p.name)
+            if ours is None or (ours.first, ours.last) != (p.first, p.last):
+                raise RequestRejected(f"plan v{plan.version}: phase {p.name} units {p.first}..{p.last} do not "
+                                      "match the model", "bad-plan")
+        old = self.plans.get(plan.version)
+        if old is not None and old != plan:
+            raise RequestRejected(f"plan version {plan.version} is already held with other content", "bad-plan")
+        self.plans[plan.version] = plan
+        self.networks[plan.version] = EmulatedNetwork(plan.nodes, plan.links, plan.dilation)
+        if self.release_unused:
+            self._manage_weights()
+        hosted = [f"{ph}:{s.first}-{s.last}" for ph, s in plan.segments_of(self.name)]
+        return ack_frame(plan_version=plan.version, hosted=hosted)
+
+    def forget_plan(self, version: int) -> None:
+        self.plans.pop(version, None)
+        self.networks.pop(version, None)
+
+    def _hosted_units(self) -> set[int]:
+        return {u for p in self.plans.values() for u, n in enumerate(p.assignment) if n == self.name}
+
+    def _manage_weights(self) -> None:
+        """Drop the weights of units no held plan gives this node; reload if a released one is needed."""
+        hosted = self._hosted_units()
+        if hosted & self.released:
+            if self.model_name is None:
+                raise RequestRejected("this worker released units the plan needs and cannot reload them "
+                                      "(it was given an adapter, not a model name)", "bad-plan")
+            from profiler.models import load_adapter
+            self.adapter = load_adapter(self.model_name)
+            self.released = set()
+        keep = {id(p) for u in hosted for m in self.adapter.unit_modules(u) for p in m.parameters()}
+        for u in range(len(self.units)):
+            if u in hosted or u in self.released:
+                continue
+            for m in self.adapter.unit_modules(u):
+                for p in m.parameters():
+                    if id(p) not in keep:
+                        p.data = torch.empty(0, dtype=p.dtype)
+            self.released.add(u)
+
+    def held_param_bytes(self) -> int:
+        seen: set[int] = set()
+        total = 0
+        for p in self.adapter.model.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel() * p.element_size()
+        return total
+
+    # -- requests --------------------------------------------------------------------------------
+    def _known(self, rid: str) -> Request:
+        req = self.requests.get(rid)
+        if req is None:
+            raise RequestRejected(f"unknown request id {rid!r}", "unknown-request")
+        return req
+
+    def _open(self, frame: Frame) -> bytes:
+        rid, m = frame.request_id, frame.meta
+        if not rid:
+            raise RequestRejected("open: a request id is required")
+        if rid in self.requests:
+            raise RequestRejected(f"open: request id {rid!r} is already open", "duplicate-request")
+        plan = self.plans.get(frame.plan_version)
+        if plan is None:
+            raise RequestRejected(f"unknown plan version {frame.plan_version}", "unknown-plan")
+        mode = m.get("mode", "generate")
+        reply = m.get("reply")
+        batch, max_new, eos = m.get("batch", 1), m.get("max_new_tokens", 1), m.get("eos")
+        if mode not in MODES:
+            raise RequestRejected(f"open: mode {mode!r} (known: {', '.join(MODES)})")
+        if not isinstance(reply, str) or ":" not in reply:
+            raise RequestRejected("open: reply must be a HOST:PORT address")
+        if not isinstance(batch, int) or batch < 1 or not isinstance(max_new, int) or max_new < 1:
+            raise RequestRejected("open: batch and max_new_tokens must be positive integers")
+        if eos is not None and not isinstance(eos, int):
+            raise RequestRejected("open: eos must be an integer or null")
+        idle = float(m.get("timeout_s", self.state_timeout_s))
+        state = self.adapter.new_state()
+        state.extra["batch"] = batch
+        self.requests[rid] = Request(rid=rid, plan=plan, reply=reply, mode=mode, batch=batch, max_new_tokens=max_new,
+                                     eos=eos, all_logits=bool(m.get("all_logits", False)),
+                                     deadline=time.perf_counter() + idle, idle_s=idle, state=state)
+        return ack_frame(rid)
+
+    def _drop(self, rid: str) -> None:
+        req = self.requests.pop(rid, None)
+        if req is None:
+            return
+        self.freed += 1
+        for task in req.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        req.state = RequestState()      # release caches now, whatever still references the request
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.state_timeout_s / 4))
+            self.reap()
+
+    def reap(self) -> list[str]:
+        """Drop requests idle past their timeout; tell their clients. Returns the ids dropped."""
+        now = time.perf_counter()
+        dropped = []
+        for rid, req in list(self.requests.items()):
+            if now - req.last_active > req.idle_s:
+                dropped.append(rid)
+                self._drop(rid)
+                self._spawn_detached(self._notify(req, f"{self.name}: request {rid} timed out after "
+                                                       f"{req.idle_s:.3g} s without activity", "timeout"))
+        return dropped
+
+    def _spawn_detached(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._detached = getattr(self, "_detached", set())
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    # -- validation of data and edges -------------------------------------------------------------
+    def _accept_data(self, frame: Frame) -> None:
+        req = self._known(frame.request_id)
+        plan = req.plan
+        if frame.plan_version != plan.version:
+            raise RequestRejected(f"request {req.rid} runs plan v{plan.version}, frame says v{frame.plan_version}",
+                                  "wrong-plan")
+        try:
+            phase = plan.phase(frame.phase)
+            seg = plan.segment_at(frame.phase, frame.unit)
+        except KeyError:
+            raise RequestRejected(f"plan v{plan.version} has no unit {frame.unit} in phase {frame.phase!r}",
+                                  "wrong-unit") from None
+        if seg.node != self.name or seg.first != frame.unit:
+            raise RequestRejected(f"unit {frame.unit} of {frame.phase} does not start a segment of node {self.name}",
+                                  "wrong-unit")
+        self._check_input(req, phase.name, phase.first, phase.input, frame)
+        req.touch()
+        self._spawn(req, self._process(req, frame, seg.first, seg.last))
+
+    def _check_input(self, req: Request, phase: str, phase_first: int, phase_input: str, frame: Frame) -> None:
+        x, u = frame.tensor, frame.unit
+        where = f"{phase} unit {u}"
+        if u == phase_first:
+            if phase_input == "none":
+                if x is not None:
+                    raise RequestRejected(f"{where}: takes no input, got a tensor", "wrong-shape")
+                return
+            if x is None:
+                raise RequestRejected(f"{where}: input tensor missing", "wrong-shape")
+            if phase == "encode":
+                ok = x.is_floating_point() and x.dim() == 4
+                want = "float pixels [batch, channels, height, width]"
+            else:
+                ok = x.dtype == torch.int64 and x.dim() == 2 and x.shape[1] >= 1 and (phase != "decode"
+                                                                                      or x.shape[1] == 1)
+                want = "int64 token ids [batch, 1]" if phase == "decode" else "int64 token ids [batch, tokens]"
+            if not ok:
+                raise RequestRejected(f"{where}: expected {want}, got {_describe(x)}", "wrong-shape")
+        else:
+            if x is None:
+                raise RequestRejected(f"{where}: hidden state missing", "wrong-shape")
+            ref_phase = "prefill" if phase == "decode" else phase
+            ref = self.shapes[ref_phase][u - 1 - self.phase_infos[ref_phase].first]
+            ok = x.is_floating_point() and x.dim() == len(ref) and x.shape[-1] == ref[-1]
+            if ok and phase == "encode":
+                ok = tuple(x.shape[1:]) == ref[1:]
+            if ok and phase == "decode":
+                ok = x.shape[1] == 1
+            if not ok:
+                want = f"float [batch, {'1' if phase == 'decode' else '...'}, {ref[-1]}]" if len(ref) == 3 else str(ref)
+                raise RequestRejected(f"{where}: expected {want}, got {_describe(x)}", "wrong-shape")
+        if x.shape[0] != req.batch:
+            raise RequestRejected(f"{where}: batch {x.shape[0]} but the request was opened with batch {req.batch}",
+                                  "wrong-shape")
+
+    def _accept_edge(self, frame: Frame) -> None:
+        req = self._known(frame.request_id)
+        if frame.tensor is None or not frame.tensor.is_floating_point():
+            raise RequestRejected("edge: expected a float tensor", "wrong-shape")
+        if frame.tensor.shape[0] != req.batch:
+            raise RequestRejected(f"edge: batch {frame.tensor.shape[0]} but the request has {req.batch}", "wrong-shape")
+        if not any(req.plan.assignment[u] == self.name for u in req.plan.reads_edge):
+            raise RequestRejected(f"edge: node {self.name} hosts no unit that reads it", "wrong-unit")
+        req.state.encoder_out = frame.tensor
+        req.edge_ready.set()
+        req.touch()
+
+    # -- execution -------------------------------------------------------------------------------
+    def _spawn(self, req: Request, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        req.tasks.add(task)
+        task.add_done_callback(req.tasks.discard)
+
+    async def _process(self, req: Request, frame: Frame, first: int, last: int) -> None:
+        t_arrive = time.perf_counter()
+        try:
+            async with req.lock:
+                if self.requests.get(req.rid) is not req:
+                    return                                 # freed meanwhile
+                req.stats["queue_s"] += time.perf_counter() - t_arrive
+                plan = req.plan
+                if any(first <= u <= last for u in plan.reads_edge) and req.state.encoder_out is None:
+                    await asyncio.wait_for(req.edge_ready.wait(), timeout=req.idle_s)
+                out = await self._compute(req, frame.phase, first, last, frame.tensor, frame.position)
+                req.touch()
+                await self._forward(req, frame, first, last, out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure reaches the client as an error frame
+            msg = f"{self.name}: {frame.phase} units {first}..{last}: {type(exc).__name__}: {exc}"
+            if self.requests.get(req.rid) is req:
+                self._drop(req.rid)
+            await self._notify(req, msg, "failed")
+
+    async def _compute(self, req: Request, phase: str, first: int, last: int, x: torch.Tensor | None,
+                       position: int) -> torch.Tensor:
+        plan = req.plan
+        loop = asyncio.get_running_loop()
+
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return self.adapter.run(first, last, x, phase=phase, position=position, state=req.state,
+                                        all_logits=req.all_logits)
+
+        async with self._compute_slot:
+            t0 = time.perf_counter()
+            out = await loop.run_in_executor(self._executor, run)
+            real = time.perf_counter() - t0
+            if plan.emulate:
+                node = plan.node(self.name)
+                target = plan.target_compute_s(phase, first, last)
+                goal = plan.dilation * node.slowdown * (target if target is not None else real)
+                if goal > real:
+                    await sleep_until(t0 + goal)
+                else:
+                    req.stats["overrun_s"] += real - goal
+            busy = time.perf_counter() - t0
+        c = req.stats["compute"].setdefault(phase, {"real_s": 0.0, "busy_s": 0.0, "passes": 0})
+        c["real_s"] += real
+        c["busy_s"] += busy
+        c["passes"] += 1
+        return out
+
+    async def _forward(self, req: Request, frame: Frame, first: int, last: int, out: torch.Tensor) -> None:
+        """Send the output of a segment where the plan says it goes next."""
+        plan = req.plan
+        phase = plan.phase(frame.phase)
+        if last < phase.last:
+            nxt = plan.segment_at(phase.name, last + 1)
+            await self._send(req, nxt.node, Frame("data", req.rid, plan.version, phase.name, last + 1,
+                                                  frame.position, frame.step, out))
+            return
+        names = [p.name for p in plan.phases]
+        if phase.name == "encode":
+            for m in plan.edge_readers(last):
+                if m == self.name:
+                    req.state.encoder_out = out
+                    req.edge_ready.set()
+            sends = [self._send(req, m, Frame("edge", req.rid, plan.version, "encode", last, 0, 0, out))
+                     for m in plan.edge_readers(last) if m != self.name]
+            await asyncio.gather(*sends)
+            if "prefill" in names:
+                pre = plan.phase("prefill")
+                # input "none": the decoder's first unit makes its start token; this frame only starts it
+                await self._send(req, plan.assignment[pre.first],
+                                 Frame("data", req.rid, plan.version, "prefill", pre.first, 0, 0, None))
+            else:
+                await self._result(req, out, steps=1)
+            return
+        if req.mode == "forward":
+            await self._result(req, out, steps=1)
+            return
+        self._generation_step(req, frame, out)
+        if self._finished(req):
+            await self._result(req, torch.cat(req.tokens, dim=1), steps=len(req.tokens))
+            return
+        dec = plan.phase("decode")
+        n_in = 1 if frame.tensor is None else int(frame.tensor.shape[1])
+        await self._send(req, plan.assignment[dec.first],
+                         Frame("data", req.rid, plan.version, "decode", dec.first, frame.position + n_in,
+                               len(req.tokens), req.tokens[-1]))
+
+    def _generation_step(self, req: Request, frame: Frame, logits: torch.Tensor) -> None:
+        """Greedy choice, with rows that reached EOS padded with it (as profiler.generate does)."""
+        token = logits.argmax(dim=-1, keepdim=True)
+        if frame.phase == "prefill":
+            req.tokens = []
+            no_eos = torch.zeros(req.batch, dtype=torch.bool)
+            req.done = (token.squeeze(1) == req.eos) if req.eos is not None else no_eos
+        elif req.eos is not None:
+            token = torch.where(req.done.unsqueeze(1), torch.full_like(token, req.eos), token)
+            req.done = req.done | (token.squeeze(1) == req.eos)
+        req.tokens.append(token)
+
+    def _finished(self, req: Request) -> bool:
+        return len(req.tokens) >= req.max_new_tokens or bool(req.done.all())
+
+    async def _send(self, req: Request, node: str, frame: Frame) -> None:
+        """Deliver a frame to `node`: locally without a copy, else through the link and the transport."""
+        if node == self.name:
+            if frame.kind == "data":
+                self._accept_data(frame)
+            return
+        plan = req.plan
+        address = plan.node(node).address
+        if address is None:
+            raise RuntimeError(f"plan v{plan.version} gives no address for node {node}")
+        data = encode_frame(frame, plan.compression if frame.kind in ("data", "edge") else "none")
+        await self._carry(req, node, data)
+        t0 = time.perf_counter()
+        replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
+        req.stats["rpc_s"] += time.perf_counter() - t0
+        for r in replies:
+            f = decode_frame(r)
+            if f.kind == "error":
+                raise RuntimeError(f"{node} refused a {frame.kind} frame: {f.meta.get('error')}")
+
+    async def _carry(self, req: Request, node: str, data: bytes) -> None:
+        plan = req.plan
+        if not plan.emulate:
+            return
+        spent = await self.networks[plan.version].carry(self.name, node, len(data))
+        for hop, s in spent.items():
+            t = req.stats["transfer"].setdefault(hop, {"seconds": 0.0, "bytes": 0, "messages": 0})
+            t["seconds"] += s
+            t["bytes"] += len(data)
+            t["messages"] += 1
+
+    async def _result(self, req: Request, out: torch.Tensor, steps: int) -> None:
+        plan = req.plan
+        data = encode_frame(Frame("result", req.rid, plan.version, meta={"steps": steps, "node": self.name},
+                                  tensor=out))
+        if plan.emulate and plan.sink != self.name:
+            await self._carry(req, plan.sink, data)
+        await self.transport.send(req.reply, data, timeout=self.call_timeout_s)
+
+    async def _notify(self, req: Request, message: str, code: str) -> None:
+        try:
+            await self.transport.send(req.reply, error_frame(message, req.rid, code), timeout=self.call_timeout_s)
+        except TransportError:
+            pass                                  # the client is gone: nothing more to tell
+
+    def _stats_of(self, req: Request) -> dict[str, Any]:
+        return {"node": self.name, **req.stats}
+
+
+def _describe(x: torch.Tensor | None) -> str:
+    return "nothing" if x is None else f"{str(x.dtype).removeprefix('torch.')}{list(x.shape)}"
+
+
+# -- the worker process --------------------------------------------------------------------------------
+async def serve(name: str, listen: str, model: str, *, token: str | None = None, threads: int | None = None,
+                state_timeout_s: float = 120.0, release_unused: bool = False) -> None:
+    """Run a worker until SIGINT/SIGTERM. Prints `READY host:port` on stdout once it serves."""
+    if threads:
+        torch.set_num_threads(threads)
+    worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused)
+    address = await worker.start(listen)
+    print(f"READY {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await worker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m runtime.worker", description="Serve one node of a plan.")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--listen", default="127.0.0.1:0")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--token", default=None, help="shared token (default: $AIFLOW_TOKEN)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--state-timeout", type=float, default=120.0)
+    ap.add_argument("--release-unused", action="store_true")
+    a = ap.parse_args(argv)
+    token = a.token or os.environ.get("AIFLOW_TOKEN") or None
+    try:
+        asyncio.run(serve(a.name, a.listen, a.model, token=token, threads=a.threads,
+                          state_timeout_s=a.state_timeout, release_unused=a.release_unused))
+    except ValueError as exc:     # InputError included: bad model name or folder
+        print(f"aiflow worker: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
