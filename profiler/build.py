@@ -11,7 +11,8 @@ so the cache a decode step sees is the one the prefill really left. For each (un
 - the state bytes the unit added (its KV cache growth), and the largest tensor any of its submodules
   produced (forward hooks);
 - bytes_moved (an extra field the roofline estimator reads): weights read in full (embedding tables
-  excepted: a lookup reads only its rows) + input + output + the KV cache the unit holds after the pass.
+  excepted: a lookup reads only its rows) + input + output + the KV cache the unit holds after the pass;
+- ops (an extra field the estimator reads): the ATen operations one pass dispatches.
 
 Per unit then: param_bytes (its modules' parameters and buffers), and
 mem_bytes = param_bytes + KV cache at the request's maximum length (prompt + new tokens) + the
@@ -30,7 +31,7 @@ from profiler.adapters.base import InputSpec, ModelAdapter
 from profiler.errors import InputError
 from profiler.flops import count_unit
 from profiler.hardware import fingerprint, hardware_class, measure_mem_bandwidth, measure_peak_flops
-from profiler.measure import LargestOutput, held_bytes, param_bytes, streamed_param_bytes, time_unit_step
+from profiler.measure import LargestOutput, OpCounter, held_bytes, param_bytes, streamed_param_bytes, time_unit_step
 from profiler.profile import Edge, Phase, Profile, Unit
 
 TOKEN_ID_BYTES = 8          # a sampled token travels as one int64 id
@@ -44,6 +45,7 @@ class _UnitRecord:
     latency: dict[str, float] = field(default_factory=dict)
     spread: dict[str, float] = field(default_factory=dict)
     bytes_moved: dict[str, float] = field(default_factory=dict)
+    ops: dict[str, int] = field(default_factory=dict)
     kv_bytes: float = 0.0           # KV cache held at the request's maximum length
     cache_now: int = 0              # state bytes this unit holds at this point of the walk
     activation: int = 0             # largest input + intermediate it holds at once
@@ -144,8 +146,9 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
 
             # The real run that advances the request, with hooks for the largest intermediate tensor.
             before = held_bytes(state.cache)
-            with torch.inference_mode(), LargestOutput(adapter.unit_modules(i)) as largest:
+            with torch.inference_mode(), LargestOutput(adapter.unit_modules(i)) as largest, OpCounter() as counter:
                 out = adapter.run(i, i, x, phase=ph.name, position=position, state=state)
+            rec.ops[ph.name] = counter.ops
             grown = held_bytes(state.cache) - before
             rec.cache_now += grown
             # A loop phase adds one step's growth per generated token; other phases add theirs once.
@@ -167,7 +170,8 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
     units = [
         Unit(name=u.name, param_bytes=params[i], mem_bytes=params[i] + int(recs[i].kv_bytes) + recs[i].activation,
              flops=recs[i].flops, out_bytes=recs[i].out_bytes, latency_s={hw: recs[i].latency},
-             source={hw: "measured"}, spread={hw: recs[i].spread}, bytes_moved=recs[i].bytes_moved)
+             source={hw: "measured"}, spread={hw: recs[i].spread}, bytes_moved=recs[i].bytes_moved,
+             ops=recs[i].ops)
         for i, u in enumerate(unit_infos)
     ]
     phases = [Phase(name=p.name, first=p.first, last=p.last, repeat=p.repeat, input=p.input,

@@ -5,22 +5,24 @@ touches), the roofline time on a device with peak P FLOP/s and memory bandwidth 
 
     roof(P, W) = max(F / P, B / W)
 
-Real units do not reach the roofline: small kernels, framework dispatch, element-wise work that
-FLOP counts leave out. So the model is fitted on this machine first. Its own P_local (the best fp32
-matmul rate) and W_local (the best large-copy rate) are measured when it is profiled, and every
-measured latency t is fitted as
+Real units do not reach the roofline: small kernels, element-wise work that FLOP counts leave out,
+and a fixed cost for every operation dispatched (a kernel launch on a GPU, framework dispatch
+everywhere), which dominates small units. So the model is fitted on this machine first. Its own
+P_local (the best fp32 matmul rate) and W_local (the best large-copy rate) are measured when it is
+profiled, and every measured latency t of a unit pass that dispatched n operations is fitted as
 
-    t = a * roof(P_local, W_local) + o          (a >= 1: how far units sit above the roofline;
-                                                  o >= 0: the fixed cost of one unit call)
+    t = a * roof(P_local, W_local) + c * n        (a >= 1: how far units sit above the roofline;
+                                                    c >= 0: the fixed cost of one operation)
 
 by least squares on relative error (every entry counts alike, small or large). A described device
 then gets
 
-    t_device = a * max(F / (P_device * efficiency), B / W_device) + overhead
+    t_device = a * max(F / (P_device * efficiency), B / W_device) + c_device * n
 
-with `efficiency` (the sustained fraction of the datasheet peak, from its description) and `overhead`
-(the description's `overhead_s`, else this machine's fitted `o`: the same Python code drives the
-device). Entries made this way are marked `source: estimated`.
+with `efficiency` (the sustained fraction of the datasheet peak, from its description) and `c_device`
+(the description's `op_overhead_s`, else this machine's fitted `c` times the description's
+`op_overhead_scale`, default 1: the same Python and PyTorch dispatch drives the device, from a host
+CPU that may be slower). Entries made this way are marked `source: estimated`.
 """
 
 from __future__ import annotations
@@ -42,12 +44,12 @@ class Calibration:
     peak_flops: float             # measured fp32 matmul FLOP/s of the profiled machine
     mem_bandwidth: float          # measured copy bandwidth, bytes/s
     slowdown: float               # a: measured time / roofline time (>= 1), the overhead taken out
-    overhead_s: float             # o: fixed cost of one unit call
+    op_overhead_s: float          # c: fixed cost of one dispatched operation
     entries: int                  # measured (unit, phase) entries the fit used
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {"calibrated_on": self.hardware, "roofline_slowdown": self.slowdown,
-                "overhead_s": self.overhead_s, "calibration_entries": self.entries}
+                "op_overhead_s": self.op_overhead_s, "calibration_entries": self.entries}
 
 
 def bytes_moved(unit: Unit, phase: str, in_bytes: float) -> float:
@@ -56,6 +58,14 @@ def bytes_moved(unit: Unit, phase: str, in_bytes: float) -> float:
     if isinstance(recorded, dict) and phase in recorded:
         return float(recorded[phase])
     return float(unit.param_bytes) + in_bytes + float(unit.out_bytes.get(phase, 0.0))
+
+
+def op_count(unit: Unit, phase: str) -> float:
+    """Operations a unit's pass dispatches, from the profiler's record (1 when absent: a per-call cost)."""
+    recorded = (unit.model_extra or {}).get("ops")
+    if isinstance(recorded, dict) and phase in recorded:
+        return float(recorded[phase])
+    return 1.0
 
 
 def unit_inputs(profile: Profile) -> dict[tuple[int, str], float]:
@@ -85,26 +95,26 @@ def _local_machine(profile: Profile, hardware: str) -> tuple[float, float]:
     return peak, bw
 
 
-def fit_line(xs: list[float], ts: list[float]) -> tuple[float, float]:
-    """t = a * x + o minimising the sum of ((a x + o - t) / t)^2, with a >= MIN_SLOWDOWN and o >= 0."""
+def fit_two(xs: list[float], ns: list[float], ts: list[float]) -> tuple[float, float]:
+    """t = a * x + c * n minimising the sum of ((a x + c n - t) / t)^2, with a >= MIN_SLOWDOWN, c >= 0."""
     w = [1.0 / (t * t) for t in ts]
-    sw = sum(w)
-    sx = sum(wi * x for wi, x in zip(w, xs, strict=True))
-    st = sum(wi * t for wi, t in zip(w, ts, strict=True))
     sxx = sum(wi * x * x for wi, x in zip(w, xs, strict=True))
+    snn = sum(wi * n * n for wi, n in zip(w, ns, strict=True))
+    sxn = sum(wi * x * n for wi, x, n in zip(w, xs, ns, strict=True))
     sxt = sum(wi * x * t for wi, x, t in zip(w, xs, ts, strict=True))
-    det = sw * sxx - sx * sx
-    a, o = (0.0, -1.0)
+    snt = sum(wi * n * t for wi, n, t in zip(w, ns, ts, strict=True))
+    det = sxx * snn - sxn * sxn
+    a, c = MIN_SLOWDOWN, -1.0
     if det > 0:
-        a = (sw * sxt - sx * st) / det
-        o = (st - a * sx) / sw
-    if o < 0 or det <= 0:
-        o = 0.0
+        a = (sxt * snn - snt * sxn) / det
+        c = (snt * sxx - sxt * sxn) / det
+    if c < 0 or det <= 0:                       # no per-operation cost visible: all in the slope
+        c = 0.0
         a = sxt / sxx if sxx > 0 else MIN_SLOWDOWN
-    if a < MIN_SLOWDOWN:
+    if a < MIN_SLOWDOWN:                        # cannot beat the roofline: fix a, refit c
         a = MIN_SLOWDOWN
-        o = max(0.0, (st - a * sx) / sw)
-    return a, o
+        c = max(0.0, (snt - a * sxn) / snn) if snn > 0 else 0.0
+    return a, c
 
 
 def calibrate(profile: Profile, hardware: str) -> Calibration:
@@ -114,6 +124,7 @@ def calibrate(profile: Profile, hardware: str) -> Calibration:
     peak, bw = _local_machine(profile, hardware)
     inputs = unit_inputs(profile)
     xs: list[float] = []
+    ns: list[float] = []
     ts: list[float] = []
     for i, u in enumerate(profile.units):
         per_phase = u.latency_s.get(hardware, {})
@@ -123,11 +134,12 @@ def calibrate(profile: Profile, hardware: str) -> Calibration:
                 continue
             flops = float(u.flops.get(ph.name, 0.0))
             xs.append(roofline(flops, bytes_moved(u, ph.name, inputs[(i, ph.name)]), peak, bw))
+            ns.append(op_count(u, ph.name))
             ts.append(float(t))
     if not xs:
         raise InputError(f"profile {profile.model}: {hardware}: no measured latencies to calibrate against")
-    a, o = fit_line(xs, ts)
-    return Calibration(hardware=hardware, peak_flops=peak, mem_bandwidth=bw, slowdown=a, overhead_s=o,
+    a, c = fit_two(xs, ns, ts)
+    return Calibration(hardware=hardware, peak_flops=peak, mem_bandwidth=bw, slowdown=a, op_overhead_s=c,
                        entries=len(xs))
 
 
@@ -144,7 +156,8 @@ def estimate_latencies(profile: Profile, device: DeviceClass, calibration: Calib
     inputs = unit_inputs(profile)
     peak = device.peak_flops * device.efficiency
     bw = device.mem_bandwidth_bytes_per_s
-    overhead = device.overhead_s if device.overhead_s is not None else calibration.overhead_s
+    per_op = (device.op_overhead_s if device.op_overhead_s is not None
+              else calibration.op_overhead_s * device.op_overhead_scale)
     out: list[dict[str, float]] = []
     for i, u in enumerate(profile.units):
         per_phase: dict[str, float] = {}
@@ -153,7 +166,7 @@ def estimate_latencies(profile: Profile, device: DeviceClass, calibration: Calib
                 continue
             flops = float(u.flops.get(ph.name, 0.0))
             roof = roofline(flops, bytes_moved(u, ph.name, inputs[(i, ph.name)]), peak, bw)
-            per_phase[ph.name] = calibration.slowdown * roof + overhead
+            per_phase[ph.name] = calibration.slowdown * roof + per_op * op_count(u, ph.name)
         out.append(per_phase)
     return out
 
@@ -174,8 +187,9 @@ def estimate_profile(profile: Profile, device: DeviceClass, *, base: str | None 
     info: dict[str, object] = {
         "estimated": True, "description": device.description, "tier": device.tier,
         "peak_flops": device.peak_flops, "mem_bandwidth_bps": device.mem_bandwidth_bps,
-        "mem_bytes": device.mem_bytes, "efficiency": device.efficiency, **cal.as_dict(),
+        "mem_bytes": device.mem_bytes, "efficiency": device.efficiency,
+        "op_overhead_scale": device.op_overhead_scale, **cal.as_dict(),
     }
-    if device.overhead_s is not None:
-        info["overhead_s"] = device.overhead_s
+    if device.op_overhead_s is not None:
+        info["op_overhead_s"] = device.op_overhead_s
     return profile.model_copy(update={"units": units, "hardware": {**profile.hardware, device.name: info}})

@@ -124,7 +124,8 @@ class DeviceClass(BaseModel):
                                                # network files): 4.8 TB/s is 3.84e13
     mem_bytes: PositiveFloat                   # memory a node of this class has
     efficiency: float = Field(default=1.0, gt=0, le=1)  # sustained fraction of peak_flops (datasheet vs real)
-    overhead_s: float | None = Field(default=None, ge=0)  # per-unit-call overhead; None: this machine's
+    op_overhead_s: float | None = Field(default=None, ge=0)  # cost of one dispatched op; None: this machine's
+    op_overhead_scale: float = Field(default=1.0, gt=0)      # ... times this factor (a slower host CPU)
     tier: Tier | None = None
     description: str = ""
 

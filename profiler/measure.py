@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 T = TypeVar("T")
 
@@ -156,3 +157,16 @@ class LargestOutput:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations a pass dispatches: each is a kernel launch on a GPU and a fixed
+    dispatch cost everywhere, which is what dominates the time of small units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
