@@ -73,6 +73,7 @@ def test_sqlite_pragmas_foreign_keys_busy_timeout_wal(store):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     # Foreign keys are enforced: a unit row of a profile that does not exist is refused.
     with pytest.raises(IntegrityError), store.engine.begin() as conn:
         conn.execute(ProfileUnit.__table__.insert().values(
