@@ -180,7 +180,13 @@ def _connect(engine: Engine) -> Connection:
 
 
 def _current(conn: Connection) -> str | None:
-    heads = MigrationContext.configure(conn).get_current_heads()
+    try:
+        heads = MigrationContext.configure(conn).get_current_heads()
+    except DBAPIError as exc:
+        # Connected, but not to a database we can read (a SQLite path holding some other file, a
+        # PostgreSQL role without rights).
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise InputError(f"database {display_url(str(conn.engine.url))}: cannot read: {reason}") from None
     return heads[0] if heads else None
 
 

@@ -90,6 +90,13 @@ def test_unreachable_and_bad_urls_are_one_line_input_errors():
         Store.open("nosuchdb://x/y")
 
 
+def test_a_file_that_is_not_a_database_is_an_input_error(tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("these are not the tables you are looking for\n" * 100)
+    with pytest.raises(InputError, match=r"notes.txt: cannot (connect|read): file is not a database"):
+        Store.open(f"sqlite:///{junk}")
+
+
 def test_a_database_newer_than_the_code_is_refused(url):
     with Store.open(url) as s, s.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
