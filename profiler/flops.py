@@ -21,9 +21,13 @@ import warnings
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore's import path touches torch.jit.script, which torch 2.13 reports as deprecated.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 from profiler.adapters.base import ModelAdapter, RequestState
 
