@@ -1,0 +1,101 @@
+"""Tensor frames: exact round trips, rejected inconsistencies, measured compression error."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.codec import (
+    MAGIC,
+    Frame,
+    FrameError,
+    decode_frame,
+    encode_frame,
+    pack_frames,
+    unpack_frames,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int8,
+          torch.uint8, torch.bool]
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
+       seed=st.integers(0, 1000), pos=st.integers(0, 10_000), step=st.integers(0, 100))
+def test_round_trip_is_exact(dtype: torch.dtype, shape: list[int], seed: int, pos: int, step: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    t = (torch.randn(shape, generator=gen) * 100).to(dtype)
+    f = Frame("data", "r1", 3, "decode", 7, pos, step, t, meta={"x": [1, 2]})
+    g = decode_frame(encode_frame(f))
+    assert (g.kind, g.request_id, g.plan_version, g.phase, g.unit, g.position, g.step, g.meta) == \
+        ("data", "r1", 3, "decode", 7, pos, step, {"x": [1, 2]})
+    assert g.tensor.dtype == dtype and g.tensor.shape == t.shape
+    assert torch.equal(g.tensor, t)
+
+
+def test_non_contiguous_and_empty_tensors() -> None:
+    t = torch.arange(24, dtype=torch.float32).reshape(4, 6).t()
+    assert torch.equal(decode_frame(encode_frame(Frame("data", tensor=t))).tensor, t)
+    assert decode_frame(encode_frame(Frame("ack"))).tensor is None
+
+
+def raw(header: dict, payload: bytes = b"") -> bytes:
+    h = json.dumps(header).encode()
+    return MAGIC + struct.pack("<I", len(h)) + h + payload
+
+
+@pytest.mark.parametrize("data, message", [
+    (raw({"kind": "data", "dtype": "float32", "shape": [2, 3]}, b"\0" * 20), "payload is 20 bytes"),
+    (raw({"kind": "data", "dtype": "float32", "shape": [2, 3]}, b"\0" * 28), "payload is 28 bytes"),
+    (raw({"kind": "data", "dtype": "none", "shape": []}, b"\0"), "without a tensor"),
+    (raw({"kind": "data", "dtype": "complex64", "shape": [1]}, b"\0" * 8), "unknown 'complex64'"),
+    (raw({"kind": "data", "dtype": "float32", "shape": [-1]}), "header.shape"),
+    (raw({"kind": "data", "dtype": "float32", "shape": [1] * 9}, b"\0" * 4), "header.shape"),
+    (raw({"kind": "weird"}), "header.kind"),
+    (raw({"kind": "data", "pos": "3"}), "header.pos"),
+    (raw({"kind": "data", "pos": -2}), "header.pos"),
+    (raw({"kind": "data", "meta": [1]}), "header.meta"),
+    (raw({"kind": "data", "dtype": "int8", "shape": [1], "comp": "int8", "orig": "float32", "scale": -1},
+         b"\0"), "scale"),
+    (raw({"kind": "data", "dtype": "float32", "shape": [1], "comp": "zip", "orig": "float32"}, b"\0" * 4),
+     "header.comp"),
+    (MAGIC + struct.pack("<I", 1000) + b"{}", "does not fit"),
+    (MAGIC + struct.pack("<I", 3) + b"abc", "not UTF-8 JSON"),
+    (MAGIC + struct.pack("<I", 2) + b"[]", "JSON object"),
+    (b"XXXX" + struct.pack("<I", 2) + b"{}", "bad magic"),
+    (b"AF", "bad magic"),
+])
+def test_inconsistent_frames_are_rejected(data: bytes, message: str) -> None:
+    with pytest.raises(FrameError, match=message):
+        decode_frame(data)
+
+
+def test_compression_is_lossy_but_bounded_and_smaller() -> None:
+    t = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    plain = encode_frame(Frame("data", tensor=t))
+    for how, ratio, bound in (("fp16", 0.5, 1e-3), ("int8", 0.25, 0.02)):
+        data = encode_frame(Frame("data", tensor=t), compression=how)
+        back = decode_frame(data)
+        assert back.compression == how and back.tensor.dtype == torch.float32
+        assert len(data) < ratio * len(plain) + 200
+        err = (back.tensor - t).abs().max().item()
+        assert 0 < err <= bound * t.abs().max().item()
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(decode_frame(encode_frame(Frame("data", tensor=ids), compression="int8")).tensor, ids)
+    zeros = torch.zeros(3)
+    assert torch.equal(decode_frame(encode_frame(Frame("data", tensor=zeros), compression="int8")).tensor, zeros)
+    with pytest.raises(FrameError):
+        encode_frame(Frame("data", tensor=t), compression="zip")
+
+
+def test_bundles() -> None:
+    frames = [b"", b"abc", encode_frame(Frame("ack", "r"))]
+    assert unpack_frames(pack_frames(frames)) == frames
+    for bad in (b"", pack_frames(frames)[:-1], pack_frames(frames) + b"x"):
+        with pytest.raises(FrameError):
+            unpack_frames(bad)
