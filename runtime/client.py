@@ -166,7 +166,10 @@ class Client:
             client_hops: dict[str, float] = {}
             if plan.emulate and dst != plan.source:
                 client_hops = await self._network.carry(plan.source, dst, len(data))
+            t_send = time.perf_counter()
             await self._control(dst, data)
+            if not plan.emulate and dst != plan.source:
+                client_hops = {f"{plan.source}->{dst}": time.perf_counter() - t_send}
             try:
                 frame = await asyncio.wait_for(fut, timeout=self.timeout_s)
             except TimeoutError:

@@ -528,7 +528,7 @@ class Worker:
         await self._carry(req, node, data)
         t0 = time.perf_counter()
         replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
-        req.stats["rpc_s"] += time.perf_counter() - t0
+        self._note_rpc(req, node, len(data), time.perf_counter() - t0)
         for r in replies:
             f = decode_frame(r)
             if f.kind == "error":
@@ -551,7 +551,18 @@ class Worker:
                                   tensor=out))
         if plan.emulate and plan.sink != self.name:
             await self._carry(req, plan.sink, data)
+        t0 = time.perf_counter()
         await self.transport.send(req.reply, data, timeout=self.call_timeout_s)
+        self._note_rpc(req, plan.sink, len(data), time.perf_counter() - t0)
+
+    def _note_rpc(self, req: Request, node: str, nbytes: int, seconds: float) -> None:
+        """Transport wall time; without emulation it is the transfer time of the direct hop."""
+        req.stats["rpc_s"] += seconds
+        if not req.plan.emulate and node != self.name:
+            t = req.stats["transfer"].setdefault(f"{self.name}->{node}", {"seconds": 0.0, "bytes": 0, "messages": 0})
+            t["seconds"] += seconds
+            t["bytes"] += nbytes
+            t["messages"] += 1
 
     async def _notify(self, req: Request, message: str, code: str) -> None:
         try:

@@ -1,0 +1,189 @@
+"""`aiflow worker` (serve one node) and `aiflow run` (run inputs through workers placed by a plan)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from profiler.errors import InputError
+
+console = Console()
+
+
+def worker(
+    name: str = typer.Option(..., "--name", help="The node this worker serves (a name from the network file)."),
+    listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port)."),
+    model: str = typer.Option(..., "--model", help="Built-in model name or a Hugging Face model folder."),
+    token: str | None = typer.Option(None, "--token", envvar="AIFLOW_TOKEN",
+                                     help="Shared token clients must present (default: $AIFLOW_TOKEN)."),
+    state_timeout: float = typer.Option(120.0, "--state-timeout", help="Seconds an idle request's state is kept."),
+    release_unused: bool = typer.Option(False, "--release-unused",
+                                        help="Drop the weights of units no applied plan gives this node."),
+) -> None:
+    """Serve one node: run the units a plan gives it and pass activations on. Prints READY HOST:PORT."""
+    from runtime.worker import serve
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--listen: expected HOST:PORT, got {listen!r}")
+    from profiler.models import resolve_folder
+    resolve_folder(model)                     # a bad model name is a one-line error before serving
+    asyncio.run(serve(name, listen, model, token=token, state_timeout_s=state_timeout,
+                      release_unused=release_unused))
+
+
+def _dilation(value: str, profile: Any, network: Any, local_hw: str) -> float:
+    from runtime.stages import dilation_factor
+
+    if value == "auto":
+        if profile is None:
+            return 1.0
+        if not any(local_hw in u.latency_s for u in profile.units):
+            raise InputError(f"--dilation auto: the profile has no latencies for this machine's class {local_hw!r} "
+                             "(give --local-hardware or a number)")
+        return dilation_factor(profile, network, local_hw)
+    try:
+        k = float(value)
+    except ValueError:
+        raise InputError(f"--dilation: expected 'auto' or a number >= 1, got {value!r}") from None
+    if not math.isfinite(k) or k < 1:
+        raise InputError(f"--dilation: must be >= 1, got {value}")
+    return k
+
+
+def _find_profile(path: Path | None, model: str, n_units: int) -> tuple[Any, str | None]:
+    """The profile from --profile, else the newest stored profile of the model (with the right units)."""
+    if path is not None:
+        from profiler.profile import load_profile
+        return load_profile(path), str(path)
+    try:
+        from orchestrator.store import Store
+        store = Store.open()
+        for row in store.list_profiles(model=model):
+            prof = store.get_profile(row.id)
+            if len(prof.units) == n_units:
+                return prof, f"stored profile #{row.id}"
+    except Exception:  # noqa: BLE001 - no store, or an unreadable one: run without a prediction
+        pass
+    return None, None
+
+
+def _predict(profile: Any, network: Any, assignment: list[str], steps: int) -> float | None:
+    """L of the plan for the number of decoder passes this request made (decode repeat = steps - 1)."""
+    if profile is None:
+        return None
+    from orchestrator.costmodel import evaluate
+
+    phases = [p.model_copy(update={"repeat": max(steps - 1, 0)}) if p.name == "decode" else p
+              for p in profile.phases]
+    ev = evaluate(profile.model_copy(update={"phases": phases}), network, assignment)
+    return ev.latency_s if ev.feasible else None
+
+
+def _record(plan: Any, model: str, rows: list[dict[str, Any]]) -> str | None:
+    try:
+        from orchestrator.store import Store
+        store = Store.open()
+        for r in rows:
+            store.record_run(None, strategy="plan", output=r["output"] or "", measured_s=r["measured_scaled_s"],
+                             predicted_s=r["predicted_s"], breakdown=r["breakdown"], model=model)
+    except Exception as exc:  # noqa: BLE001 - recording history must never lose the run's output
+        return f"not recorded in the history store: {type(exc).__name__}: {exc}"
+    return None
+
+
+def run(
+    inputs: list[str] = typer.Argument(..., help="Image files (a captioner) or prompt texts (an LLM).",
+                                       show_default=False),
+    model: str = typer.Option(..., "--model", help="Built-in model name or a Hugging Face model folder."),
+    network: Path = typer.Option(..., "--network", help="Network file (aiflow.network/v1)."),
+    plan: Path = typer.Option(..., "--plan", help="Plan file (aiflow.plan/v1)."),
+    profile: Path | None = typer.Option(None, "--profile", help="Profile for the prediction and emulated compute "
+                                        "(default: the newest stored profile of the model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", help="Bound on generated tokens."),
+    no_emulation: bool = typer.Option(False, "--no-emulation", help="No emulated links, slowdowns or dilation."),
+    dilation: str = typer.Option("auto", "--dilation", help="Time dilation K, or 'auto' (from the profile)."),
+    local_hardware: str | None = typer.Option(None, "--local-hardware",
+                                              help="This machine's hardware class in the profile (default: detected)."),
+    compression: str | None = typer.Option(None, "--compression", help="Per-hop activation compression: fp16, int8."),
+    concurrency: int = typer.Option(1, "--concurrency", help="Requests in flight at once."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Record each request in the history store."),
+) -> None:
+    """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
+    from profiler.hardware import hardware_class
+    from profiler.models import load_adapter
+    from runtime.session import load_network_and_plan, run_on_network
+
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
+    if compression not in (None, "none", "fp16", "int8"):
+        raise InputError(f"--compression: expected fp16 or int8, got {compression!r}")
+    if concurrency < 1:
+        raise InputError(f"--concurrency: must be at least 1, got {concurrency}")
+    net, pl, base = load_network_and_plan(network, plan)
+    adapter = load_adapter(model)
+    prof, prof_source = _find_profile(profile, model, len(adapter.units()))
+    emulate = not no_emulation
+    k = _dilation(dilation, prof, net, local_hardware or hardware_class()) if emulate else 1.0
+    results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate, profile=prof,
+                             dilation=k, compression=compression, trace_base=base, adapter=adapter,
+                             concurrency=concurrency)
+    rows = []
+    for r in results:
+        res = r.result
+        predicted = _predict(prof, net, list(pl.assignment), res.steps)
+        rows.append({"input": r.input, "output": r.text, "tokens": r.tokens, "steps": res.steps,
+                     "measured_s": res.measured_s, "dilation": res.dilation, "measured_scaled_s": res.scaled_s,
+                     "predicted_s": predicted, "plan_predicted_s": pl.predicted_latency_s,
+                     "ratio": res.scaled_s / predicted if predicted else None,
+                     "emulated": res.emulated, "breakdown": res.breakdown(scale=True)})
+    note = _record(pl, model, rows) if record else None
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        _print(rows, prof_source, k, emulate)
+    if note:
+        print(f"aiflow run: {note}", file=sys.stderr)
+
+
+def _print(rows: list[dict[str, Any]], prof_source: str | None, k: float, emulate: bool) -> None:
+    for row in rows:
+        console.print(f"[bold]{row['input']}[/]: {row['output'] if row['output'] is not None else '(no text)'}",
+                      highlight=False, soft_wrap=True)
+        t = Table(show_header=True, header_style="bold", box=None)
+        t.add_column("latency")
+        t.add_column("seconds", justify="right")
+        t.add_row("measured (wall clock)", f"{row['measured_s']:.4f}")
+        if emulate:
+            t.add_row(f"measured / K (K = {k:.3g}): the emulated network's", f"{row['measured_scaled_s']:.4f}")
+        if row["predicted_s"] is not None:
+            t.add_row(f"predicted for {row['steps']} decoder passes ({prof_source})", f"{row['predicted_s']:.4f}")
+            t.add_row("ratio measured / predicted", f"{row['ratio']:.3f}")
+        t.add_row("plan file's prediction", f"{row['plan_predicted_s']:.4f}")
+        console.print(t)
+        b = Table(show_header=True, header_style="bold", box=None,
+                  title="breakdown" + (" (divided by K)" if emulate else ""))
+        b.add_column("where")
+        b.add_column("seconds", justify="right")
+        for node, s in row["breakdown"]["compute_s"].items():
+            b.add_row(f"compute on {node}", f"{s:.4f}")
+        for hop, s in row["breakdown"]["transfer_s"].items():
+            b.add_row(f"link {hop} ({row['breakdown']['transfer_bytes'].get(hop, 0)} bytes)", f"{s:.4f}")
+        if row["breakdown"]["overrun_s"] > 0:
+            b.add_row("real compute beyond its emulated target (raw)", f"{row['breakdown']['overrun_s']:.4f}")
+        console.print(b)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+    app.command("run")(run)
