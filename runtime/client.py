@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from runtime.codec import Frame, ack_frame, decode_frame, encode_frame
+from runtime.codec import Frame, ack_frame, decode_frame, encode_frame, with_meta
 from runtime.links import EmulatedNetwork
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport
@@ -131,7 +131,14 @@ class Client:
         frame = decode_frame(data)
         fut = self._pending.get(frame.request_id)
         if fut is not None and not fut.done() and frame.kind in ("result", "error"):
-            fut.set_result(frame)
+            nb = frame.meta.get("not_before")
+            if isinstance(nb, (int, float)) and nb > time.perf_counter():
+                # an emulated result arrives when its stamp says (the sink's end of the link)
+                loop = asyncio.get_running_loop()
+                handle = loop.call_at(loop.time() + (nb - time.perf_counter()), _settle, fut, frame)
+                fut.add_done_callback(lambda _: handle.cancel())
+            else:
+                fut.set_result(frame)
         return [ack_frame(frame.request_id)]
 
     # -- requests --------------------------------------------------------------------------------
@@ -165,7 +172,9 @@ class Client:
             t0 = time.perf_counter()
             client_hops: dict[str, float] = {}
             if plan.emulate and dst != plan.source:
-                client_hops = await self._network.carry(plan.source, dst, len(data))
+                # book the emulated route and stamp the arrival; the worker waits for it (see Worker._stamp)
+                arrival, client_hops = self._network.schedule(plan.source, dst, len(data), t0)
+                data = with_meta(data, not_before=arrival)
             t_send = time.perf_counter()
             await self._control(dst, data)
             if not plan.emulate and dst != plan.source:
@@ -195,6 +204,11 @@ class Client:
         with contextlib.suppress(Exception):
             await asyncio.gather(*(self.transport.send(self._address(n), frame, timeout=5.0) for n in nodes),
                                  return_exceptions=True)
+
+
+def _settle(fut: asyncio.Future, frame: Frame) -> None:
+    if not fut.done():
+        fut.set_result(frame)
 
 
 def _merge_stats(result: RequestResult, stats: list[dict[str, Any]], client_hops: dict[str, float],

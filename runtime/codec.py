@@ -204,6 +204,14 @@ def _decompress(t: torch.Tensor, header: dict[str, Any], comp: str) -> torch.Ten
     raise FrameError(f"header.comp: unknown {comp!r} (known: {', '.join(COMPRESSIONS)})")
 
 
+def with_meta(data: bytes, **meta: Any) -> bytes:
+    """The same frame with `meta` fields added to its header; the payload is not re-encoded."""
+    header, offset = read_header(data)
+    header["meta"] = {**header.get("meta", {}), **meta}
+    raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return b"".join((MAGIC, _LEN.pack(len(raw)), raw, memoryview(data)[offset:]))
+
+
 # -- bundles: several frames in one RPC reply --------------------------------------------------------
 def pack_frames(frames: list[bytes]) -> bytes:
     """u32 count, then for each frame u32 length + bytes."""

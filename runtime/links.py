@@ -209,10 +209,21 @@ class EmulatedNetwork:
             self._links[key] = link
         return f"{a}->{b}", link
 
-    async def carry(self, src: str, dst: str, nbytes: float) -> dict[str, float]:
-        """Hold a message for its route's emulated time; seconds spent per hop "a->b"."""
+    def schedule(self, src: str, dst: str, nbytes: float, now: float | None = None) -> tuple[float, dict[str, float]]:
+        """Book a message on every hop of its route now: (arrival perf_counter time, seconds per hop).
+        Hop k+1 starts serialising when hop k delivers (store and forward)."""
+        t = time.perf_counter() if now is None else now
+        start = t
         spent: dict[str, float] = {}
         for a, b in route(self.nodes, self.links, src, dst, nbytes):
             name, link = self._link(a, b, nbytes)
-            spent[name] = spent.get(name, 0.0) + await link.transmit(nbytes)
+            _, arrival = link.reserve(nbytes, t)
+            spent[name] = spent.get(name, 0.0) + (arrival - t)
+            t = arrival
+        return (t if t > start else start), spent
+
+    async def carry(self, src: str, dst: str, nbytes: float) -> dict[str, float]:
+        """Hold a message for its route's emulated time; seconds spent per hop "a->b"."""
+        arrival, spent = self.schedule(src, dst, nbytes)
+        await sleep_until(arrival)
         return spent

@@ -264,24 +264,25 @@ def build_stage_plan(*, version: int, model: str, units: Sequence[UnitInfo], pha
 
 
 def dilation_factor(profile: Any, network: Any, local_hardware: str, headroom: float = 1.25) -> float:
-    """K so that no node of the network computes faster than this machine can play it.
+    """K so that no unit on any node of the network computes faster than this machine can play it.
 
-    For each node n, the ratio of the whole model's profiled time on this machine's class to its
-    time on n (latency on hw(n) times slowdown(n)), summed over units and active phases with their
-    repeats. K is the largest ratio times `headroom` (real compute jitters by a few percent a run,
-    and a target the real compute overruns cannot be met), and at least 1.
+    For every node n and every unit and active phase with a latency on both this machine's class
+    and hw(n): ratio = latency_here / (latency_on_hw(n) * slowdown(n)). K is the largest ratio times
+    `headroom` (real compute jitters by tens of percent between runs, and a target the real compute
+    overruns cannot be met), and at least 1. Per unit rather than per whole model, because a range
+    of units is stretched on its own: one unit 10x faster on a GPU needs K >= 10 even if the model
+    as a whole is only 2x faster there. K depends on the network and profile, not on the plan, so
+    every plan compared on one network runs under the same stretch.
     """
     active = [p for p in profile.phases if p.repeat > 0]
     worst = 0.0
     for node in network.nodes:
-        here = there = 0.0
         for p in active:
             for u in range(p.first, p.last + 1):
                 lat = profile.units[u].latency_s
-                if local_hardware not in lat or node.hardware not in lat:
+                here, there = lat.get(local_hardware, {}).get(p.name), lat.get(node.hardware, {}).get(p.name)
+                if here is None or there is None:
                     continue
-                here += p.repeat * lat[local_hardware][p.name]
-                there += p.repeat * lat[node.hardware][p.name] * node.slowdown
-        if there > 0:
-            worst = max(worst, here / there)
+                if there * node.slowdown > 0:
+                    worst = max(worst, here / (there * node.slowdown))
     return max(1.0, worst * headroom)

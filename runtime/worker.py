@@ -42,12 +42,13 @@ from typing import Any
 import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
-from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame
+from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
 from runtime.links import EmulatedNetwork, sleep_until
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
 
 MODES = ("generate", "forward")
+MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
 
 
 class RequestRejected(ValueError):
@@ -400,9 +401,13 @@ class Worker:
             raise RequestRejected(f"edge: batch {frame.tensor.shape[0]} but the request has {req.batch}", "wrong-shape")
         if not any(req.plan.assignment[u] == self.name for u in req.plan.reads_edge):
             raise RequestRejected(f"edge: node {self.name} hosts no unit that reads it", "wrong-unit")
+        req.touch()
+        self._spawn(req, self._deliver_edge(req, frame))
+
+    async def _deliver_edge(self, req: Request, frame: Frame) -> None:
+        await _arrival(frame)
         req.state.encoder_out = frame.tensor
         req.edge_ready.set()
-        req.touch()
 
     # -- execution -------------------------------------------------------------------------------
     def _spawn(self, req: Request, coro: Any) -> None:
@@ -418,6 +423,7 @@ class Worker:
                     return                                 # freed meanwhile
                 req.stats["queue_s"] += time.perf_counter() - t_arrive
                 plan = req.plan
+                await _arrival(frame)
                 if any(first <= u <= last for u in plan.reads_edge) and req.state.encoder_out is None:
                     await asyncio.wait_for(req.edge_ready.wait(), timeout=req.idle_s)
                 out = await self._compute(req, frame.phase, first, last, frame.tensor, frame.position)
@@ -524,8 +530,8 @@ class Worker:
         address = plan.node(node).address
         if address is None:
             raise RuntimeError(f"plan v{plan.version} gives no address for node {node}")
-        data = encode_frame(frame, plan.compression if frame.kind in ("data", "edge") else "none")
-        await self._carry(req, node, data)
+        data = self._stamp(req, node, encode_frame(frame, plan.compression if frame.kind in ("data", "edge") else
+                                                   "none"))
         t0 = time.perf_counter()
         replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
         self._note_rpc(req, node, len(data), time.perf_counter() - t0)
@@ -534,23 +540,31 @@ class Worker:
             if f.kind == "error":
                 raise RuntimeError(f"{node} refused a {frame.kind} frame: {f.meta.get('error')}")
 
-    async def _carry(self, req: Request, node: str, data: bytes) -> None:
+    def _stamp(self, req: Request, node: str, data: bytes) -> bytes:
+        """With emulation: book the message on the emulated route now and stamp its arrival time.
+
+        The real send starts at once and the receiver waits for `not_before` (perf_counter seconds; the
+        emulated workers share this machine's monotonic clock), so the real loopback transfer runs
+        inside the emulated transfer time instead of adding to it. The ~30 header bytes of the stamp
+        itself are not charged.
+        """
         plan = req.plan
         if not plan.emulate:
-            return
-        spent = await self.networks[plan.version].carry(self.name, node, len(data))
+            return data
+        arrival, spent = self.networks[plan.version].schedule(self.name, node, len(data))
         for hop, s in spent.items():
             t = req.stats["transfer"].setdefault(hop, {"seconds": 0.0, "bytes": 0, "messages": 0})
             t["seconds"] += s
             t["bytes"] += len(data)
             t["messages"] += 1
+        return with_meta(data, not_before=arrival)
 
     async def _result(self, req: Request, out: torch.Tensor, steps: int) -> None:
         plan = req.plan
         data = encode_frame(Frame("result", req.rid, plan.version, meta={"steps": steps, "node": self.name},
                                   tensor=out))
-        if plan.emulate and plan.sink != self.name:
-            await self._carry(req, plan.sink, data)
+        if plan.sink != self.name:
+            data = self._stamp(req, plan.sink, data)
         t0 = time.perf_counter()
         await self.transport.send(req.reply, data, timeout=self.call_timeout_s)
         self._note_rpc(req, plan.sink, len(data), time.perf_counter() - t0)
@@ -572,6 +586,13 @@ class Worker:
 
     def _stats_of(self, req: Request) -> dict[str, Any]:
         return {"node": self.name, **req.stats}
+
+
+async def _arrival(frame: Frame) -> None:
+    """Wait until an emulated frame's stamped arrival time (see Worker._stamp)."""
+    nb = frame.meta.get("not_before")
+    if isinstance(nb, (int, float)) and not isinstance(nb, bool):
+        await sleep_until(min(float(nb), time.perf_counter() + MAX_STAMP_WAIT_S))
 
 
 def _describe(x: torch.Tensor | None) -> str:

@@ -160,3 +160,7 @@ def test_dilation_factor_lets_the_fastest_node_run_at_this_machines_speed() -> N
     assert k == pytest.approx(5.0)                    # gpu * slowdown 2 is 5x faster than this cpu
     assert dilation_factor(profile, SimpleNamespace(nodes=nodes[:1]), "cpu", headroom=1.0) == 1.0
     assert dilation_factor(profile, SimpleNamespace(nodes=nodes), "cpu") == pytest.approx(6.25)
+    # one unit much faster on the gpu sets K, although the model as a whole is only 5x faster
+    fast = SimpleNamespace(latency_s={"cpu": {"p": 0.010}, "gpu": {"p": 0.0001}})
+    mixed = SimpleNamespace(units=[unit, fast], phases=profile.phases)
+    assert dilation_factor(mixed, SimpleNamespace(nodes=nodes), "cpu", headroom=1.0) == pytest.approx(50.0)
