@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import platform
 import statistics
@@ -165,9 +166,8 @@ def three_tier(phone_edge_bps: float) -> Any:
         {"name": "phone", "hardware": "phone-a78", "mem_bytes": 8e9, "tier": "device"},
         {"name": "edge", "hardware": "jetson-orin-nano", "mem_bytes": 8e9, "tier": "edge"},
         {"name": "cloud", "hardware": "h200", "mem_bytes": 1.41e11, "tier": "cloud"}], "links": [
-        {"a": "phone", "b": "edge", "bandwidth_bps": phone_edge_bps, "latency_s": 0.01},
-        {"a": "edge", "b": "cloud", "bandwidth_bps": 1e9, "latency_s": 0.02}],
-        "constraints": {"raw_input_stays_on_source": True}})
+        {"a": "phone", "b": "edge", "bandwidth_bps": phone_edge_bps, "latency_s": 0.005},
+        {"a": "edge", "b": "cloud", "bandwidth_bps": 1e9, "latency_s": 0.01}]})
 
 
 def with_decode_repeat(profile: Any, repeat: int) -> Any:
@@ -178,6 +178,7 @@ def with_decode_repeat(profile: Any, repeat: int) -> Any:
 def end_to_end(profile_path: Path, bandwidths: list[float], requests: int, local_hw: str) -> list[dict[str, Any]]:
     from orchestrator.costmodel import evaluate
     from orchestrator.planner import PlanOptions, solve
+    from orchestrator.planner.baselines import memory_proportional, single_node
     from profiler.adapters.base import InputSpec
     from profiler.models import load_adapter
     from profiler.profile import load_profile
@@ -187,6 +188,9 @@ def end_to_end(profile_path: Path, bandwidths: list[float], requests: int, local
     from runtime.stages import dilation_factor
 
     profile = load_profile(profile_path)
+    strategies = [("optimal", lambda p, n: solve(p, n, PlanOptions())),
+                  ("cloud-only", lambda p, n: single_node(p, n, "cloud")),
+                  ("memory-proportional", memory_proportional)]
     new_tokens = int(profile.input.get("new_tokens", 16))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,9 +200,11 @@ def end_to_end(profile_path: Path, bandwidths: list[float], requests: int, local
         size = int(profile.input.get("image_size", 64))
         sources = [torch.rand(1, 3, size, size, generator=gen) for _ in range(requests)]
         with LocalWorkers(model, ["phone", "edge", "cloud"], threads=1) as workers:
-            for version, bw in enumerate(bandwidths, start=1):
+            version = 0
+            for bw, (strategy, make) in itertools.product(bandwidths, strategies):
+                version += 1
                 net = three_tier(bw)
-                plan = solve(profile, net, PlanOptions())
+                plan = make(profile, net)
                 k = dilation_factor(profile, net, local_hw)
                 sp = make_stage_plan(ad, net, plan, addresses=workers.addresses, profile=profile, emulate=True,
                                      dilation=k, version=version)
@@ -210,7 +216,8 @@ def end_to_end(profile_path: Path, bandwidths: list[float], requests: int, local
                 comp = {n: statistics.median(r.compute_s.get(n, 0.0) / k for r in results) for n in ev.compute_s}
                 link = {h: statistics.median(r.transfer_s.get(h, 0.0) / k for r in results) for h in ev.transfer_s}
                 rows.append({
-                    "phone_edge_mbps": bw / 1e6, "assignment": plan.assignment, "dilation": k, "steps": steps,
+                    "phone_edge_mbps": bw / 1e6, "strategy": strategy, "assignment": plan.assignment,
+                    "dilation": k, "steps": steps,
                     "predicted_s": ev.latency_s,
                     "measured_raw_median_s": statistics.median(r.measured_s for r in results),
                     "measured_scaled_median_s": statistics.median(scaled), "measured_scaled_p90_s": pct(scaled, 0.9),
@@ -239,11 +246,12 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{r['achieved_mbps']:.1f} Mbit/s | {100 * r['fraction']:.1f}% |")
     if res.get("end_to_end"):
         lines += ["", "### Measured vs predicted (three-tier network, tiny-captioner architecture)", "",
-                  "| phone-edge | plan | K | predicted | measured / K (median) | p90 | ratio | raw measured |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "| phone-edge | strategy | plan (p/e/c per unit) | K | predicted | measured / K (median) | p90 "
+                  "| ratio | raw measured |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in res["end_to_end"]:
             plan = ",".join(n[0] for n in r["assignment"])
-            lines.append(f"| {r['phone_edge_mbps']:.0f} Mbit/s | {plan} | {r['dilation']:.2f} | "
+            lines.append(f"| {r['phone_edge_mbps']:.0f} Mbit/s | {r['strategy']} | {plan} | {r['dilation']:.2f} | "
                          f"{r['predicted_s']:.4f} s | {r['measured_scaled_median_s']:.4f} s | "
                          f"{r['measured_scaled_p90_s']:.4f} s | {r['ratio']:.3f} | "
                          f"{r['measured_raw_median_s']:.3f} s |")
