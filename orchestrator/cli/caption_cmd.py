@@ -22,8 +22,12 @@ def caption(
     plan: Path | None = typer.Option(None, "--plan", help="Plan file: where each unit runs (with --network)."),
 ) -> None:
     """Caption images with the unsplit model (greedy), or through workers with --network and --plan."""
+    from transformers.utils import logging as hf_logging
+
     from profiler.captioner.inference import caption_files
     from profiler.captioner.parse import try_parse
+
+    hf_logging.disable_progress_bar()  # keep stdout/stderr to the captions and one-line errors
 
     if (network is None) != (plan is None):
         raise InputError("--network/--plan: give both to caption through workers, or neither")

@@ -104,3 +104,30 @@ def evaluate_model(model: VisionEncoderDecoderModel, tokenizer: PreTrainedTokeni
         captions += caption_pixels(model, tokenizer, torch.cat([e.pixel_values for e in chunk]))
     scores = score([e.scene for e in examples], captions, [e.references for e in examples])
     return scores, captions
+
+
+def main() -> None:
+    """python -m profiler.captioner.evaluate [MODEL] [N] [SPLIT]: score a trained captioner folder or
+    built-in name on N fixed scenes of a split (default: tiny-captioner, 500, test) and print JSON."""
+    import json
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from profiler.captioner.inference import model_folder
+
+    torch.set_num_threads(2)
+    folder = model_folder(sys.argv[1] if len(sys.argv) > 1 else "tiny-captioner")
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+    split = sys.argv[3] if len(sys.argv) > 3 else "test"
+    if split not in ("train", "val", "test"):
+        raise SystemExit(f"split: expected train, val or test, got {split!r}")
+    model = VisionEncoderDecoderModel.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    scores, captions = evaluate_model(model, tokenizer, split=split, n=n)  # type: ignore[arg-type]
+    print(json.dumps({"model": str(folder.name), "split": split, "seed": TEST_SEED, **scores.as_dict(),
+                      "examples": captions[:5]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

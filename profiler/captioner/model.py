@@ -46,7 +46,8 @@ def greedy_decode(model: VisionEncoderDecoderModel, pixel_values: torch.Tensor,
     for _ in range(max_new_tokens):
         logits = model(encoder_outputs=encoder_outputs, decoder_input_ids=ids, use_cache=False).logits
         nxt = logits[:, -1].argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, config.pad_token_id), nxt)
+        # finished rows repeat EOS (not PAD, which the decoder would take for unmasked padding)
+        nxt = torch.where(done, torch.full_like(nxt, config.eos_token_id), nxt)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         done |= nxt == config.eos_token_id
         if bool(done.all()):
