@@ -32,15 +32,18 @@ BACKENDS = ("cbc", "highs", "cpsat")
 Backend = Literal["cbc", "highs", "cpsat"]
 SolveStatus = Literal["optimal", "feasible", "infeasible", "no_solution"]
 
-NS_PER_S = 1e9
+# A solver may call a plan optimal when its bound is this close (relative): proof, not a shortcut.
+# (HiGHS stops at 1e-4 by default.)
+GAP_REL = 1e-9
+NS_PER_UNIT = 1e3  # CP-SAT counts integer nanoseconds; the model counts microseconds
 
 
 @dataclass
 class SolverResult:
     status: SolveStatus
     values: list[float] | None
-    objective: float | None          # including the model's constant
-    bound: float | None              # the solver's proven lower bound (including the constant)
+    objective: float | None          # seconds, including the model's constant
+    bound: float | None              # seconds: the solver's proven lower bound
     solve_time_s: float
     solver: str
 
@@ -99,13 +102,13 @@ def _solve_pulp(model: LinearModel, backend: str, time_limit_s: float | None, th
             with warnings.catch_warnings():
                 # PuLP 3.3 deprecates its bundled CBC for 4.0; it is the CBC every install has today.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=threads,
+                solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=threads, gapRel=GAP_REL,
                                            warmStart=warm_start is not None, logPath=str(log))
             prob.solve(solver)
             bound = _cbc_bound(log.read_text(errors="replace") if log.exists() else "")
         name = "pulp-cbc"
     else:
-        solver = _HighsWithStart(msg=False, timeLimit=time_limit_s, threads=threads,
+        solver = _HighsWithStart(msg=False, timeLimit=time_limit_s, threads=threads, gapRel=GAP_REL,
                                  start=warm_start, lp_vars=lp_vars)
         prob.solve(solver)
         info = prob.solverModel.getInfo()
@@ -113,7 +116,8 @@ def _solve_pulp(model: LinearModel, backend: str, time_limit_s: float | None, th
         name = "pulp-highs"
     elapsed = time.perf_counter() - t0
     sol = prob.sol_status
-    if sol == pulp.LpSolutionInfeasible:
+    # CBC's preprocessing can prove infeasibility with no solution status (status -1, sol_status 0).
+    if sol == pulp.LpSolutionInfeasible or prob.status == pulp.LpStatusInfeasible:
         return SolverResult("infeasible", None, None, None, elapsed, name)
     if sol not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return SolverResult("no_solution", None, None, bound, elapsed, name)
@@ -121,7 +125,8 @@ def _solve_pulp(model: LinearModel, backend: str, time_limit_s: float | None, th
     obj = model.obj_const + math.fsum(c * values[i] for i, c in enumerate(model.obj) if c)
     status: SolveStatus = "optimal" if sol == pulp.LpSolutionOptimal else "feasible"
     bound = obj if status == "optimal" else (None if bound is None else bound + model.obj_const)
-    return SolverResult(status, values, obj, bound, elapsed, name)
+    k = model.time_scale
+    return SolverResult(status, values, obj / k, None if bound is None else bound / k, elapsed, name)
 
 
 def _cbc_bound(log: str) -> float | None:
@@ -200,13 +205,16 @@ def _solve_cpsat(model: LinearModel, time_limit_s: float | None, threads: int | 
             cvars.append(v)
         else:
             # Only T (seconds, in nanoseconds here) is not 0/1.
-            hi = int(math.ceil(ub * NS_PER_S)) if math.isfinite(ub) else _max_load_ns(model)
-            cvars.append(cp.NewIntVar(int(math.floor(lb * NS_PER_S)), hi, name))
-    scale_var = [1.0 if (0 <= lb and ub <= 1) else 1.0 / NS_PER_S for lb, ub in zip(model.lb, model.ub, strict=True)]
+            hi = int(math.ceil(ub * NS_PER_UNIT)) if math.isfinite(ub) else _max_load_ns(model)
+            cvars.append(cp.NewIntVar(int(math.floor(lb * NS_PER_UNIT)), hi, name))
+    scale_var = [1.0 if (0 <= lb and ub <= 1) else 1.0 / NS_PER_UNIT for lb, ub in zip(model.lb, model.ub, strict=True)]
     for r in model.rows:
         if r.timed:
-            coefs = [round(c * NS_PER_S * scale_var[i]) for i, c in zip(r.idx, r.coef, strict=True)]
-            rhs = r.rhs * NS_PER_S
+            coefs = [round(c * NS_PER_UNIT * scale_var[i]) for i, c in zip(r.idx, r.coef, strict=True)]
+            rhs = r.rhs * NS_PER_UNIT
+        elif r.int_scale is not None:  # memory: integer bytes against the node's (floored) capacity
+            coefs = [round(c * r.int_scale) for c in r.coef]
+            rhs = math.floor(r.rhs * r.int_scale)
         else:
             coefs = [_as_int(c) for c in r.coef]
             rhs = r.rhs
@@ -217,15 +225,18 @@ def _solve_cpsat(model: LinearModel, time_limit_s: float | None, threads: int | 
             cp.Add(expr >= math.ceil(rhs - 1e-9))
         else:
             cp.Add(expr == round(rhs))
-    obj_coefs = [round(c * NS_PER_S * scale_var[i]) for i, c in enumerate(model.obj)]
+    obj_coefs = [round(c * NS_PER_UNIT * scale_var[i]) for i, c in enumerate(model.obj)]
     cp.Minimize(sum(c * cvars[i] for i, c in enumerate(obj_coefs) if c))
     if warm_start is not None:
         for i, (v, val) in enumerate(zip(cvars, warm_start, strict=True)):
-            cp.AddHint(v, round(val) if scale_var[i] == 1.0 else round(val * NS_PER_S))
+            cp.AddHint(v, round(val) if scale_var[i] == 1.0 else round(val * NS_PER_UNIT))
     solver = cp_model.CpSolver()
     if time_limit_s is not None:
         solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = threads or min(8, os.cpu_count() or 1)
+    # OR-Tools 9.15's inclusion presolve certifies wrong optima on some all-linear models
+    # (google/or-tools#5293); our throughput tests hit it. Switching that one step off is the fix.
+    solver.parameters.presolve_inclusion_work_limit = 0
     code = solver.Solve(cp)
     elapsed = time.perf_counter() - t0
     if code == cp_model.INFEASIBLE:
@@ -233,10 +244,11 @@ def _solve_cpsat(model: LinearModel, time_limit_s: float | None, threads: int | 
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return SolverResult("no_solution", None, None, None, elapsed, "ortools-cpsat")
     values = [solver.Value(v) * scale_var[i] for i, v in enumerate(cvars)]
-    obj = model.obj_const + math.fsum(c * values[i] for i, c in enumerate(model.obj) if c)
+    k = model.time_scale
+    obj = (model.obj_const + math.fsum(c * values[i] for i, c in enumerate(model.obj) if c)) / k
     if code == cp_model.OPTIMAL:
         return SolverResult("optimal", values, obj, obj, elapsed, "ortools-cpsat")
-    bound = model.obj_const + solver.BestObjectiveBound() / NS_PER_S
+    bound = (model.obj_const + solver.BestObjectiveBound() / NS_PER_UNIT) / k
     return SolverResult("feasible", values, obj, bound, elapsed, "ortools-cpsat")
 
 
@@ -252,4 +264,4 @@ def _max_load_ns(model: LinearModel) -> int:
     for r in model.rows:
         if r.timed:
             total = max(total, r.rhs + sum(-c for c in r.coef if c < 0))
-    return int(math.ceil(total * NS_PER_S)) + 1
+    return int(math.ceil(total * NS_PER_UNIT)) + 1

@@ -72,6 +72,21 @@ def explain(inst: Instance) -> list[str]:
                 via = f" (pinned: {pinned})" if pinned else ""
                 reasons.append(f"{what} can only run on {nodes}{via}, which hold {_fmt(have)} but they need "
                                f"{_fmt(need)}: short by {_fmt(need - have)}")
+    if reasons:
+        return reasons
+
+    # Units with a single possible node take their memory first; does every other unit still fit somewhere?
+    free = list(inst.cap)
+    placed: dict[int, list[str]] = {}
+    for u, dom in enumerate(inst.allowed):
+        if len(dom) == 1:
+            free[dom[0]] -= inst.mem[u]
+            placed.setdefault(dom[0], []).append(names[u])
+    for u, dom in enumerate(inst.allowed):
+        if len(dom) > 1 and all(inst.mem[u] > free[n] for n in dom):
+            where = ", ".join(f"{inst.nodes[n]} has {_fmt(max(free[n], 0))} left"
+                              + (f" after {placed[n]}" if n in placed else "") for n in dom)
+            reasons.append(f"unit {names[u]} needs {_fmt(inst.mem[u])} but {where}")
     return reasons
 
 

@@ -6,7 +6,9 @@ Variables (all in [0, 1]; only x is declared integer, the rest are integral when
     y[k,i,j]   pair k = (a, b): a on i and b on j          (flow: sum_j y = x[a,i], sum_i y = x[b,j])
     z[e,m]     node m hosts a receiver of shared edge e    (z >= x[t,m] for each receiver t)
     w[e,s,m]   e's sender on s and m receives              (sum_s w = z[e,m], w <= x[src,s])
-    T          throughput objective only: the busiest resource's seconds per request
+    T          throughput objective only: the busiest resource's busy time per request
+
+Times are in microseconds inside the model (TIME_SCALE); SolverResult converts back to seconds.
 
 The consecutive-pair flow is the marginal-polytope linearisation: on a chain of units it is exact
 (integral LP), unlike the naive `y >= x1 + x2 - 1` kept here only to benchmark against (`naive=True`).
@@ -24,6 +26,7 @@ from typing import Literal
 from orchestrator.planner.problem import Instance
 
 Sense = Literal["<=", ">=", "=="]
+TIME_SCALE = 1e6  # microseconds
 
 
 @dataclass
@@ -32,8 +35,11 @@ class Row:
     coef: list[float]
     sense: Sense
     rhs: float
-    # True when the coefficients are seconds (throughput rows): CP-SAT must scale them to integers.
+    # True when the coefficients are times (throughput rows): CP-SAT must scale them to integers.
     timed: bool = False
+    # Memory rows are stored divided by the node's capacity (coefficients <= 1: bytes of 1e9 beside
+    # 0/1 flows make LP solvers derive invalid cuts); coef * int_scale gives back the integer bytes.
+    int_scale: float | None = None
 
 
 @dataclass
@@ -54,6 +60,10 @@ class LinearModel:
     w: dict[tuple[int, int, int], int] = field(default_factory=dict)
     t_var: int | None = None
     symmetry_classes: list[list[int]] = field(default_factory=list)
+    # Model time unit: seconds * time_scale. Costs are microseconds here, so that solver tolerances
+    # (absolute, 1e-6 to 1e-9) sit far below any real difference: in seconds, the reduced costs of GPU
+    # layers (~1e-5) drown in them and CBC "proves" plans 0.3% worse than the optimum.
+    time_scale: float = TIME_SCALE
 
     @property
     def n_vars(self) -> int:
@@ -67,8 +77,9 @@ class LinearModel:
         self.obj.append(obj)
         return len(self.names) - 1
 
-    def row(self, idx: list[int], coef: list[float], sense: Sense, rhs: float, *, timed: bool = False) -> None:
-        self.rows.append(Row(idx, coef, sense, rhs, timed))
+    def row(self, idx: list[int], coef: list[float], sense: Sense, rhs: float, *, timed: bool = False,
+            int_scale: float | None = None) -> None:
+        self.rows.append(Row(idx, coef, sense, rhs, timed, int_scale))
 
     def assignment(self, values: list[float], n_units: int) -> list[int]:
         """Node index of every unit from a solution vector (x is integral up to solver tolerance)."""
@@ -101,7 +112,8 @@ class LinearModel:
 
 
 def build_model(inst: Instance, objective: Literal["latency", "throughput"] = "latency", *,
-                naive: bool = False, symmetry: bool = True) -> LinearModel:
+                naive: bool = False, symmetry: bool = True, window_cuts: bool = True,
+                mem_margin: float = 0.0) -> LinearModel:
     """The integer program of `inst`. `naive` swaps the flow linearisation for `y >= x1 + x2 - 1`."""
     m = LinearModel(objective)
     latency = objective == "latency"
@@ -209,7 +221,15 @@ def build_model(inst: Instance, objective: Literal["latency", "throughput"] = "l
     for n in range(N):
         units = [u for u in range(U) if (u, n) in m.x]
         if sum(inst.mem[u] for u in units) > inst.cap[n]:
-            m.row([m.x[(u, n)] for u in units], [float(inst.mem[u]) for u in units], "<=", inst.cap[n])
+            # Divided by the capacity. Unit memory is whole bytes, so floor(cap) + 0.5 admits exactly the
+            # sums <= cap; `mem_margin` (fraction of the capacity) guards against a solver's feasibility
+            # tolerance when a solve must be repeated (see solve.py).
+            cap = inst.cap[n]
+            rhs = (math.floor(cap) + 0.5) / cap - mem_margin
+            m.row([m.x[(u, n)] for u in units], [inst.mem[u] / cap for u in units], "<=", rhs, int_scale=cap)
+
+    if not naive and window_cuts:
+        _memory_window_cuts(m, inst)
 
     if symmetry and latency:
         m.symmetry_classes = identical_nodes(inst)
@@ -223,6 +243,8 @@ def build_model(inst: Instance, objective: Literal["latency", "throughput"] = "l
                     earlier = [m.x[(v, prev)] for v in range(u) if (v, prev) in m.x]
                     m.row([m.x[(u, cur)], *earlier], [1.0] + [-1.0] * len(earlier), "<=", 0.0)
 
+    m.obj = [c * m.time_scale for c in m.obj]
+    m.obj_const *= m.time_scale
     if not latency:
         m.t_var = m.var("T", lb=0.0, ub=math.inf, obj=1.0)
         for n in range(N):
@@ -234,13 +256,60 @@ def build_model(inst: Instance, objective: Literal["latency", "throughput"] = "l
     return m
 
 
+def _memory_window_cuts(m: LinearModel, inst: Instance) -> None:
+    """A run of consecutive units whose memory exceeds node n's cannot all sit on n: a chain that is on n
+    at the run's first unit must leave n before its last (and one on n at its last must have entered).
+
+        x[a,n] <= sum_{u=a..b-1} (x[u,n] - y[u,n,n])        (leave)
+        x[b,n] <= sum_{u=a..b-1} (x[u+1,n] - y[u,n,n])      (enter)
+
+    for the shortest run a..b with mem > cap(n). Without them the LP mixes single-node chains that each
+    break a memory limit but average under it, and pays for no cut at all.
+    """
+    stay: dict[tuple[int, int], int] = {}
+    for (k, i, j), idx in m.y.items():
+        p = inst.pairs[k]
+        if i == j and p.b == p.a + 1:
+            stay[(p.a, i)] = idx
+    U = inst.n_units
+    for n in range(inst.n_nodes):
+        cap = inst.cap[n]
+        for a in range(U):
+            if (a, n) not in stay:
+                continue
+            used, b = inst.mem[a], a
+            while used <= cap and b + 1 < U and (b, n) in stay and (b + 1, n) in m.x:
+                b += 1
+                used += inst.mem[b]
+            if used <= cap or b == a:
+                continue  # the run fits, or it is cut short by a unit that cannot be on n anyway
+            leave_idx, leave_coef = [m.x[(a, n)]], [1.0]
+            enter_idx, enter_coef = [m.x[(b, n)]], [1.0]
+            for u in range(a, b):
+                leave_idx += [m.x[(u, n)], stay[(u, n)]]
+                leave_coef += [-1.0, 1.0]
+                enter_idx += [m.x[(u + 1, n)], stay[(u, n)]]
+                enter_coef += [-1.0, 1.0]
+            m.row(*_merge(leave_idx, leave_coef), "<=", 0.0)
+            m.row(*_merge(enter_idx, enter_coef), "<=", 0.0)
+
+
+def _merge(idx: list[int], coef: list[float]) -> tuple[list[int], list[float]]:
+    out: dict[int, float] = {}
+    for i, c in zip(idx, coef, strict=True):
+        out[i] = out.get(i, 0.0) + c
+    keep = [(i, c) for i, c in out.items() if c != 0.0]
+    return [i for i, _ in keep], [c for _, c in keep]
+
+
 def _load_row(m: LinearModel, terms: list[tuple[int, float]], const: float) -> None:
     """T >= const + sum(s * var)."""
     assert m.t_var is not None
     merged: dict[int, float] = {}
     for var, s in terms:
         merged[var] = merged.get(var, 0.0) + s
-    m.row([m.t_var, *merged], [1.0] + [-s for s in merged.values()], ">=", const, timed=True)
+    k = m.time_scale
+    m.row([m.t_var, *merged], [1.0] + [-s * k for s in merged.values()], ">=", const * k, timed=True)
 
 
 def identical_nodes(inst: Instance, rel_tol: float = 1e-12) -> list[list[int]]:

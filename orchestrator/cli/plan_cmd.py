@@ -1,0 +1,285 @@
+"""`aiflow plan`: place every unit of a model on the network so a request finishes soonest.
+
+    aiflow plan --profile F --network F [--objective latency|throughput] [--solver cbc|highs|cpsat]
+                [--time-limit S] [--warm-start PLAN] [--no-fast-path] [--out FILE] [--json] [--no-store]
+    aiflow plan compare --profile F --network F [--solver S] [--json]
+    aiflow plan explain PLAN --profile F --network F [--no-price] [--json]     (PLAN: a file or a stored id)
+    aiflow plan diff A B [--profile F --network F] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.cli.groups import default_group
+from orchestrator.network import NetworkState, load_network
+from orchestrator.plan import Plan, load_plan, save_plan
+from profiler.errors import InputError
+from profiler.profile import Profile, load_profile
+
+app = typer.Typer(cls=default_group("solve"), no_args_is_help=True, add_completion=False,
+                  help="Plan where every unit runs (aiflow plan --profile F --network F); compare, explain, diff.")
+console = Console() if Console().is_terminal else Console(width=160)
+err_console = Console(stderr=True)
+
+ProfileOpt = Annotated[Path, typer.Option("--profile", help="aiflow.profile/v1 file (JSON)")]
+NetworkOpt = Annotated[Path, typer.Option("--network", help="aiflow.network/v1 file (YAML or JSON)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+
+
+def _seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "inf"
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _options(objective: str, solver: str, time_limit: float | None, fast_path: bool,
+             warm_start: Plan | None = None) -> object:
+    from orchestrator.planner import PlanOptions
+
+    if objective not in ("latency", "throughput"):
+        raise InputError(f"--objective: expected latency or throughput, got {objective!r}")
+    return PlanOptions(objective=objective, solver=solver, time_limit_s=time_limit,  # type: ignore[arg-type]
+                       fast_path=fast_path, warm_start=warm_start.assignment if warm_start else None)
+
+
+def store_plan(plan: Plan, profile: Profile, net: NetworkState) -> int | None:
+    """Record the solve and its inputs in the history store; None when the store is not installed."""
+    try:
+        from orchestrator.store import Store
+    except ImportError:
+        return None
+    with Store.open() as store:
+        profile_id = store.save_profile(profile)
+        network_id = store.save_network(net)
+        return store.save_plan(plan, profile_id=profile_id, network_id=network_id)
+
+
+def stages(plan: Plan, profile: Profile, net: NetworkState) -> list[tuple[str, str, str, float]]:
+    """Runs of consecutive units on one node per phase: (phase, units, node, compute seconds)."""
+    from orchestrator.costmodel import compute_time
+
+    out = []
+    for ph in profile.active_phases:
+        u = ph.first
+        while u <= ph.last:
+            v = u
+            while v + 1 <= ph.last and plan.assignment[v + 1] == plan.assignment[u]:
+                v += 1
+            node = plan.assignment[u]
+            secs = ph.repeat * sum(compute_time(profile, net, k, node, ph.name) for k in range(u, v + 1))
+            names = profile.units[u].name if u == v else f"{profile.units[u].name} .. {profile.units[v].name}"
+            out.append((f"{ph.name} x{ph.repeat}", names, node, secs))
+            u = v + 1
+    return out
+
+
+def print_plan(plan: Plan, profile: Profile, net: NetworkState, plan_id: int | None) -> None:
+    table = Table(title=f"plan for {plan.model}: {plan.status} ({plan.solver}, {_seconds(plan.solve_time_s)})",
+                  title_justify="left")
+    for col in ("phase", "units", "node", "compute"):
+        table.add_column(col, justify="right" if col == "compute" else "left")
+    for phase, names, node, secs in stages(plan, profile, net):
+        table.add_row(phase, names, node, _seconds(secs))
+    console.print(table)
+    transfers = Table(title="transfers (all passes, per hop)", title_justify="left")
+    transfers.add_column("hop")
+    transfers.add_column("seconds", justify="right")
+    for hop, secs in sorted(plan.breakdown.transfer_s.items(), key=lambda kv: -kv[1]):
+        transfers.add_row(hop, _seconds(secs))
+    if plan.breakdown.transfer_s:
+        console.print(transfers)
+    line = f"predicted latency: [bold]{_seconds(plan.predicted_latency_s)}[/bold]"
+    if plan.bottleneck_s is not None:
+        line += f"   busiest resource per request: {_seconds(plan.bottleneck_s)}"
+    if plan.gap is not None:
+        line += f"   gap to the bound: {100 * plan.gap:.2f}%"
+    if plan_id is not None:
+        line += f"   stored as plan {plan_id}"
+    console.print(line)
+
+
+@app.command("solve", help="Solve for the best plan and print it (the default command of `aiflow plan`).")
+def solve_cmd(
+    profile: ProfileOpt,
+    network: NetworkOpt,
+    objective: Annotated[str, typer.Option(help="latency (L of one request) or throughput (busiest resource)")]
+    = "latency",
+    solver: Annotated[str, typer.Option(help="cbc, highs or cpsat")] = "cbc",
+    time_limit: Annotated[float | None, typer.Option("--time-limit", help="seconds; the best plan so far + gap")]
+    = None,
+    warm_start: Annotated[Path | None, typer.Option("--warm-start", help="a plan file to start from")] = None,
+    fast_path: Annotated[bool, typer.Option("--fast-path/--no-fast-path", help="exact DP where it applies")] = True,
+    out: Annotated[Path | None, typer.Option("--out", help="write the aiflow.plan/v1 file here")] = None,
+    as_json: JsonOpt = False,
+    store: Annotated[bool, typer.Option("--store/--no-store", help="record the solve in the history database")]
+    = True,
+) -> None:
+    from orchestrator.planner import solve
+
+    prof, net = load_profile(profile), load_network(network)
+    start = load_plan(warm_start) if warm_start else None
+    plan = solve(prof, net, _options(objective, solver, time_limit, fast_path, start))  # type: ignore[arg-type]
+    plan_id = store_plan(plan, prof, net) if store else None
+    if out:
+        save_plan(plan, out)
+    if as_json:
+        _print_json(plan.model_dump(mode="json", by_alias=True, exclude_none=True))
+    else:
+        print_plan(plan, prof, net, plan_id)
+        if out:
+            console.print(f"wrote {out}")
+
+
+@app.command("compare", help="Every baseline beside the optimum, with the ratio of their latencies.")
+def compare_cmd(profile: ProfileOpt, network: NetworkOpt,
+                solver: Annotated[str, typer.Option(help="cbc, highs or cpsat")] = "cbc",
+                as_json: JsonOpt = False) -> None:
+    from orchestrator.planner import solve
+    from orchestrator.planner.baselines import BaselineInfeasible, all_baselines
+
+    prof, net = load_profile(profile), load_network(network)
+    best = solve(prof, net, _options("latency", solver, None, True))  # type: ignore[arg-type]
+    rows = [{"strategy": "optimal", "latency_s": best.predicted_latency_s, "ratio": 1.0,
+             "assignment": best.assignment, "status": best.status}]
+    for label, fn in all_baselines(net):
+        try:
+            plan = fn(prof, net)
+        except BaselineInfeasible as exc:
+            rows.append({"strategy": label, "latency_s": None, "ratio": None, "infeasible": "; ".join(exc.reasons)})
+            continue
+        ratio = plan.predicted_latency_s / best.predicted_latency_s if best.predicted_latency_s > 0 else 1.0
+        rows.append({"strategy": label, "latency_s": plan.predicted_latency_s, "ratio": ratio,
+                     "assignment": plan.assignment, "status": plan.status})
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"{prof.model} on {network.name}: baselines against the optimum", title_justify="left")
+    for col in ("strategy", "latency", "x optimum", "placement"):
+        table.add_column(col, justify="right" if col in ("latency", "x optimum") else "left")
+    for r in rows:
+        if r["latency_s"] is None:
+            table.add_row(r["strategy"], "infeasible", "-", r["infeasible"])
+        else:
+            table.add_row(r["strategy"], _seconds(r["latency_s"]), f"{r['ratio']:.2f}", _placement(r["assignment"]))
+    console.print(table)
+
+
+def _placement(assignment: list[str]) -> str:
+    """'phone x5, edge x3, phone x2' in unit order."""
+    runs: list[list] = []
+    for n in assignment:
+        if runs and runs[-1][0] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([n, 1])
+    return ", ".join(f"{n} x{k}" for n, k in runs)
+
+
+def _load_plan_arg(arg: str) -> tuple[Plan, int | None]:
+    """A plan file, or the id of a stored plan."""
+    if arg.isdigit() and not Path(arg).exists():
+        try:
+            from orchestrator.store import Store
+        except ImportError:
+            raise InputError(f"{arg}: no such file (and no history store to look plan ids up in)") from None
+        with Store.open() as store:
+            try:
+                return store.get_plan(int(arg)), int(arg)
+            except (KeyError, LookupError, ValueError) as exc:
+                raise InputError(f"{arg}: no stored plan with that id ({exc})") from None
+    return load_plan(arg), None
+
+
+@app.command("explain", help="Every term of L for a plan, per phase, node and link, and which constraints bind.")
+def explain_cmd(plan: Annotated[str, typer.Argument(help="a plan file or a stored plan id")],
+                profile: ProfileOpt, network: NetworkOpt,
+                price: Annotated[bool, typer.Option("--price/--no-price",
+                                                    help="re-solve without each constraint to see if it binds")]
+                = True,
+                as_json: JsonOpt = False) -> None:
+    from orchestrator.planner.explain import explain_plan
+
+    p, _ = _load_plan_arg(plan)
+    prof, net = load_profile(profile), load_network(network)
+    if len(p.assignment) != len(prof.units):
+        raise InputError(f"{plan}: field assignment: {len(p.assignment)} units, the profile has {len(prof.units)}")
+    ex = explain_plan(prof, net, p.assignment, price=price)
+    if as_json:
+        _print_json(ex.to_dict())
+        return
+    table = Table(title=f"L of plan {plan} = {_seconds(ex.latency_s)}", title_justify="left")
+    for col in ("phase", "term", "where", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for pt in ex.phases:
+        name = f"{pt.phase} x{pt.repeat}"
+        if pt.input_s:
+            table.add_row(name, "raw input", f"{net.source} -> first unit", _seconds(pt.input_s))
+        for node, s in pt.compute_s.items():
+            table.add_row(name, "compute", node, _seconds(s))
+        for hop, s in pt.transfer_s.items():
+            table.add_row(name, "transfer", hop, _seconds(s))
+        if pt.loop_s:
+            table.add_row(name, "loop (last -> first)", "", _seconds(pt.loop_s))
+        table.add_row(name, "[bold]phase total[/bold]", "", f"[bold]{_seconds(pt.total_s)}[/bold]")
+    for e in ex.edges:
+        table.add_row("-", "shared edge", f"{e['from']}->{e['to']}", _seconds(e["seconds"]))
+    if ex.result_s:
+        table.add_row("-", "result", f"-> {net.sink_node}", _seconds(ex.result_s))
+    console.print(table)
+    if ex.constraints:
+        ct = Table(title="constraints", title_justify="left")
+        for col in ("constraint", "state", "full", "binds", "gain if dropped"):
+            ct.add_column(col)
+        for c in ex.constraints:
+            ct.add_row(c.constraint, c.detail, "yes" if c.full else "no", "yes" if c.binding else "no",
+                       "-" if c.gain_s is None else _seconds(c.gain_s))
+        console.print(ct)
+    if ex.optimum_s is not None:
+        console.print(f"best plan under every constraint: {_seconds(ex.optimum_s)} "
+                      f"(this plan is {ex.latency_s / ex.optimum_s:.3f}x that)" if ex.optimum_s > 0 else "")
+
+
+@app.command("diff", help="Units that move between two plans, and the latency change.")
+def diff_cmd(a: Annotated[str, typer.Argument(help="plan file or stored id")],
+             b: Annotated[str, typer.Argument(help="plan file or stored id")],
+             profile: Annotated[Path | None, typer.Option("--profile", help="re-evaluate both plans with it")] = None,
+             network: Annotated[Path | None, typer.Option("--network", help="re-evaluate both plans on it")] = None,
+             as_json: JsonOpt = False) -> None:
+    from orchestrator.planner.diff import diff_plans
+
+    pa, _ = _load_plan_arg(a)
+    pb, _ = _load_plan_arg(b)
+    if (profile is None) != (network is None):
+        raise InputError("--profile/--network: give both or neither")
+    prof = load_profile(profile) if profile else None
+    net = load_network(network) if network else None
+    d = diff_plans(pa, pb, prof, net)
+    if as_json:
+        _print_json(d.to_dict())
+        return
+    table = Table(title=f"{len(d.moves)} unit(s) move", title_justify="left")
+    for col in ("unit", "from", "to"):
+        table.add_column(col)
+    for m in d.moves:
+        table.add_row(m.name, m.src, m.dst)
+    console.print(table)
+    for node in sorted(set(d.load) | set(d.unload)):
+        console.print(f"{node}: load {d.load.get(node, [])}, unload {d.unload.get(node, [])}")
+    sign = "+" if d.delta_s >= 0 else "-"
+    console.print(f"latency {_seconds(d.latency_a_s)} -> {_seconds(d.latency_b_s)} ({sign}{_seconds(abs(d.delta_s))})")
