@@ -86,14 +86,19 @@ def _unit(name: str, params: int, mem: int, base: float, tokens: int, *, out: di
         per = {}
         for ph in phases:
             toks = tokens if ph in ("prefill", "encode") else 1
-            per[ph] = base * s * 1e-3 * (0.2 + toks ** 0.8 if hw != "gpu" else 1 + 0.05 * toks) * rnd.uniform(0.95, 1.05)
+            work = 0.2 + toks ** 0.8 if hw != "gpu" else 1 + 0.05 * toks
+            per[ph] = base * s * 1e-3 * work * rnd.uniform(0.95, 1.05)
         lat[hw] = per
     return {"name": name, "param_bytes": params, "mem_bytes": mem, "out_bytes": out, "latency_s": lat}
 
 
-def network(rnd: random.Random, n_nodes: int, model_mem: float, pins_units: list[str]) -> NetworkState:
+def network(rnd: random.Random, n_nodes: int, model_mem: float, pins_units: list[str], family: str) -> NetworkState:
+    """`tiered`: the device and edge boxes hold part of the model, every cloud GPU all of it (memory binds
+    at the edge of the network). `sharded`: every GPU holds 35-50% of the model, so it must be split
+    across GPUs too (memory binds everywhere)."""
     n_edge = max(1, (n_nodes - 1) // 3)
     n_gpu = n_nodes - 1 - n_edge
+    gpu_mem = (0.35, 0.5) if family == "sharded" else (1.2, 2.0)
     nodes = [{"name": "device", "hardware": "phone", "mem_bytes": 0.3 * model_mem, "tier": "device"}]
     links = []
     for e in range(n_edge):
@@ -102,7 +107,7 @@ def network(rnd: random.Random, n_nodes: int, model_mem: float, pins_units: list
         links.append({"a": "device", "b": f"edge{e}", "bandwidth_bps": rnd.choice([2e7, 5e7, 1e8]),
                       "latency_s": rnd.choice([0.002, 0.005])})
     # Two racks of identical GPUs: same hardware, memory and links within a rack.
-    racks = [(0.35, 1e9, 0.02), (0.5, 5e8, 0.03)]
+    racks = [(gpu_mem[0], 1e9, 0.02), (gpu_mem[1], 5e8, 0.03)]
     for g in range(n_gpu):
         frac, bw, lat = racks[g % 2]
         nodes.append({"name": f"gpu{g}", "hardware": "gpu", "mem_bytes": frac * model_mem, "tier": "cloud"})
@@ -120,24 +125,28 @@ def network(rnd: random.Random, n_nodes: int, model_mem: float, pins_units: list
                           "constraints": constraints})
 
 
-def instance(seed: int, n_units: int, n_nodes: int) -> tuple[Profile, NetworkState]:
+def instance(seed: int, n_units: int, n_nodes: int, family: str = "sharded") -> tuple[Profile, NetworkState]:
     rnd = random.Random(seed * 1000 + n_units * 17 + n_nodes)
     profile = (llm_profile if seed % 2 == 0 else encdec_profile)(rnd, n_units)
     mem = sum(u.mem_bytes for u in profile.units)
     pins = [profile.units[-1].name] if rnd.random() < 0.5 else []
-    return profile, network(rnd, n_nodes, mem, pins)
+    return profile, network(rnd, n_nodes, mem, pins, family)
 
 
-def run_one(profile: Profile, net: NetworkState, solver: str, naive: bool, limit: float | None) -> dict:
-    opts = PlanOptions(solver=solver, fast_path=False, naive=naive, auto_warm_start=not naive,
-                       time_limit_s=limit, threads=1 if solver != "cpsat" else 2)
+def run_one(profile: Profile, net: NetworkState, method: str, limit: float | None) -> dict:
+    """method: a back-end name (the integer program alone), "naive" (CBC on the weak linearisation) or
+    "planner" (what `aiflow plan` does: the exact DP where it applies, else CBC)."""
+    solver = {"naive": "cbc", "planner": "cbc"}.get(method, method)
+    opts = PlanOptions(solver=solver, fast_path=method == "planner", naive=method == "naive",
+                       auto_warm_start=method != "naive", time_limit_s=limit, threads=2 if solver == "cpsat" else 1)
     t0 = time.perf_counter()
     try:
         rep = solve_report(profile, net, opts)
     except Exception as exc:  # noqa: BLE001 - a benchmark records failures, it does not stop
         return {"status": f"error: {type(exc).__name__}: {exc}"[:200], "time_s": time.perf_counter() - t0}
     return {"status": rep.plan.status, "time_s": time.perf_counter() - t0, "solver_time_s": rep.solver_time_s,
-            "latency_s": rep.plan.predicted_latency_s, "gap": rep.plan.gap, "vars": rep.n_vars, "rows": rep.n_rows}
+            "latency_s": rep.plan.predicted_latency_s, "gap": rep.plan.gap, "vars": rep.n_vars, "rows": rep.n_rows,
+            "method": rep.method}
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -154,39 +163,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="two sizes, three seeds: a smoke run")
     ap.add_argument("--sizes", default=None, help="e.g. 12x3,48x6")
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--backends", default="cbc,highs,cpsat")
+    ap.add_argument("--methods", default="planner,cbc,highs,cpsat,naive")
+    ap.add_argument("--families", default="tiered,sharded")
     ap.add_argument("--naive-limit", type=float, default=20.0, help="time limit of the naive formulation (s)")
-    ap.add_argument("--limit", type=float, default=30.0, help="time limit of every solve (s)")
+    ap.add_argument("--naive-max-units", type=int, default=96, help="skip the naive formulation above this size")
+    ap.add_argument("--limit", type=float, default=30.0, help="time limit of every other solve (s)")
     args = ap.parse_args(argv)
 
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")] if args.sizes else (
         SIZES[:2] if args.quick else SIZES)
-    seeds = args.seeds or (3 if args.quick else 10)
-    backends = args.backends.split(",")
+    seeds = args.seeds or (3 if args.quick else 5)
+    methods = args.methods.split(",")
+    load_before = os.getloadavg()
     rows = []
     warm = instance(0, 12, 3)
-    for b in backends:  # the first solve of a back-end pays its imports: keep that out of the table
-        run_one(*warm, b, False, None)
-    for size in sizes:
-        methods = [(b, False) for b in backends] + [("cbc", True)]
-        for solver, naive in methods:
-            runs = [run_one(*instance(s, *size), solver, naive, args.naive_limit if naive else args.limit)
-                    for s in range(seeds)]
-            times = [r["time_s"] for r in runs]
-            row = {"size": f"{size[0]}x{size[1]}", "method": f"{solver}{' naive' if naive else ''}",
-                   "median_s": statistics.median(times), "p90_s": _pct(times, 0.9),
-                   "median_solver_s": statistics.median([r.get("solver_time_s", math.nan) for r in runs]),
-                   "optimal": sum(r["status"] == "optimal" for r in runs), "runs": len(runs),
-                   "max_gap": max((r.get("gap") or 0.0) for r in runs if r["status"] in ("optimal", "feasible"))
-                   if any(r["status"] in ("optimal", "feasible") for r in runs) else None,
-                   "vars": statistics.median([r.get("vars", 0) for r in runs]),
-                   "errors": [r["status"] for r in runs if r["status"].startswith("error")][:2],
-                   "latencies": [r.get("latency_s") for r in runs]}
-            rows.append(row)
-            print(_fmt_row(row), flush=True)
+    for m in methods:  # the first solve of a back-end pays its imports: keep that out of the table
+        run_one(*warm, m, None)
+    for family in args.families.split(","):
+        for size in sizes:
+            for method in methods:
+                if method == "naive" and size[0] > args.naive_max_units:
+                    continue
+                limit = args.naive_limit if method == "naive" else args.limit
+                runs = [run_one(*instance(s, *size, family), method, limit) for s in range(seeds)]
+                rows.append(_row(family, size, method, runs))
+                print(_fmt_row(rows[-1]), flush=True)
     _check_agreement(rows)
     meta = {"command": "python -m bench.planner_speed" + (" --quick" if args.quick else ""),
-            "seeds": seeds, "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(),
+            "seeds": seeds, "cpus": os.cpu_count(), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
             "python": platform.python_version(), "time_limit_s": args.limit, "naive_limit_s": args.naive_limit}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "planner_speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -194,11 +198,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwrote {RESULTS / 'planner_speed.json'} and .md")
 
 
+def _row(family: str, size: tuple[int, int], method: str, runs: list[dict]) -> dict:
+    times = [r["time_s"] for r in runs]
+    solved = [r for r in runs if r["status"] in ("optimal", "feasible")]
+    return {"family": family, "size": f"{size[0]}x{size[1]}", "method": method,
+            "median_s": statistics.median(times), "p90_s": _pct(times, 0.9),
+            "median_solver_s": statistics.median([r.get("solver_time_s", math.nan) for r in runs]),
+            "optimal": sum(r["status"] == "optimal" for r in runs), "runs": len(runs),
+            "max_gap": max((r.get("gap") or 0.0) for r in solved) if solved else None,
+            "vars": statistics.median([r.get("vars", 0) for r in runs]),
+            "dp": sum(r.get("method") == "dp" for r in runs),
+            "errors": [r["status"] for r in runs if r["status"].startswith("error")][:2],
+            "latencies": [r.get("latency_s") for r in runs]}
+
+
 def _check_agreement(rows: list[dict]) -> None:
     """Every back-end that proved optimality must report the same latency per instance."""
     by_size: dict[str, list[dict]] = {}
     for r in rows:
-        by_size.setdefault(r["size"], []).append(r)
+        by_size.setdefault(f"{r['family']} {r['size']}", []).append(r)
     for size, rs in by_size.items():
         proven = [r for r in rs if r["optimal"] == r["runs"]]
         for a in proven:
@@ -210,7 +228,7 @@ def _check_agreement(rows: list[dict]) -> None:
 
 def _fmt_row(r: dict) -> str:
     gap = "" if r["max_gap"] is None else f"{100 * r['max_gap']:.2f}%"
-    return (f"{r['size']:>7} {r['method']:<10} median {r['median_s']:8.3f} s  p90 {r['p90_s']:8.3f} s  "
+    return (f"{r['family']:>8} {r['size']:>7} {r['method']:<8} median {r['median_s']:8.3f} s  p90 {r['p90_s']:8.3f} s  "
             f"optimal {r['optimal']}/{r['runs']}  max gap {gap:>6}  vars {int(r['vars'])}"
             + (f"  errors {r['errors']}" if r["errors"] else ""))
 
@@ -218,12 +236,14 @@ def _fmt_row(r: dict) -> str:
 def _markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Command: `{meta['command']}` ({meta['seeds']} instances per size; {meta['cpus']} CPUs; load average "
              f"before the run {', '.join(f'{x:.2f}' for x in meta['load_avg_before'])}; time limit "
-             f"{meta['time_limit_s']} s, naive {meta['naive_limit_s']} s).", "",
-             "| units x nodes | method | median s | p90 s | proven optimal | max gap | variables |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"{meta['time_limit_s']} s, naive {meta['naive_limit_s']} s; load average after "
+             f"{', '.join(f'{x:.2f}' for x in meta['load_avg_after'])}).", "",
+             "| family | units x nodes | method | median s | p90 s | proven optimal | max gap | variables |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         gap = "" if r["max_gap"] is None else f"{100 * r['max_gap']:.2f}%"
-        lines.append(f"| {r['size']} | {r['method']} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
+        method = r["method"] + (f" (DP on {r['dp']})" if r["dp"] else "")
+        lines.append(f"| {r['family']} | {r['size']} | {method} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
                      f"{r['optimal']}/{r['runs']} | {gap} | {int(r['vars'])} |")
     return "\n".join(lines) + "\n"
 

@@ -49,6 +49,8 @@ def explain(inst: Instance) -> list[str]:
             continue
         why = [f"{inst.nodes[n]}: {inst.removed[(u, n)]}" for n in range(inst.n_nodes) if (u, n) in inst.removed]
         reasons.append(f"unit {names[u]} cannot be placed on any node ({'; '.join(why)})")
+    if len(reasons) > 3:
+        reasons = reasons[:3] + [f"and {len(reasons) - 3} more units for the same kind of reason"]
     if reasons:
         return reasons
 
