@@ -232,8 +232,8 @@ def test_train_tiny_run_saves_a_loadable_model(tmp_path: Path) -> None:
 
     from profiler.captioner.train import TrainOptions, train
 
-    record = train(TrainOptions(steps=2, eval_every=2, val_scenes=8, test_scenes=8), tmp_path)
-    assert record["data_seed"] == 0 and record["final_train_loss"] > 0 and record["test"]["scenes"] == 8
+    record = train(TrainOptions(steps=2, eval_every=2, val_scenes=3, test_scenes=3), tmp_path)
+    assert record["data_seed"] == 0 and record["final_train_loss"] > 0 and record["test"]["scenes"] == 3
     assert json.loads((tmp_path / "training.json").read_text())["options"]["steps"] == 2
     model = VisionEncoderDecoderModel.from_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
