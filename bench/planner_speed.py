@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--naive-limit", type=float, default=20.0, help="time limit of the naive formulation (s)")
     ap.add_argument("--naive-max-units", type=int, default=96, help="skip the naive formulation above this size")
     ap.add_argument("--limit", type=float, default=30.0, help="time limit of every other solve (s)")
+    ap.add_argument("--tag", default="", help="write planner_speed_TAG.json/.md instead")
     args = ap.parse_args(argv)
 
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")] if args.sizes else (
@@ -189,13 +191,14 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(_row(family, size, method, runs))
                 print(_fmt_row(rows[-1]), flush=True)
     _check_agreement(rows)
-    meta = {"command": "python -m bench.planner_speed" + (" --quick" if args.quick else ""),
+    meta = {"command": "python -m bench.planner_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
             "seeds": seeds, "cpus": os.cpu_count(), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
             "python": platform.python_version(), "time_limit_s": args.limit, "naive_limit_s": args.naive_limit}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "planner_speed.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (RESULTS / "planner_speed.md").write_text(_markdown(rows, meta))
-    print(f"\nwrote {RESULTS / 'planner_speed.json'} and .md")
+    stem = "planner_speed" + (f"_{args.tag}" if args.tag else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(_markdown(rows, meta))
+    print(f"\nwrote {RESULTS / stem}.json and .md")
 
 
 def _row(family: str, size: tuple[int, int], method: str, runs: list[dict]) -> dict:
@@ -244,7 +247,7 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         gap = "" if r["max_gap"] is None else f"{100 * r['max_gap']:.2f}%"
         method = r["method"] + (f" (DP on {r['dp']})" if r["dp"] else "")
         lines.append(f"| {r['family']} | {r['size']} | {method} | {r['median_s']:.3f} | {r['p90_s']:.3f} | "
-                     f"{r['optimal']}/{r['runs']} | {gap} | {int(r['vars'])} |")
+                     f"{r['optimal']}/{r['runs']} | {gap} | {int(r['vars']) or '-'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ InfeasibleError) instead of returning a plan that could not run.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from statistics import median
@@ -46,6 +47,8 @@ def _finish(profile: Profile, net: NetworkState, assignment: list[str], name: st
         bad = next(u for u, n in enumerate(idx) if n not in inst.allowed[u])
         raise BaselineInfeasible([f"{name}: unit {profile.units[bad].name} cannot run on {assignment[bad]}: "
                                   f"{inst.removed.get((bad, idx[bad]), 'no network path')}"])
+    if not math.isfinite(inst.latency(idx)):
+        raise BaselineInfeasible([f"{name}: some transfer of this placement has no network path"])
     return make_plan(profile, net, assignment, status="heuristic", solver=f"baseline:{name}",
                      solve_time_s=time.perf_counter() - t0)
 

@@ -80,8 +80,9 @@ def solve_report(profile: Profile, network: NetworkState, options: PlanOptions |
     for margin in (0.0, 1e-6):
         model = build_model(inst, opts.objective, naive=opts.naive, symmetry=opts.symmetry, mem_margin=margin)
         start = _warm_start(inst, model, opts)
-        res = solve_model(model, opts.solver, time_limit_s=opts.time_limit_s, threads=opts.threads,
-                          warm_start=start)
+        # The limit covers the whole solve: what building the model took is the solver's less.
+        limit = None if opts.time_limit_s is None else max(0.5, opts.time_limit_s - (time.perf_counter() - t0))
+        res = solve_model(model, opts.solver, time_limit_s=limit, threads=opts.threads, warm_start=start)
         if res.status == "infeasible":
             raise InfeasibleError(explain_or_generic(inst))
         if res.status == "no_solution" or res.values is None:

@@ -22,7 +22,7 @@ from orchestrator.planner.model import build_model, identical_nodes
 from orchestrator.planner.problem import build_instance
 from profiler.profile import Profile, parse_profile
 
-EXAMPLES = int(os.environ.get("AIFLOW_PLANNER_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("AIFLOW_PLANNER_EXAMPLES", "60"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
