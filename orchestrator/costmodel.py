@@ -146,6 +146,20 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
     return Evaluation(total, tuple(terms), dict(compute), dict(hops), tuple(violations))
 
 
+def with_decode_steps(profile: Profile, passes: int) -> Profile:
+    """The profile for a request that made `passes` decoder passes (prefill + decode steps): generation
+    stops at EOS, so a request's real decode repeat is passes - 1, not the profiled count."""
+    phases = [p.model_copy(update={"repeat": max(passes - 1, 0)}) if p.name == "decode" else p
+              for p in profile.phases]
+    return profile.model_copy(update={"phases": phases})
+
+
+def latency_for_steps(profile: Profile, net: NetworkState, assignment: Sequence[str], passes: int) -> float | None:
+    """L of the assignment for a request that made `passes` decoder passes; None when infeasible."""
+    ev = evaluate(with_decode_steps(profile, passes), net, assignment)
+    return ev.latency_s if ev.feasible else None
+
+
 def serialisation_s(net: NetworkState, src: str, dst: str, nbytes: float) -> dict[str, float]:
     """Seconds one message of `nbytes` occupies each hop "a->b" of its route src -> dst: 8 * bytes over the
     bandwidth of the link that hop uses (the one `hop_time` picks; propagation latency occupies no link)."""

@@ -7,8 +7,9 @@ summing `latency_s + 8 * b / bandwidth_bps` over its links.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -89,6 +90,20 @@ class NetworkState(_Frozen):
                 if n not in seen:
                     raise ValueError(f"constraints.pins.{unit}: unknown node {n!r}")
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> NetworkState:
+        """A copy with a fresh route cache (pydantic would share the cached routes of the original)."""
+        new = super().model_copy(update=update, deep=deep)
+        new._route_cache = {}
+        return new
+
+    def with_link(self, a: str, b: str, **fields: Any) -> NetworkState:
+        """A validated copy with the link(s) between a and b changed, e.g. bandwidth_bps=5e6."""
+        if not any({link.a, link.b} == {a, b} for link in self.links):
+            raise KeyError(f"no link between {a} and {b}")
+        links = [link.model_dump() | fields if {link.a, link.b} == {a, b} else link.model_dump()
+                 for link in self.links]
+        return NetworkState.model_validate(self.model_dump() | {"links": links})
 
     # -- derived views -------------------------------------------------------------------------
     @property

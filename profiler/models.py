@@ -142,6 +142,7 @@ def build_model(folder: Path, config: Any, family: str, *, eager_attention: bool
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        _own_weights(model)
         return model.eval(), "trained"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
@@ -150,6 +151,15 @@ def build_model(folder: Path, config: Any, family: str, *, eager_attention: bool
         else:
             model = cls._from_config(config, **kwargs)
     return model.eval(), "random-init"
+
+
+def _own_weights(model: nn.Module) -> None:
+    """Copy loaded weights out of the file mapping. safetensors maps tensors at the file's byte offsets,
+    which are not 64-byte aligned; CPU kernels then take other vector paths and round differently, so
+    a loaded model would not be bit-identical to the same weights held in fresh memory."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
 
 
 def load_tokenizer(folder: Path) -> Any | None:

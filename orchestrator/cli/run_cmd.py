@@ -77,15 +77,12 @@ def _find_profile(path: Path | None, model: str, n_units: int) -> tuple[Any, str
 
 
 def _predict(profile: Any, network: Any, assignment: list[str], steps: int) -> float | None:
-    """L of the plan for the number of decoder passes this request made (decode repeat = steps - 1)."""
+    """L of the plan for the number of decoder passes this request made."""
     if profile is None:
         return None
-    from orchestrator.costmodel import evaluate
+    from orchestrator.costmodel import latency_for_steps
 
-    phases = [p.model_copy(update={"repeat": max(steps - 1, 0)}) if p.name == "decode" else p
-              for p in profile.phases]
-    ev = evaluate(profile.model_copy(update={"phases": phases}), network, assignment)
-    return ev.latency_s if ev.feasible else None
+    return latency_for_steps(profile, network, assignment, steps)
 
 
 def _record(plan: Any, model: str, rows: list[dict[str, Any]]) -> str | None:

@@ -42,6 +42,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def gpt2_profile(folders: dict[str, Path]) -> Profile:
+    torch.set_num_threads(1)  # the profile records the thread count; other modules may have changed it
     steps: list[tuple[int, int, str]] = []
     profile = build_profile(load_adapter(str(folders["gpt2"])), InputSpec(prompt_tokens=PROMPT, new_tokens=NEW),
                             hardware="test-cpu", repeats=3, warmup=1, progress=lambda *a: steps.append(a))

@@ -1,0 +1,205 @@
+"""The one-command demo: profile the project's captioner, plan it on a three-tier network, run it
+through local workers under every strategy, and compare measured with predicted latency.
+
+The steps are plain functions so the experiment (bench/aiflow_experiment.py) reuses them; the CLI
+(`aiflow demo`) only prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.network import NetworkState, load_network
+from orchestrator.strategies import Strategy
+from profiler.adapters.base import InputSpec, ModelAdapter
+from profiler.paths import cache_root
+from profiler.profile import Profile, load_profile, save_profile
+
+DEMO_MODEL = "tiny-captioner"
+# The shipped example network (a checkout is what the README runs from).
+DEMO_NETWORK = Path(__file__).resolve().parents[1] / "examples" / "three-tier.network.yaml"
+PROFILE_REPEATS = 10
+# Generation stops at EOS; the bound only has to exceed the longest caption (25 words + EOS). The profile
+# keeps InputSpec's 16 tokens, the median caption length (15 tokens + EOS), so plans are ranked for a
+# typical request and each request's prediction is recomputed for its own length.
+CAPTION_TOKENS = 32
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# -- the profile, measured once per machine and model version ----------------------------------
+def weights_digest(adapter: ModelAdapter) -> str:
+    """A short digest of the model's parameters: a retrained model gets a fresh profile."""
+    h = hashlib.sha256()
+    for name, p in sorted(adapter.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def profile_cache_path(model: str, hardware: str, digest: str, devices: Sequence[str]) -> Path:
+    key = "-".join([model, hardware, digest, *devices])
+    return cache_root() / "profiles" / f"{key}.profile.json"
+
+
+def demo_devices(net: NetworkState) -> list[str]:
+    """The described hardware classes the network uses (those this machine cannot measure)."""
+    from profiler.hardware import shipped_device_names
+
+    shipped = set(shipped_device_names())
+    return sorted({n.hardware for n in net.nodes if n.hardware in shipped})
+
+
+def cached_profile(adapter: ModelAdapter, net: NetworkState, *, refresh: bool = False, threads: int = 1,
+                   progress: Callable[[int, int, str], None] | None = None) -> tuple[Profile, Path, bool]:
+    """This machine's measured profile of the model plus roofline estimates for the network's
+    described devices; measured once and cached per (model, machine class, weights, devices).
+    Returns (profile, cache file, whether it came from the cache)."""
+    import torch
+
+    from profiler.build import build_profile
+    from profiler.estimate import estimate_profile
+    from profiler.hardware import hardware_class, load_device
+
+    devices = demo_devices(net)
+    path = profile_cache_path(adapter.name, hardware_class(), weights_digest(adapter), devices)
+    if path.is_file() and not refresh:
+        return load_profile(path), path, True
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the workers run one thread each, so profile with one too
+    try:
+        profile = build_profile(adapter, InputSpec(), repeats=PROFILE_REPEATS, progress=progress)
+    finally:
+        torch.set_num_threads(old_threads)
+    for dev in devices:
+        profile = estimate_profile(profile, load_device(dev))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_profile(profile, path)
+    return profile, path, False
+
+
+# -- test images -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoImage:
+    path: Path
+    truth: str          # the scene, in canonical form
+    reference: str      # one reference caption
+
+
+def write_test_images(folder: Path, count: int, seed: int = 7) -> list[DemoImage]:
+    """PNG files of held-out test scenes (never seen in training), with their true scenes."""
+    from profiler.captioner.data import sample_split_scene
+    from profiler.captioner.scenes import caption, render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        scene = sample_split_scene(rng, "test")
+        path = folder / f"test-{i:02d}.png"
+        render(scene, rng).save(path)
+        out.append(DemoImage(path, scene.key(), caption(scene, rng, template=0)))
+    return out
+
+
+# -- running the strategies --------------------------------------------------------------------
+@dataclass(frozen=True)
+class RequestRecord:
+    image: str
+    caption: str
+    measured_s: float                  # wall time divided by K: the emulated network's latency
+    predicted_s: float | None          # the plan's L for this request's number of decoder passes
+    passes: int                        # decoder passes made (generation stops at EOS)
+    breakdown: dict                    # compute per node, transfer per link (divided by K), bytes
+
+
+@dataclass
+class StrategyRun:
+    strategy: Strategy
+    requests: list[RequestRecord] = field(default_factory=list)
+    plan_id: int | None = None
+
+    @property
+    def measured_s(self) -> list[float]:
+        return [r.measured_s for r in self.requests]
+
+    def captions_by_image(self) -> dict[str, str]:
+        return {r.image: r.caption for r in self.requests}
+
+    def differs_from(self, reference: dict[str, str]) -> int:
+        """How many requests' captions differ from the reference caption of their image."""
+        return sum(r.caption != reference[r.image] for r in self.requests)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.measured_s) if self.requests else float("nan")
+
+    @property
+    def predicted_median_s(self) -> float:
+        """Median of the per-request predictions (each for that request's own caption length)."""
+        preds = [r.predicted_s for r in self.requests if r.predicted_s is not None]
+        if preds:
+            return statistics.median(preds)
+        return self.strategy.plan.predicted_latency_s if self.strategy.plan else float("nan")
+
+    def p90_s(self) -> float:
+        if len(self.requests) < 2:
+            return self.median_s
+        return statistics.quantiles(self.measured_s, n=10, method="inclusive")[-1]
+
+    def total_bytes(self) -> int:
+        return sum(sum(r.breakdown["transfer_bytes"].values()) for r in self.requests)
+
+
+def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Profile, images: Sequence[Path], *,
+                 dilation: float, repeats: int = 1, warmup: int = 1, compression: str | None = None,
+                 adapter: ModelAdapter | None = None, max_new_tokens: int = CAPTION_TOKENS) -> StrategyRun:
+    """Caption every image `repeats` times through local workers under the strategy's plan (emulated
+    links and compute, time dilation K); the first `warmup` requests are not counted."""
+    from orchestrator.costmodel import latency_for_steps
+    from runtime.session import run_on_network
+
+    run = StrategyRun(strategy)
+    if strategy.plan is None:
+        return run
+    inputs = [str(images[0])] * warmup + [str(p) for _ in range(repeats) for p in images]
+    results = run_on_network(model, net, strategy.plan, inputs, profile=profile, dilation=dilation,
+                             compression=compression, adapter=adapter, threads=1, max_new_tokens=max_new_tokens)
+    for r in results[warmup:]:
+        passes = r.result.steps
+        predicted = latency_for_steps(profile, net, strategy.plan.assignment, passes)
+        run.requests.append(RequestRecord(Path(r.input).name, r.text or "", r.result.scaled_s, predicted, passes,
+                                          r.result.breakdown(scale=True)))
+    return run
+
+
+def local_dilation(profile: Profile, net: NetworkState) -> float:
+    """K for this machine: the fastest node's profiled time stretched to this machine's own speed."""
+    from profiler.hardware import hardware_class
+    from runtime.stages import dilation_factor
+
+    return dilation_factor(profile, net, hardware_class())
+
+
+def unsplit_captions(adapter: ModelAdapter, images: Sequence[Path], max_new_tokens: int = CAPTION_TOKENS) -> list[str]:
+    """The oracle: the whole model in this process, no workers."""
+    from profiler.generate import greedy_generate
+
+    out = []
+    for p in images:
+        gen = greedy_generate(adapter, adapter.prepare_image(str(p)), new_tokens=max_new_tokens)
+        out.append(adapter.decode_tokens([int(t) for t in gen.tokens[0]]))
+    return out
+
+
+def default_network() -> NetworkState:
+    return load_network(DEMO_NETWORK)

@@ -1,0 +1,66 @@
+"""The five ways to place a model that the demo and the experiment compare, as plans.
+
+device-only, edge-only and cloud-only run everything on one tier (the raw input shipped there),
+best-split is Neurosurgeon's single cut between the device and one other node, and optimal is the
+planner's integer program. All are evaluated by the same cost model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.network import NetworkState
+from orchestrator.plan import Plan
+from orchestrator.planner import PlanOptions, solve
+from orchestrator.planner.baselines import best_single_split, single_node
+from profiler.errors import InputError
+from profiler.profile import Profile
+
+STRATEGIES: tuple[str, ...] = ("device-only", "edge-only", "cloud-only", "best-split", "optimal")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    plan: Plan | None
+    why_not: str | None = None       # why there is no plan (a tier missing, a constraint broken)
+
+
+def tier_node(net: NetworkState, tier: str) -> str | None:
+    """The node of a tier (the source for "device" when no node says its tier)."""
+    for node in net.nodes:
+        if node.tier == tier:
+            return node.name
+    return net.source if tier == "device" else None
+
+
+def strategy_plans(profile: Profile, net: NetworkState, *, solver: str = "cbc") -> list[Strategy]:
+    out: list[Strategy] = []
+    for name in STRATEGIES:
+        try:
+            if name == "optimal":
+                plan = solve(profile, net, PlanOptions(solver=solver))
+            elif name == "best-split":
+                plan = best_single_split(profile, net)
+            else:
+                node = net.source if name == "device-only" else tier_node(net, name.removesuffix("-only"))
+                if node is None:
+                    out.append(Strategy(name, None, f"the network has no {name.removesuffix('-only')} node"))
+                    continue
+                plan = single_node(profile, net, node)
+        except InputError as exc:
+            out.append(Strategy(name, None, str(exc)))
+            continue
+        out.append(Strategy(name, plan.model_copy(update={"strategy": name})))
+    return out
+
+
+def describe_assignment(assignment: list[str]) -> str:
+    """Runs of one node, e.g. "phone x7 | cloud x5"."""
+    runs: list[tuple[str, int]] = []
+    for node in assignment:
+        if runs and runs[-1][0] == node:
+            runs[-1] = (node, runs[-1][1] + 1)
+        else:
+            runs.append((node, 1))
+    return " | ".join(f"{n} x{k}" for n, k in runs)
