@@ -112,9 +112,17 @@ def write_test_images(folder: Path, count: int, seed: int = 7) -> list[DemoImage
 
 
 # -- running the strategies --------------------------------------------------------------------
+def input_key(item: str) -> str:
+    """How a request's input is named in results: an image by its file name, a prompt by itself."""
+    try:
+        return Path(item).name if Path(item).is_file() else item
+    except OSError:  # a prompt too long to be a file name
+        return item
+
+
 @dataclass(frozen=True)
 class RequestRecord:
-    image: str
+    image: str                         # input_key of the request's input
     caption: str
     measured_s: float                  # wall time divided by K: the emulated network's latency
     predicted_s: float | None          # the plan's L for this request's number of decoder passes
@@ -160,11 +168,13 @@ class StrategyRun:
         return sum(sum(r.breakdown["transfer_bytes"].values()) for r in self.requests)
 
 
-def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Profile, images: Sequence[Path], *,
+def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Profile, images: Sequence[Path | str], *,
                  dilation: float, repeats: int = 1, warmup: int = 1, compression: str | None = None,
                  adapter: ModelAdapter | None = None, max_new_tokens: int = CAPTION_TOKENS) -> StrategyRun:
-    """Caption every image `repeats` times through local workers under the strategy's plan (emulated
-    links and compute, time dilation K); the first `warmup` requests are not counted."""
+    """Run every input (image files, or prompts for an LLM) `repeats` times through local workers under
+    the strategy's plan (emulated links and compute, time dilation K); the first `warmup` requests
+    are not counted."""
+    from orchestrator.compression import compressed_profile
     from orchestrator.costmodel import latency_for_steps
     from runtime.session import run_on_network
 
@@ -174,10 +184,12 @@ def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Pro
     inputs = [str(images[0])] * warmup + [str(p) for _ in range(repeats) for p in images]
     results = run_on_network(model, net, strategy.plan, inputs, profile=profile, dilation=dilation,
                              compression=compression, adapter=adapter, threads=1, max_new_tokens=max_new_tokens)
+    how = compression or strategy.plan.compression
+    planned = compressed_profile(profile, how) if how else profile   # the bytes as they will be sent
     for r in results[warmup:]:
         passes = r.result.steps
-        predicted = latency_for_steps(profile, net, strategy.plan.assignment, passes)
-        run.requests.append(RequestRecord(Path(r.input).name, r.text or "", r.result.scaled_s, predicted, passes,
+        predicted = latency_for_steps(planned, net, strategy.plan.assignment, passes)
+        run.requests.append(RequestRecord(input_key(r.input), r.text or "", r.result.scaled_s, predicted, passes,
                                           r.result.breakdown(scale=True)))
     return run
 

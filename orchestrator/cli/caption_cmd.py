@@ -47,17 +47,12 @@ def caption(
 
 
 def _distributed(images: list[Path], model: str, network: Path, plan: Path) -> list[str]:
-    """The hook for split execution: runtime.client.caption_distributed(images=, model=, network=, plan=)
-    returns one caption per image. Until the runtime provides it, this is a one-line error."""
-    try:
-        from runtime import client
-    except ImportError:
-        client = None
-    fn = getattr(client, "caption_distributed", None)
-    if fn is None:
-        raise InputError("--network/--plan: distributed captioning needs the runtime (runtime.client."
-                         "caption_distributed is not available)")
-    return list(fn(images=[str(p) for p in images], model=model, network=str(network), plan=str(plan)))
+    """One caption per image, through local workers placed by the plan (runtime.client)."""
+    from profiler.captioner.model import MAX_NEW_TOKENS
+    from runtime.client import caption_distributed
+
+    return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
+                                    max_new_tokens=MAX_NEW_TOKENS))
 
 
 def train_captioner(

@@ -45,7 +45,9 @@ def demo(
     console.print("[bold]1/5[/] loading the model", highlight=False)
     adapter = load_adapter(d.DEMO_MODEL)
     if adapter.weights != "trained":
-        raise InputError(f"{d.DEMO_MODEL}: no trained weights found; run `aiflow train-captioner` first")
+        raise InputError(f"{d.DEMO_MODEL}: the built-in trained weights are missing (profiler/builtin/"
+                         f"{d.DEMO_MODEL}/model.safetensors); restore them from the repository, or retrain with "
+                         f"`aiflow train-captioner --out profiler/builtin/{d.DEMO_MODEL}`")
 
     console.print("[bold]2/5[/] profiling it on this machine (cached after the first run)", highlight=False)
     cols = (TextColumn("  {task.fields[what]:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

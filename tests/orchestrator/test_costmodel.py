@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from orchestrator.costmodel import check_constraints, evaluate, throughput_bottleneck
-from orchestrator.network import parse_network
-from profiler.profile import parse_profile
+from orchestrator.costmodel import (
+    check_constraints,
+    evaluate,
+    latency_for_steps,
+    throughput_bottleneck,
+    with_decode_steps,
+)
+from orchestrator.network import NetworkState, load_network, parse_network
+from profiler.profile import load_profile, parse_profile
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _profile(**overrides):
@@ -108,3 +117,58 @@ def test_throughput_bottleneck_is_busiest_resource() -> None:
     net = _network()
     # all on b: compute 1+1 + .5+.5 + 3*(.1+.1) = 3.6 s; the input crosses a->b: 2000*8/8000 = 2 s.
     assert throughput_bottleneck(_profile(), net, ["b"] * 4) == pytest.approx(3.6)
+
+
+# ---- per-request decode counts (the captioner stops at EOS) --------------------------------------
+# phone: vision; edge: text.embed, blocks 0-1; cloud: block 2 and the head. Every decode step crosses
+# edge -> cloud and loops back cloud -> edge.
+SPLIT3 = ["phone"] * 5 + ["edge"] * 3 + ["cloud"] * 2
+
+
+def _captioner():  # noqa: ANN202 - (Profile, NetworkState)
+    return load_profile(EXAMPLES / "tiny-captioner.profile.json"), load_network(EXAMPLES / "three-tier.network.yaml")
+
+
+def test_with_decode_steps_changes_only_the_decode_repeat() -> None:
+    prof, _ = _captioner()
+    decode = next(p for p in prof.phases if p.name == "decode")
+    assert decode.repeat == 15
+    for passes, repeat in ((24, 23), (1, 0), (0, 0)):
+        changed = with_decode_steps(prof, passes)
+        assert [p.name for p in changed.phases] == [p.name for p in prof.phases]
+        for old, new in zip(prof.phases, changed.phases, strict=True):
+            if old.name == "decode":
+                assert new.repeat == repeat and new.model_dump(exclude={"repeat"}) == old.model_dump(exclude={"repeat"})
+            else:
+                assert new == old
+        assert changed.units == prof.units and changed.edges == prof.edges
+    assert decode.repeat == 15                      # the original is untouched
+    assert [p.name for p in with_decode_steps(prof, 1).active_phases] == ["encode", "prefill"]
+
+
+@pytest.mark.parametrize("assignment", [["phone"] * 10, SPLIT3], ids=["device-only", "three-way"])
+def test_latency_for_steps_at_the_profiled_count_is_evaluate(assignment: list[str]) -> None:
+    prof, net = _captioner()
+    assert latency_for_steps(prof, net, assignment, 16) == evaluate(prof, net, assignment).latency_s
+    assert latency_for_steps(prof, net, assignment, 24) > evaluate(prof, net, assignment).latency_s
+
+
+def test_latency_for_steps_grows_linearly_in_passes() -> None:
+    prof, net = _captioner()
+    lat = [latency_for_steps(prof, net, SPLIT3, p) for p in (10, 11, 12, 30)]
+    step = lat[1] - lat[0]
+    assert lat[2] - lat[1] == pytest.approx(step, rel=1e-9)
+    assert lat[3] - lat[0] == pytest.approx(20 * step, rel=1e-9)
+    # each step pays at least the two edge<->cloud crossings (25 ms latency each way)
+    assert step > 2 * 0.025
+    ev = evaluate(with_decode_steps(prof, 11), net, SPLIT3)
+    assert step == pytest.approx(sum(t.seconds for t in ev.terms if t.phase == "decode") / 10, rel=1e-9)
+
+
+def test_latency_for_steps_is_none_when_infeasible() -> None:
+    prof, net = _captioner()
+    kept = NetworkState.model_validate(net.model_dump() | {"constraints": {"raw_input_stays_on_source": True}})
+    assert latency_for_steps(prof, kept, ["edge"] * 10, 16) is None
+    assert latency_for_steps(prof, kept, SPLIT3, 16) is not None
+    assert latency_for_steps(prof, net, ["phone"] * 9, 16) is None          # one unit short
+    assert latency_for_steps(prof, net, ["mars"] * 10, 16) is None

@@ -210,23 +210,6 @@ def test_caption_command_errors_are_one_line(tmp_path: Path) -> None:
     assert hook.returncode == 2 and "--plan" in hook.stderr
 
 
-def test_distributed_hook_needs_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
-
-    import runtime
-    from orchestrator.cli.caption_cmd import _distributed
-    from profiler.errors import InputError
-
-    monkeypatch.setattr(runtime, "client", types.ModuleType("runtime.client"), raising=False)
-    monkeypatch.setitem(sys.modules, "runtime.client", runtime.client)
-    with pytest.raises(InputError, match="needs the runtime"):
-        _distributed([Path("a.png")], "tiny-captioner", Path("n.yaml"), Path("p.json"))
-    calls = []
-    runtime.client.caption_distributed = lambda **kw: calls.append(kw) or ["a caption"]
-    assert _distributed([Path("a.png")], "tiny-captioner", Path("n.yaml"), Path("p.json")) == ["a caption"]
-    assert calls == [{"images": ["a.png"], "model": "tiny-captioner", "network": "n.yaml", "plan": "p.json"}]
-
-
 def test_train_tiny_run_saves_a_loadable_model(tmp_path: Path) -> None:
     from transformers import AutoTokenizer, VisionEncoderDecoderModel
 

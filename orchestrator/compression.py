@@ -1,0 +1,33 @@
+"""What activation compression does to a profile's byte counts, so plans can be made for it.
+
+The runtime's per-hop compression (runtime.codec) sends floating-point activations as float16 (half
+the bytes) or as int8 with one scale (a quarter). It never touches integer tensors (token ids) or the
+raw input the client sends. `compressed_profile` applies the same ratios to the activations a profile
+lists (outputs of units inside a phase and edges such as the encoder output), so the planner can weigh
+a plan's transfers as the runtime will really send them. Compute time for (de)quantising is not added:
+it is measured in the experiment, not assumed.
+"""
+
+from __future__ import annotations
+
+from profiler.profile import Profile
+
+# Bytes on the wire per float32 byte.
+WIRE_RATIO: dict[str, float] = {"none": 1.0, "fp16": 0.5, "int8": 0.25}
+
+
+def compressed_profile(profile: Profile, how: str) -> Profile:
+    """The profile with its float activation bytes scaled to what `how` sends."""
+    if how not in WIRE_RATIO:
+        raise ValueError(f"compression: unknown {how!r} (known: {', '.join(WIRE_RATIO)})")
+    ratio = WIRE_RATIO[how]
+    if ratio == 1.0:
+        return profile
+    # The last unit of a phase hands token ids (or the result) on, which are not compressed.
+    last_of: dict[str, int] = {p.name: p.last for p in profile.phases}
+    units = []
+    for i, unit in enumerate(profile.units):
+        out = {ph: (b if last_of.get(ph) == i else b * ratio) for ph, b in unit.out_bytes.items()}
+        units.append(unit.model_copy(update={"out_bytes": out}))
+    edges = [e.model_copy(update={"bytes": e.bytes * ratio}) for e in profile.edges]
+    return profile.model_copy(update={"units": units, "edges": edges})
