@@ -6,7 +6,9 @@
 For the project's captioner (tiny-captioner, trained weights) on the shipped three-tier network
 (examples/three-tier.network.yaml: phone-a78 device, jetson-orin-nano edge, h200 cloud), it sweeps
 the phone-edge bandwidth over 1, 5, 20 and 100 Mbit/s and a replay of a real 3G trace
-(data/traces/norway-3g/norway_bus_1.tsv), and the edge-cloud bandwidth over 100 Mbit/s and 1 Gbit/s.
+(data/traces/norway-3g/norway_bus_1.tsv; the planner sees its time-weighted mean, and the requests run
+in windows whose replay starts at evenly spread points of the trace), and the edge-cloud bandwidth over
+100 Mbit/s and 1 Gbit/s.
 At each point it plans the five strategies (device-only, edge-only, cloud-only, best single split,
 optimal) and runs each through local worker processes on the emulated network (links shaped in the
 transport, compute stretched to each node's profiled time, everything under one time dilation K),
@@ -15,9 +17,11 @@ request's caption length, the bytes sent and the caption. Caption quality is sco
 held-out test images: scene accuracy (the caption parsed back equals the true scene) and the
 fraction of captions identical to the unsplit model's.
 
-With compression (default on), the edge-cloud 100 Mbit/s column is repeated with fp16 and int8
-activation compression: plans are made for the compressed byte counts and the runtime compresses
-every activation hop, so the bytes and the quality change are measured.
+With compression (default on), a second sweep on low-latency links (phone-edge 2 ms, edge-cloud 5 ms;
+20 and 100 Mbit/s to the edge, 100 Mbit/s to the cloud) runs cloud-only, best-cut (the best single cut
+that sends an activation) and optimal with no, fp16 and int8 activation compression: plans are made for
+the compressed byte counts and the runtime compresses every activation hop, so the bytes and the
+quality change are measured.
 
 The decoder-only case (default on, needs the smollm2 extra): SmolLM2-135M with real weights, the same
 phone-edge sweep at edge-cloud 100 Mbit/s, fixed prompts, tokens compared with the unsplit model.
@@ -54,7 +58,7 @@ from orchestrator.demo import (
     write_test_images,
 )
 from orchestrator.network import NetworkState, load_network
-from orchestrator.strategies import STRATEGIES, describe_assignment, strategy_plans
+from orchestrator.strategies import EXTRA_STRATEGIES, STRATEGIES, Strategy, describe_assignment, strategy_plans
 from profiler.adapters.base import ModelAdapter
 from profiler.models import load_adapter
 from profiler.profile import Profile
@@ -72,9 +76,12 @@ LLM_PROMPTS = (
     "List three primary colours.",
     "Explain what a neural network is in one sentence.",
 )
-LLM_NEW_TOKENS = 16
+LLM_NEW_TOKENS = 8
 LOW_LATENCY_S = (0.002, 0.005)
 LOW_LATENCY_LABEL = "low latencies (phone-edge 2 ms, edge-cloud 5 ms)"
+# Under dilation K a strategy's few seconds of requests replay only a second or two of a trace, so a
+# trace point runs its requests in windows that start evenly spread over the whole trace.
+TRACE_WINDOWS = 10
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class LinkPoint:
     label: str
     bandwidth_bps: float           # the rate the planner sees (a trace's time-weighted mean)
     trace: str | None = None
+    trace_period_s: float = 0.0
 
 
 @dataclass
@@ -101,7 +109,7 @@ def phone_edge_points(quick: bool) -> list[LinkPoint]:
     points = [LinkPoint(f"{m:g} Mbit/s", m * MBIT) for m in PHONE_EDGE_MBIT]
     trace = load_trace(TRACE)
     points.append(LinkPoint(f"3G trace ({TRACE.stem}, mean {trace.mean_bps() / MBIT:.2f} Mbit/s)",
-                            trace.mean_bps(), str(TRACE)))
+                            trace.mean_bps(), str(TRACE), trace.period))
     return [points[0], points[2]] if quick else points
 
 
@@ -148,16 +156,31 @@ def summarise(run: StrategyRun, work: Workload, **point: Any) -> dict[str, Any]:
     }
 
 
+def run_windows(strategy: Strategy, work: Workload, net: NetworkState, K: float, requests: int,
+                pe: LinkPoint) -> StrategyRun:
+    """The strategy's requests; on a trace, in TRACE_WINDOWS runs whose phone-edge replay starts at
+    evenly spread points of the trace (each run with fresh workers and its own warm-up request)."""
+    if pe.trace is None:
+        repeats = max(1, math.ceil(requests / len(work.inputs)))
+        return run_strategy(strategy, work.model, net, work.profile, work.inputs, dilation=K, repeats=repeats,
+                            adapter=work.adapter, max_new_tokens=work.max_new_tokens)
+    per_window = max(1, math.ceil(requests / TRACE_WINDOWS))
+    run = StrategyRun(strategy)
+    for w in range(TRACE_WINDOWS):
+        window_net = net.with_link("phone", "edge", trace_start_s=w * pe.trace_period_s / TRACE_WINDOWS)
+        inputs = [work.inputs[(w * per_window + i) % len(work.inputs)] for i in range(per_window)]
+        part = run_strategy(strategy, work.model, window_net, work.profile, inputs, dilation=K,
+                            adapter=work.adapter, max_new_tokens=work.max_new_tokens)
+        run.requests += part.requests
+    return run
+
+
 def run_point(work: Workload, net: NetworkState, K: float, requests: int, compression: str | None,
-              only: Sequence[str] = STRATEGIES, **point: Any) -> list[dict[str, Any]]:
-    repeats = max(1, math.ceil(requests / len(work.inputs)))
+              only: Sequence[str] = STRATEGIES, *, pe: LinkPoint, **point: Any) -> list[dict[str, Any]]:
     rows = []
-    for strategy in strategy_plans(work.profile, net, compression=compression):
-        if strategy.name not in only:
-            continue
+    for strategy in strategy_plans(work.profile, net, compression=compression, names=only):
         t0 = time.perf_counter()
-        run = run_strategy(strategy, work.model, net, work.profile, work.inputs, dilation=K, repeats=repeats,
-                           adapter=work.adapter, max_new_tokens=work.max_new_tokens)
+        run = run_windows(strategy, work, net, K, requests, pe)
         row = summarise(run, work, compression=compression or "none", **point)
         rows.append(row)
         if "measured_median_ms" in row:
@@ -247,9 +270,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.0 * nrows), squeeze=False)
-    markers = dict(zip(STRATEGIES, "osD^*", strict=True))
+    names = STRATEGIES + EXTRA_STRATEGIES
+    markers = dict(zip(names, "osD^*v", strict=True))
     for ax, (model, ec, comp, variant) in zip(axes.flat, panels, strict=False):
-        for s in STRATEGIES:
+        for s in names:
             pts = sorted((r["phone_edge_bps"] / MBIT, r["measured_median_ms"], r["predicted_ms"], r["trace"])
                          for r in rows if (r["model"], r["edge_cloud"], r["compression"], r["variant"],
                                            r["strategy"]) == (model, ec, comp, variant, s)
@@ -294,7 +318,7 @@ def sweep(work: Workload, base: NetworkState, pe_points: Sequence[LinkPoint], ec
                 print(f"{work.model} ({variant}): phone-edge {pe.label}, edge-cloud {ec_label}, "
                       f"compression {comp or 'none'}, K = {K:.2f}", flush=True)
                 net = network_at(base, pe, ec)
-                rows += run_point(work, net, K, requests, comp, only, variant=variant, phone_edge=pe.label,
+                rows += run_point(work, net, K, requests, comp, only, pe=pe, variant=variant, phone_edge=pe.label,
                                   phone_edge_bps=pe.bandwidth_bps, trace=pe.trace is not None, edge_cloud=ec_label,
                                   edge_cloud_bps=ec, dilation=K)
     return rows
@@ -327,12 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += sweep(work, base, pe_points, ec_values, [None], args.requests)
         if not args.no_compression:
             # On the shipped latencies no plan sends an activation (see docs/experiment.md), so compression
-            # is measured where splits win: one-way latencies of a LAN-attached edge and a metro cloud.
+            # is measured on faster links (one-way latencies of a LAN-attached edge and a metro cloud), and
+            # with best-cut, the best single cut that sends an activation whether or not cutting wins.
             low = base.with_link("phone", "edge", latency_s=LOW_LATENCY_S[0]).with_link(
                 "edge", "cloud", latency_s=LOW_LATENCY_S[1])
             pts = [p for p in phone_edge_points(False) if p.trace is None and p.bandwidth_bps >= 20 * MBIT]
             rows += sweep(work, low, pts, ec_values[:1], [None, *COMPRESSIONS], args.requests,
-                          variant=LOW_LATENCY_LABEL, only=("cloud-only", "best-split", "optimal"))
+                          variant=LOW_LATENCY_LABEL, only=("cloud-only", "best-cut", "optimal"))
     llm_note = "skipped (--no-llm)" if args.no_llm else llm_available()
     if llm_note is None:
         llm = llm_workload(base)

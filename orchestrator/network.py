@@ -48,8 +48,10 @@ class Link(_Frozen):
     bandwidth_bps: PositiveFloat
     latency_s: NonNegativeFloat = 0.0
     directed: bool = False
-    # Optional bandwidth trace (seconds<TAB>Mbit/s) replayed by the runtime's emulated link.
+    # Optional bandwidth trace (seconds<TAB>Mbit/s) replayed by the runtime's emulated link, from
+    # `trace_start_s` seconds into the trace. The planner sees `bandwidth_bps` only.
     trace: str | None = None
+    trace_start_s: NonNegativeFloat = 0.0
 
 
 class Constraints(_Frozen):

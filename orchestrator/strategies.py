@@ -2,11 +2,14 @@
 
 device-only, edge-only and cloud-only run everything on one tier (the raw input shipped there),
 best-split is Neurosurgeon's single cut between the device and one other node, and optimal is the
-planner's integer program. All are evaluated by the same cost model.
+planner's integer program. All are evaluated by the same cost model. A sixth, best-cut, is the best
+single cut that keeps units on both sides: the experiment's compression study uses it so that some
+plan always sends an activation, whether or not splitting wins.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.compression import compressed_profile
@@ -18,6 +21,7 @@ from profiler.errors import InputError
 from profiler.profile import Profile
 
 STRATEGIES: tuple[str, ...] = ("device-only", "edge-only", "cloud-only", "best-split", "optimal")
+EXTRA_STRATEGIES: tuple[str, ...] = ("best-cut",)
 
 
 @dataclass(frozen=True)
@@ -35,19 +39,22 @@ def tier_node(net: NetworkState, tier: str) -> str | None:
     return net.source if tier == "device" else None
 
 
-def strategy_plans(profile: Profile, net: NetworkState, *, solver: str = "cbc",
-                   compression: str | None = None) -> list[Strategy]:
-    """A plan per strategy (or why there is none). With `compression` ("fp16", "int8") every plan is
-    made for the bytes the runtime will send and asks the runtime to compress."""
+def strategy_plans(profile: Profile, net: NetworkState, *, solver: str = "cbc", compression: str | None = None,
+                   names: Sequence[str] = STRATEGIES) -> list[Strategy]:
+    """A plan per strategy in `names` (or why there is none). With `compression` ("fp16", "int8") every
+    plan is made for the bytes the runtime will send and asks the runtime to compress."""
+    unknown = [n for n in names if n not in STRATEGIES + EXTRA_STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES + EXTRA_STRATEGIES)}")
     out: list[Strategy] = []
     if compression not in (None, "none"):
         profile = compressed_profile(profile, compression)
-    for name in STRATEGIES:
+    for name in names:
         try:
             if name == "optimal":
                 plan = solve(profile, net, PlanOptions(solver=solver))
-            elif name == "best-split":
-                plan = best_single_split(profile, net)
+            elif name in ("best-split", "best-cut"):
+                plan = best_single_split(profile, net, interior=name == "best-cut")
             else:
                 node = net.source if name == "device-only" else tier_node(net, name.removesuffix("-only"))
                 if node is None:

@@ -7,7 +7,7 @@ An EmulatedLink carries one direction of a network link. Sending `n` bytes:
 2. then holds it for the one-way latency (propagation does not occupy the link: the next message
    may start serialising meanwhile).
 With a bandwidth trace (seconds<TAB>Mbit/s), the rate follows the trace, replayed in a loop from
-the link's creation.
+the link's creation, starting `trace_start_s` seconds into the trace.
 
 Time dilation K >= 1 stretches every link time (rates divided by K, latencies and trace time axes
 multiplied by K) and every compute time the same way (see runtime.worker), so a node faster than
@@ -114,7 +114,8 @@ class EmulatedLink:
     """One direction of a link, with its rate and latency stretched by `dilation`."""
 
     def __init__(self, bandwidth_bps: float, latency_s: float = 0.0, *, trace: Trace | None = None,
-                 dilation: float = 1.0, burst_bytes: float = 0.0, clock: object = None) -> None:
+                 dilation: float = 1.0, burst_bytes: float = 0.0, clock: object = None,
+                 trace_start_s: float = 0.0) -> None:
         if not bandwidth_bps > 0 and trace is None:
             raise ValueError("bandwidth_bps must be positive")
         if dilation < 1.0:
@@ -124,6 +125,7 @@ class EmulatedLink:
         self.trace = trace
         self.k = float(dilation)
         self.burst_bytes = float(burst_bytes)
+        self.trace_start_s = float(trace_start_s)
         self._free_at = 0.0          # when the link finishes serialising what it has accepted
         self._origin = time.perf_counter()
         self.bytes_sent = 0
@@ -136,7 +138,7 @@ class EmulatedLink:
             return self.k * bits / self.bandwidth_bps
         # Walk the (dilated) trace from `start`: rate r/K for K * (segment length) seconds.
         tr, k = self.trace, self.k
-        t = (start - self._origin) / k          # trace time
+        t = (start - self._origin) / k + self.trace_start_s          # trace time
         left, spent = bits, 0.0
         for _ in range(1_000_000):
             if tr.period <= 0:
@@ -205,7 +207,8 @@ class EmulatedNetwork:
         link = self._links.get(key)
         if link is None:
             trace = parse_trace(spec.trace, f"link {spec.a}-{spec.b} trace") if spec.trace else None
-            link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=trace, dilation=self.dilation)
+            link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=trace, dilation=self.dilation,
+                                trace_start_s=spec.trace_start_s)
             self._links[key] = link
         return f"{a}->{b}", link
 

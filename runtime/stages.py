@@ -52,6 +52,7 @@ class LinkSpec:
     latency_s: float = 0.0
     directed: bool = False
     trace: tuple[tuple[float, float], ...] | None = None   # (seconds, Mbit/s) samples
+    trace_start_s: float = 0.0                             # where in the trace the replay starts
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ class StagePlan:
                                             for s in p["segments"])) for p in d["phases"])
             links = tuple(LinkSpec(lk["a"], lk["b"], float(lk["bandwidth_bps"]), float(lk["latency_s"]),
                                    bool(lk["directed"]),
-                                   tuple((float(t), float(r)) for t, r in lk["trace"]) if lk.get("trace") else None)
+                                   tuple((float(t), float(r)) for t, r in lk["trace"]) if lk.get("trace") else None,
+                                   float(lk.get("trace_start_s", 0.0)))
                           for lk in d.get("links", []))
             lat = tuple(None if x is None else {str(k): float(v) for k, v in x.items()}
                         for x in d.get("unit_latency_s", []))
@@ -226,7 +228,8 @@ def links_from_network(network: Any, traces: dict[str, tuple[tuple[float, float]
     """LinkSpecs of a NetworkState-like object; `traces` maps a link's trace field to its samples."""
     traces = traces or {}
     return tuple(LinkSpec(lk.a, lk.b, float(lk.bandwidth_bps), float(lk.latency_s), bool(lk.directed),
-                          traces.get(lk.trace) if getattr(lk, "trace", None) else None) for lk in network.links)
+                          traces.get(lk.trace) if getattr(lk, "trace", None) else None,
+                          float(getattr(lk, "trace_start_s", 0.0))) for lk in network.links)
 
 
 def unit_latencies(profile: Any, network: Any, assignment: Sequence[str]) -> tuple[dict[str, float] | None, ...]:

@@ -20,12 +20,7 @@ GROUPS: list[tuple[str, str | None]] = [
 
 def register(app: typer.Typer) -> None:
     for module_name, group in GROUPS:
-        try:
-            module = importlib.import_module(f"orchestrator.cli.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"orchestrator.cli.{module_name}":
-                continue  # that part of the CLI is not built yet
-            raise
+        module = importlib.import_module(f"orchestrator.cli.{module_name}")
         if group is None:
             module.register(app)
         else:

@@ -67,23 +67,27 @@ def _feasible(inst: Instance, assign: list[int]) -> bool:
     return all(n in inst.allowed[u] for u, n in enumerate(assign)) and inst.mem_ok(assign)
 
 
-def best_single_split(profile: Profile, net: NetworkState) -> Plan:
+def best_single_split(profile: Profile, net: NetworkState, *, interior: bool = False) -> Plan:
+    """Neurosurgeon: the best cut between the source and one other node. `interior` keeps at least one
+    unit on each side, so the plan sends an activation (the cut a compression study needs)."""
     t0 = time.perf_counter()
     inst = build_instance(profile, net)
     src = inst.nodes.index(net.source)
     U = inst.n_units
     best: tuple[float, list[int]] | None = None
+    cuts = range(1, U) if interior else range(U + 1)
     for m in range(inst.n_nodes):
         if m == src:
             continue
-        for k in range(U + 1):
+        for k in cuts:
             assign = [src] * k + [m] * (U - k)
             if _feasible(inst, assign):
                 value = inst.latency(assign)
                 if best is None or value < best[0]:
                     best = (value, assign)
     if best is None:
-        raise BaselineInfeasible(["best-single-split: no cut between the source and one other node satisfies "
+        what = "no interior cut" if interior else "no cut"
+        raise BaselineInfeasible([f"best-single-split: {what} between the source and one other node satisfies "
                                   "the constraints"])
     return _finish(profile, net, inst.names(best[1]), "best-single-split", t0)
 

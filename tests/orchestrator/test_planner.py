@@ -162,6 +162,14 @@ def test_baselines_report_memory_violations_as_infeasible() -> None:
     assert plan.predicted_latency_s >= solve(prof, net).predicted_latency_s
 
 
+def test_interior_best_split_cuts_inside_the_model_or_says_it_cannot() -> None:
+    plan = bl.best_single_split(chain(), three(), interior=True)
+    assert plan.assignment[0] == "dev" and plan.assignment[-1] != "dev"
+    assert plan.predicted_latency_s >= bl.best_single_split(chain(), three()).predicted_latency_s
+    with pytest.raises(bl.BaselineInfeasible, match="no interior cut"):
+        bl.best_single_split(chain(1), three(), interior=True)
+
+
 def test_time_limit_returns_a_plan_with_its_gap() -> None:
     from bench.planner_speed import instance
 

@@ -120,3 +120,25 @@ def test_describe_assignment_runs() -> None:
     assert describe_assignment(["a", "a", "b", "a"]) == "a x2 | b x1 | a x1"
     assert describe_assignment(["phone"] * 7 + ["cloud"] * 5) == "phone x7 | cloud x5"
     assert describe_assignment([]) == ""
+
+
+def test_best_cut_keeps_units_on_both_sides_even_where_not_cutting_wins(profile: Profile) -> None:
+    """On the shipped network the best single split does not cut; best-cut still does, at the best place."""
+    net = shipped()
+    by_name = {s.name: s.plan for s in strategy_plans(profile, net, names=("best-split", "best-cut"))}
+    assert list(by_name) == ["best-split", "best-cut"]
+    cut = by_name["best-cut"].assignment
+    k = next(i for i, n in enumerate(cut) if n != net.source)
+    assert 0 < k < len(cut) and len(set(cut[k:])) == 1
+    assert by_name["best-cut"].strategy == "best-cut"
+    # brute force over every interior cut to every other node: best-cut is the cheapest of them
+    others = [n.name for n in net.nodes if n.name != net.source]
+    brute = min(evaluate(profile, net, [net.source] * j + [m] * (len(cut) - j)).latency_s
+                for m in others for j in range(1, len(cut)))
+    assert by_name["best-cut"].predicted_latency_s == pytest.approx(brute)
+    assert by_name["best-split"].predicted_latency_s <= by_name["best-cut"].predicted_latency_s
+
+
+def test_unknown_strategy_names_are_refused(profile: Profile) -> None:
+    with pytest.raises(ValueError, match="best-cut"):
+        strategy_plans(profile, shipped(), names=("fastest",))

@@ -26,6 +26,7 @@ from profiler.adapters.base import InputSpec, ModelAdapter
 from profiler.errors import InputError
 from profiler.generate import check_cuts, greedy_generate
 from profiler.models import load_adapter
+from tests.helpers import spread_weights
 
 torch.set_num_threads(2)
 
@@ -51,17 +52,6 @@ def configs() -> dict[str, object]:
     ved = VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(**VIT), dec)
     ved.decoder_start_token_id, ved.pad_token_id = 1, 0
     return {"gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit, "ved": ved}
-
-
-def spread_weights(model: torch.nn.Module, seed: int) -> None:
-    """Redraw every parameter so that logits differ clearly between tokens (HF's init is near-uniform)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            # matrices redrawn; norm scales stay near 1 and biases near 0 (a large random final-norm
-            # bias would favour one token whatever the input)
-            p.copy_(noise * 0.3 if p.dim() >= 2 else p + noise * 0.1)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from profiler.adapters.base import InputSpec, ModelAdapter
 from profiler.models import load_adapter
 from runtime.stages import StagePlan, build_stage_plan
 from runtime.worker import Worker
+from tests.helpers import spread_weights
 
 torch.set_num_threads(1)
 
@@ -40,14 +41,6 @@ def configs() -> dict[str, object]:
     ved = VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(**VIT), dec)
     ved.decoder_start_token_id, ved.pad_token_id = 1, 0
     return {"gpt2": gpt2, "llama": llama, "vit": ViTConfig(**VIT), "ved": ved}
-
-
-def spread_weights(model: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(noise * 0.3 if p.dim() >= 2 else p + noise * 0.1)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ exactly as the unsplit model does."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from orchestrator.planner.result import make_plan
 from profiler.captioner.data import fixed_examples
 from profiler.captioner.scenes import render
 from profiler.profile import load_profile
+from tests.helpers import aiflow_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "examples" / "tiny-captioner.profile.json"
@@ -24,25 +24,12 @@ NETWORK = ROOT / "examples" / "three-tier.network.yaml"
 SPLIT3 = ["phone"] * 5 + ["edge"] * 3 + ["cloud"] * 2
 
 
-def aiflow(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-           *args: str | Path) -> tuple[int, str, str]:
-    """Run `aiflow ARGS` in this process as the console script does: (exit code, stdout, stderr)."""
-    from orchestrator.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["aiflow", *map(str, args)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main()
-    out, err = capsys.readouterr()
-    return int(done.value.code or 0), out, err
-
-
 def test_network_without_plan_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
     image = tmp_path / "a.png"
     render(fixed_examples("test", 1)[0].scene).save(image)
     for flags in (["--network", NETWORK], ["--plan", tmp_path / "plan.json"]):
-        code, out, err = aiflow(capsys, monkeypatch, "caption", image, *flags, "--json")
+        code, out, err = aiflow_in_process(capsys, monkeypatch, "caption", image, *flags, "--json")
         assert code == 2 and out == ""
         assert len(err.strip().splitlines()) == 1 and "--network/--plan" in err and "Traceback" not in err
 
@@ -57,10 +44,10 @@ def test_caption_through_three_workers_matches_unsplit(capsys: pytest.CaptureFix
     plan = make_plan(load_profile(PROFILE), load_network(NETWORK), SPLIT3, status="heuristic", solver="hand")
     save_plan(plan, tmp_path / "plan.json")
 
-    code, out, err = aiflow(capsys, monkeypatch, "caption", *images, "--json")
+    code, out, err = aiflow_in_process(capsys, monkeypatch, "caption", *images, "--json")
     assert code == 0, err
     unsplit = json.loads(out)
-    code, out, err = aiflow(capsys, monkeypatch, "caption", *images, "--network", NETWORK, "--plan",
+    code, out, err = aiflow_in_process(capsys, monkeypatch, "caption", *images, "--network", NETWORK, "--plan",
                             tmp_path / "plan.json", "--json")
     assert code == 0, err
     split = json.loads(out)

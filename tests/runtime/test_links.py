@@ -21,6 +21,7 @@ from runtime.stages import (
     build_stage_plan,
     contiguous_segments,
     dilation_factor,
+    links_from_network,
     route,
 )
 
@@ -72,6 +73,22 @@ def test_trace_rate_follows_the_samples() -> None:
     # wall 1.5 s is trace time 0.5 s: the same bytes take 3x the wall time
     assert k3.serialise_time(k3._origin + 1.5, 500_000) == pytest.approx(1.5)
     assert k3.serialise_time(k3._origin + 1.5, 600_000) == pytest.approx(4.5)
+
+
+def test_trace_replay_can_start_inside_the_trace() -> None:
+    tr = parse_trace([(0.0, 99.0), (1.0, 8.0), (2.0, 0.8)])        # 0-1 s at 8 Mbit/s, 1-2 s at 0.8
+    late = EmulatedLink(1.0, trace=tr, trace_start_s=1.0, dilation=2.0)
+    # at wall 0 the replay is 1 s into the trace: 100 kB at 0.1 MB/s take 1 s, stretched by K = 2
+    assert late.serialise_time(late._origin, 100_000) == pytest.approx(2.0)
+    assert EmulatedLink(1.0, trace=tr).serialise_time(0.0, 100_000) != pytest.approx(2.0)
+    spec = LinkSpec("a", "b", 1e6, 0.0, False, ((0.0, 99.0), (1.0, 8.0)), 0.75)
+    assert LinkSpec.__dataclass_fields__["trace_start_s"].default == 0.0
+    net = parse_network({"format": "aiflow.network/v1", "source": "a", "nodes": [
+        {"name": n, "hardware": "x", "mem_bytes": 1e9} for n in ("a", "b")], "links": [
+        {"a": "a", "b": "b", "bandwidth_bps": 1e6, "trace": "t.tsv", "trace_start_s": 0.75}]})
+    assert links_from_network(net, {"t.tsv": spec.trace}) == (spec,)
+    with pytest.raises(InputError, match="trace_start_s"):
+        parse_network(net.model_dump() | {"links": [net.links[0].model_dump() | {"trace_start_s": -1}]})
 
 
 def test_trace_files(tmp_path: Path) -> None:
