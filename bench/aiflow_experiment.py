@@ -1,30 +1,34 @@
 """The AI Flow experiment: latency against bandwidth for five placement strategies, measured.
 
-    python -m bench.aiflow_experiment [--requests 20] [--images 10] [--quick] [--no-compression]
-                                      [--no-llm] [--llm-requests 10] [--out bench/results]
+    python -m bench.aiflow_experiment [--parts sweep,compression,llm,llm-private] [--requests 20]
+                                      [--images 10] [--llm-requests 10] [--quick] [--out bench/results]
+                                      [--name aiflow_experiment] [--from-json FILE]
 
-For the project's captioner (tiny-captioner, trained weights) on the shipped three-tier network
-(examples/three-tier.network.yaml: phone-a78 device, jetson-orin-nano edge, h200 cloud), it sweeps
-the phone-edge bandwidth over 1, 5, 20 and 100 Mbit/s and a replay of a real 3G trace
+Four parts (`--parts`, all by default):
+
+sweep: the project's captioner (tiny-captioner, trained weights) on the shipped three-tier network
+(examples/three-tier.network.yaml: phone-a78 device, jetson-orin-nano edge, h200 cloud). The
+phone-edge bandwidth goes over 1, 5, 20 and 100 Mbit/s and a replay of a real 3G trace
 (data/traces/norway-3g/norway_bus_1.tsv; the planner sees its time-weighted mean, and the requests run
-in windows whose replay starts at evenly spread points of the trace), and the edge-cloud bandwidth over
-100 Mbit/s and 1 Gbit/s.
-At each point it plans the five strategies (device-only, edge-only, cloud-only, best single split,
-optimal) and runs each through local worker processes on the emulated network (links shaped in the
-transport, compute stretched to each node's profiled time, everything under one time dilation K),
-recording per request the measured latency (divided by K), the plan's predicted latency for that
+in windows whose replay starts at evenly spread points of the trace), the edge-cloud bandwidth over
+100 Mbit/s and 1 Gbit/s. At each point the five strategies (device-only, edge-only, cloud-only, best
+single split, optimal) run through local worker processes on the emulated network (links shaped in
+the transport, compute stretched to each node's profiled time, everything under one time dilation K).
+Per request it records the measured latency (divided by K), the plan's predicted latency for that
 request's caption length, the bytes sent and the caption. Caption quality is scored on the same
-held-out test images: scene accuracy (the caption parsed back equals the true scene) and the
-fraction of captions identical to the unsplit model's.
+held-out test images: scene accuracy (the caption parsed back equals the true scene) and the fraction
+of captions identical to the unsplit model's.
 
-With compression (default on), a second sweep on low-latency links (phone-edge 2 ms, edge-cloud 5 ms;
-20 and 100 Mbit/s to the edge, 100 Mbit/s to the cloud) runs cloud-only, best-cut (the best single cut
-that sends an activation) and optimal with no, fp16 and int8 activation compression: plans are made for
-the compressed byte counts and the runtime compresses every activation hop, so the bytes and the
-quality change are measured.
+compression: low-latency links (phone-edge 2 ms, edge-cloud 5 ms; 20 and 100 Mbit/s to the edge,
+100 Mbit/s to the cloud), cloud-only, best-cut (the best single cut that sends an activation) and
+optimal with no, fp16 and int8 activation compression. Plans are made for the compressed byte counts
+and the runtime compresses every activation hop, so the bytes and the quality change are measured.
 
-The decoder-only case (default on, needs the smollm2 extra): SmolLM2-135M with real weights, the same
-phone-edge sweep at edge-cloud 100 Mbit/s, fixed prompts, tokens compared with the unsplit model.
+llm: the decoder-only case (needs the smollm2 extra), SmolLM2-135M with real weights at phone-edge 5
+and 100 Mbit/s, edge-cloud 100 Mbit/s, fixed prompts, tokens compared with the unsplit model.
+
+llm-private: SmolLM2 again with the prompt kept on the phone (raw_input_stays_on_source) on the
+low-latency links at 20 Mbit/s, where splitting is predicted to pay (bench.split_map).
 
 The profile is this machine's measurement plus roofline estimates for the three device classes
 (cached per machine, model weights and devices; see orchestrator.demo.cached_profile).
@@ -79,6 +83,8 @@ LLM_PROMPTS = (
 LLM_NEW_TOKENS = 8
 LOW_LATENCY_S = (0.002, 0.005)
 LOW_LATENCY_LABEL = "low latencies (phone-edge 2 ms, edge-cloud 5 ms)"
+PRIVATE_LABEL = "prompt stays on the phone, low latencies (2 ms, 5 ms)"
+PARTS = ("sweep", "compression", "llm", "llm-private")
 # Under dilation K a strategy's few seconds of requests replay only a second or two of a trace, so a
 # trace point runs its requests in windows that start evenly spread over the whole trace.
 TRACE_WINDOWS = 10
@@ -229,6 +235,11 @@ def llm_available() -> str | None:
 
 
 # -- output ------------------------------------------------------------------------------------
+def md_cell(text: str) -> str:
+    """Text for a markdown table cell (a placement such as "phone x1 | cloud x9" has pipes)."""
+    return text.replace("|", "\\|")
+
+
 def _fmt(v: Any, spec: str = ".1f") -> str:
     if v is None:
         return "-"
@@ -251,8 +262,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             if "measured_median_ms" not in r:
                 out.append(f"| {r['phone_edge']} | {r['strategy']} | no plan: {r.get('why_not')} | | | | | | | |")
                 continue
-            out.append(f"| {r['phone_edge']} | {r['strategy']} | {r['placement']} | {_fmt(r['predicted_ms'])} | "
-                       f"{_fmt(r['measured_median_ms'])} | {_fmt(r['measured_p90_ms'])} | {_fmt(r['ratio'], '.2f')} | "
+            out.append(f"| {r['phone_edge']} | {r['strategy']} | {md_cell(r['placement'])} | "
+                       f"{_fmt(r['predicted_ms'])} | {_fmt(r['measured_median_ms'])} | "
+                       f"{_fmt(r['measured_p90_ms'])} | {_fmt(r['ratio'], '.2f')} | "
                        f"{_fmt(r['bytes_per_request'] / 1e3 if r['bytes_per_request'] is not None else None)} | "
                        f"{_fmt(r['scene_accuracy'], '.2f')} | {_fmt(r['same_as_unsplit'], '.2f')} |")
         out.append("")
@@ -265,13 +277,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ec_bps = {r["edge_cloud"]: r.get("edge_cloud_bps", 0.0) for r in rows}
+    order = ("none", *COMPRESSIONS)
     panels = sorted({(r["model"], r["edge_cloud"], r["compression"], r["variant"]) for r in rows},
-                    key=lambda k: (k[0] != "tiny-captioner", k[3] != "base latencies", k[2] != "none", k[1]))
+                    key=lambda k: (k[0] != "tiny-captioner", k[0], k[3] != "base latencies", k[3],
+                                   order.index(k[2]) if k[2] in order else len(order), ec_bps[k[1]]))
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.0 * nrows), squeeze=False)
     names = STRATEGIES + EXTRA_STRATEGIES
     markers = dict(zip(names, "osD^*v", strict=True))
+    colours = dict(zip(names, plt.get_cmap("tab10").colors, strict=False))     # one colour per strategy, everywhere
     for ax, (model, ec, comp, variant) in zip(axes.flat, panels, strict=False):
         for s in names:
             pts = sorted((r["phone_edge_bps"] / MBIT, r["measured_median_ms"], r["predicted_ms"], r["trace"])
@@ -281,13 +297,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             fixed = [p for p in pts if not p[3]]
             if not fixed:
                 continue
-            line, = ax.plot([p[0] for p in fixed], [p[1] for p in fixed], marker=markers[s], label=s,
-                            linewidth=2.4 if s == "optimal" else 1.2, alpha=0.9)
-            ax.plot([p[0] for p in fixed], [p[2] for p in fixed], linestyle=":", color=line.get_color(), alpha=0.7)
+            ax.plot([p[0] for p in fixed], [p[1] for p in fixed], marker=markers[s], label=s, color=colours[s],
+                    linewidth=2.4 if s == "optimal" else 1.2, alpha=0.9)
+            ax.plot([p[0] for p in fixed], [p[2] for p in fixed], linestyle=":", color=colours[s], alpha=0.7)
             for p in pts:
                 if p[3]:
-                    ax.scatter([p[0]], [p[1]], marker=markers[s], s=90, facecolors="none",
-                               edgecolors=line.get_color())
+                    ax.scatter([p[0]], [p[1]], marker=markers[s], s=90, facecolors="none", edgecolors=colours[s])
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("phone-edge bandwidth (Mbit/s); hollow: 3G trace replay at its mean")
@@ -297,9 +312,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             title += "\n" + variant
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, title="solid: measured median, dotted: predicted", title_fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8, title="solid: measured median\ndotted: predicted", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -330,12 +345,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=10, help="held-out test images (cycled)")
     ap.add_argument("--llm-requests", type=int, default=10, help="timed requests per strategy and point, SmolLM2")
     ap.add_argument("--quick", action="store_true", help="two bandwidths, 4 requests: a smoke run")
-    ap.add_argument("--no-compression", action="store_true")
-    ap.add_argument("--no-llm", action="store_true")
-    ap.add_argument("--no-captioner", action="store_true")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, of {', '.join(PARTS)}")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--name", default="aiflow_experiment", help="file stem of the results")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="measure nothing: redraw the table and plot of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return render(args.from_json)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        ap.error(f"--parts: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(PARTS)}")
     if args.quick:
         args.requests, args.llm_requests, args.images = 4, 2, 2
     torch.set_num_threads(1)
@@ -345,24 +366,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ec_values = [m * MBIT for m in EDGE_CLOUD_MBIT]
     args.out.mkdir(parents=True, exist_ok=True)
 
+    low = base.with_link("phone", "edge", latency_s=LOW_LATENCY_S[0]).with_link(
+        "edge", "cloud", latency_s=LOW_LATENCY_S[1])
     rows: list[dict[str, Any]] = []
-    if not args.no_captioner:
+    if "sweep" in parts or "compression" in parts:
         work = captioner_workload(base, args.images, args.out / "experiment-images")
-        rows += sweep(work, base, pe_points, ec_values, [None], args.requests)
-        if not args.no_compression:
+        if "sweep" in parts:
+            rows += sweep(work, base, pe_points, ec_values, [None], args.requests)
+        if "compression" in parts:
             # On the shipped latencies no plan sends an activation (see docs/experiment.md), so compression
             # is measured on faster links (one-way latencies of a LAN-attached edge and a metro cloud), and
             # with best-cut, the best single cut that sends an activation whether or not cutting wins.
-            low = base.with_link("phone", "edge", latency_s=LOW_LATENCY_S[0]).with_link(
-                "edge", "cloud", latency_s=LOW_LATENCY_S[1])
             pts = [p for p in phone_edge_points(False) if p.trace is None and p.bandwidth_bps >= 20 * MBIT]
             rows += sweep(work, low, pts, ec_values[:1], [None, *COMPRESSIONS], args.requests,
                           variant=LOW_LATENCY_LABEL, only=("cloud-only", "best-cut", "optimal"))
-    llm_note = "skipped (--no-llm)" if args.no_llm else llm_available()
+    llm_parts = [p for p in parts if p.startswith("llm")]
+    llm_note = llm_available() if llm_parts else "not asked for (--parts)"
     if llm_note is None:
         llm = llm_workload(base)
-        llm_points = [p for p in pe_points if p.trace is None and p.bandwidth_bps in (5 * MBIT, 100 * MBIT)]
-        rows += sweep(llm, base, llm_points or pe_points[:1], ec_values[:1], [None], args.llm_requests)
+        if "llm" in parts:
+            llm_points = [p for p in pe_points if p.trace is None and p.bandwidth_bps in (5 * MBIT, 100 * MBIT)]
+            rows += sweep(llm, base, llm_points or pe_points[:1], ec_values[:1], [None], args.llm_requests)
+        if "llm-private" in parts:
+            # The prompt may not leave the phone, so its embedding runs there; edge-only and cloud-only
+            # are ruled out. Splitting then pays where the links are short (bench.split_map).
+            private = NetworkState.model_validate(low.model_dump() | {
+                "constraints": low.constraints.model_dump() | {"raw_input_stays_on_source": True}})
+            pts = [p for p in pe_points if p.trace is None and p.bandwidth_bps == 20 * MBIT] or pe_points[:1]
+            rows += sweep(llm, private, pts, ec_values[:1], [None], args.llm_requests, variant=PRIVATE_LABEL)
     else:
         print(f"smollm2-135m: {llm_note}", flush=True)
 
@@ -376,6 +407,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / f"{stem}.md").write_text(markdown(rows, meta))
     plot(rows, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json, .md, .png in {meta['wall_s'] / 60:.1f} min")
+    return 0
+
+
+def render(path: Path) -> int:
+    """Rewrite the .md and .png beside an earlier run's .json (after a change to the report only)."""
+    try:
+        doc = json.loads(path.read_text())
+        rows, meta = doc["rows"], doc["meta"]
+        if not isinstance(rows, list) or not isinstance(meta, dict):
+            raise ValueError("rows must be a list and meta an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"aiflow_experiment: {path}: not a results file of this bench ({exc})", file=sys.stderr)
+        return 2
+    path.with_suffix(".md").write_text(markdown(rows, meta))
+    plot(rows, path.with_suffix(".png"))
+    print(f"wrote {path.with_suffix('.md')} and {path.with_suffix('.png')}")
     return 0
 
 

@@ -6,8 +6,10 @@ The AI Flow experiment measures five strategies at a handful of network points; 
 more points from the planner alone (no workers, seconds to run). On the shipped three-tier network it
 varies the one-way link latencies (the shipped 10 ms / 25 ms, a LAN edge and metro cloud at 2 / 5 ms,
 and 1 / 2 ms) and the phone-edge bandwidth, with edge-cloud at 100 Mbit/s, and reports per point the
-optimal plan, its predicted latency, the best single tier's, and the gain. The profiles are the same
-cached ones the demo and the experiment use (this machine measured, the three devices estimated).
+optimal plan, its predicted latency, the best single tier's, and the gain; once with no constraint
+and once with the raw input kept on the phone (`raw_input_stays_on_source`: only features may leave
+it, so edge-only and cloud-only are ruled out). The profiles are the same cached ones the demo and the
+experiment use (this machine measured, the three devices estimated).
 
 Writes OUT/split_map.json and OUT/split_map.md.
 """
@@ -15,6 +17,7 @@ Writes OUT/split_map.json and OUT/split_map.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.aiflow_experiment import md_cell
 from orchestrator.demo import DEMO_NETWORK, cached_profile
 from orchestrator.network import NetworkState, load_network
 from orchestrator.strategies import describe_assignment, strategy_plans
@@ -39,9 +43,14 @@ LATENCIES: tuple[tuple[str, float | None, float | None], ...] = (
     ("1 / 2 ms", 0.001, 0.002),
 )
 SINGLE_TIERS = ("device-only", "edge-only", "cloud-only")
+CONSTRAINTS = (("none", False), ("raw input on the phone", True))
 
 
-def network_at(base: NetworkState, pe_bps: float, pe_latency: float | None, ec_latency: float | None) -> NetworkState:
+def network_at(base: NetworkState, pe_bps: float, pe_latency: float | None, ec_latency: float | None,
+               raw_on_source: bool = False) -> NetworkState:
+    if raw_on_source:
+        base = NetworkState.model_validate(base.model_dump() | {
+            "constraints": base.constraints.model_dump() | {"raw_input_stays_on_source": True}})
     net = base.with_link("phone", "edge", bandwidth_bps=pe_bps).with_link("edge", "cloud",
                                                                            bandwidth_bps=EDGE_CLOUD_MBIT * MBIT)
     if pe_latency is not None:
@@ -55,14 +64,14 @@ def map_model(model: str, base: NetworkState) -> list[dict[str, Any]]:
     profile, path, cached = cached_profile(load_adapter(model), base)
     print(f"{model}: profile {'cached' if cached else 'measured'} {path.name}", flush=True)
     rows = []
-    for label, pe_lat, ec_lat in LATENCIES:
+    for (constraint, raw_on_source), (label, pe_lat, ec_lat) in itertools.product(CONSTRAINTS, LATENCIES):
         for mbit in PHONE_EDGE_MBIT:
-            plans = {s.name: s.plan for s in strategy_plans(profile, network_at(base, mbit * MBIT, pe_lat, ec_lat),
-                                                            names=(*SINGLE_TIERS, "optimal")) if s.plan}
+            net = network_at(base, mbit * MBIT, pe_lat, ec_lat, raw_on_source)
+            plans = {s.name: s.plan for s in strategy_plans(profile, net, names=(*SINGLE_TIERS, "optimal")) if s.plan}
             tier, tier_plan = min(((n, plans[n]) for n in SINGLE_TIERS if n in plans),
                                   key=lambda kv: kv[1].predicted_latency_s)
             best = plans["optimal"]
-            rows.append({"model": model, "latencies": label, "phone_edge_mbit": mbit,
+            rows.append({"model": model, "constraint": constraint, "latencies": label, "phone_edge_mbit": mbit,
                          "edge_cloud_mbit": EDGE_CLOUD_MBIT, "optimal": describe_assignment(best.assignment),
                          "optimal_ms": 1e3 * best.predicted_latency_s, "status": best.status,
                          "best_tier": tier, "best_tier_ms": 1e3 * tier_plan.predicted_latency_s,
@@ -74,12 +83,13 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
     out = ["# Where splitting pays (predicted by the planner)", "", f"Command: `{command}`  ",
            f"Edge-cloud {EDGE_CLOUD_MBIT:g} Mbit/s; latencies are one-way phone-edge / edge-cloud.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
-        out += [f"## {model}", "", "| latencies | phone-edge Mbit/s | optimal plan | optimal ms | best single tier | "
-                "its ms | gain |", "|---|---:|---|---:|---|---:|---:|"]
+        out += [f"## {model}", "", "| constraint | latencies | phone-edge Mbit/s | optimal plan | optimal ms | "
+                "best single tier | its ms | gain |", "|---|---|---:|---|---:|---|---:|---:|"]
         for r in rows:
             if r["model"] == model:
-                out.append(f"| {r['latencies']} | {r['phone_edge_mbit']:g} | {r['optimal']} | {r['optimal_ms']:.1f} | "
-                           f"{r['best_tier']} | {r['best_tier_ms']:.1f} | {100 * r['gain']:.1f}% |")
+                out.append(f"| {r['constraint']} | {r['latencies']} | {r['phone_edge_mbit']:g} | "
+                           f"{md_cell(r['optimal'])} | {r['optimal_ms']:.1f} | {r['best_tier']} | "
+                           f"{r['best_tier_ms']:.1f} | {100 * r['gain']:.1f}% |")
         out.append("")
     return "\n".join(out) + "\n"
 

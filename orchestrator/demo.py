@@ -170,10 +170,11 @@ class StrategyRun:
 
 def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Profile, images: Sequence[Path | str], *,
                  dilation: float, repeats: int = 1, warmup: int = 1, compression: str | None = None,
-                 adapter: ModelAdapter | None = None, max_new_tokens: int = CAPTION_TOKENS) -> StrategyRun:
+                 adapter: ModelAdapter | None = None, max_new_tokens: int = CAPTION_TOKENS,
+                 kernel_links: bool = False) -> StrategyRun:
     """Run every input (image files, or prompts for an LLM) `repeats` times through local workers under
-    the strategy's plan (emulated links and compute, time dilation K); the first `warmup` requests
-    are not counted."""
+    the strategy's plan (emulated links and compute, time dilation K; link rates shaped by the kernel
+    with `kernel_links`); the first `warmup` requests are not counted."""
     from orchestrator.compression import compressed_profile
     from orchestrator.costmodel import latency_for_steps
     from runtime.session import run_on_network
@@ -183,7 +184,8 @@ def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Pro
         return run
     inputs = [str(images[0])] * warmup + [str(p) for _ in range(repeats) for p in images]
     results = run_on_network(model, net, strategy.plan, inputs, profile=profile, dilation=dilation,
-                             compression=compression, adapter=adapter, threads=1, max_new_tokens=max_new_tokens)
+                             compression=compression, adapter=adapter, threads=1, max_new_tokens=max_new_tokens,
+                             kernel_links=kernel_links)
     how = compression or strategy.plan.compression
     planned = compressed_profile(profile, how) if how else profile   # the bytes as they will be sent
     for r in results[warmup:]:

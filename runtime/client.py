@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from runtime.codec import Frame, ack_frame, decode_frame, encode_frame, with_meta
-from runtime.links import EmulatedNetwork
+from runtime.links import EmulatedNetwork, arrival_stamp, stamped_arrival
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport
 
@@ -128,11 +128,12 @@ class Client:
         return replies
 
     async def _on_reply(self, data: bytes) -> list[bytes]:
+        received_at = time.perf_counter()
         frame = decode_frame(data)
         fut = self._pending.get(frame.request_id)
         if fut is not None and not fut.done() and frame.kind in ("result", "error"):
-            nb = frame.meta.get("not_before")
-            if isinstance(nb, (int, float)) and nb > time.perf_counter():
+            nb = stamped_arrival(frame.meta, received_at)
+            if nb is not None and nb > time.perf_counter():
                 # an emulated result arrives when its stamp says (the sink's end of the link)
                 loop = asyncio.get_running_loop()
                 handle = loop.call_at(loop.time() + (nb - time.perf_counter()), _settle, fut, frame)
@@ -174,7 +175,7 @@ class Client:
             if plan.emulate and dst != plan.source:
                 # book the emulated route and stamp the arrival; the worker waits for it (see Worker._stamp)
                 arrival, client_hops = self._network.schedule(plan.source, dst, len(data), t0)
-                data = with_meta(data, not_before=arrival)
+                data = with_meta(data, **arrival_stamp(arrival, t0, self._network.kernel_rate))
             t_send = time.perf_counter()
             await self._control(dst, data)
             if not plan.emulate and dst != plan.source:
@@ -234,9 +235,11 @@ def _merge_stats(result: RequestResult, stats: list[dict[str, Any]], client_hops
 # -- one-call helpers -----------------------------------------------------------------------------------
 async def run_requests(plan: StagePlan, sources: Sequence[torch.Tensor], *, mode: str = "generate",
                        max_new_tokens: int = 16, eos: int | None = None, token: str | None = None,
-                       concurrency: int = 1, timeout_s: float = 300.0) -> list[RequestResult]:
-    """Apply `plan` to its (running) workers and run every source; at most `concurrency` at once."""
-    async with Client(plan, token=token, timeout_s=timeout_s) as client:
+                       concurrency: int = 1, timeout_s: float = 300.0,
+                       reply_listen: str = "127.0.0.1:0") -> list[RequestResult]:
+    """Apply `plan` to its (running) workers and run every source; at most `concurrency` at once.
+    `reply_listen` is where the client takes results: an address every worker can reach."""
+    async with Client(plan, token=token, timeout_s=timeout_s, reply_listen=reply_listen) as client:
         gate = asyncio.Semaphore(max(1, concurrency))
 
         async def one(src: torch.Tensor) -> RequestResult:

@@ -187,6 +187,27 @@ async def sleep_until(deadline: float) -> None:
         await asyncio.sleep(left - 0.0005 if left > 0.001 else 0)
 
 
+def arrival_stamp(arrival: float, now: float, kernel_rate: bool) -> dict[str, float]:
+    """The frame meta that tells the receiver when an emulated message arrives.
+
+    With rates emulated here, the whole route's time is booked at send and the receiver waits for
+    `not_before`, so the real loopback transfer runs inside it. With rates shaped by the kernel the
+    real transfer IS the serialisation, so only the latency is left to add, after the bytes are in:
+    `delay_s`, counted from receipt."""
+    return {"delay_s": max(0.0, arrival - now)} if kernel_rate else {"not_before": arrival}
+
+
+def stamped_arrival(meta: dict, received_at: float) -> float | None:
+    """When a received frame counts as arrived (see arrival_stamp), or None when it carries no stamp."""
+    delay = meta.get("delay_s")
+    if isinstance(delay, (int, float)) and not isinstance(delay, bool) and math.isfinite(delay):
+        return received_at + max(0.0, float(delay))
+    nb = meta.get("not_before")
+    if isinstance(nb, (int, float)) and not isinstance(nb, bool) and math.isfinite(nb):
+        return float(nb)
+    return None
+
+
 class EmulatedNetwork:
     """The emulated links of one stage plan as seen by one sender (a worker or the client).
 
@@ -200,12 +221,16 @@ class EmulatedNetwork:
         self.links = tuple(links)
         self.dilation = dilation
         self._links: dict[tuple[str, str, int], EmulatedLink] = {}
+        self.kernel_rate = any(lk.kernel_rate for lk in self.links)
 
     def _link(self, a: str, b: str, nbytes: float) -> tuple[str, EmulatedLink]:
         spec = best_link(self.links, a, b, nbytes)
         key = (a, b, self.links.index(spec))
         link = self._links.get(key)
-        if link is None:
+        if link is None and spec.kernel_rate:        # the kernel serialises; only the latency is added here
+            link = EmulatedLink(math.inf, spec.latency_s, dilation=self.dilation)
+            self._links[key] = link
+        elif link is None:
             trace = parse_trace(spec.trace, f"link {spec.a}-{spec.b} trace") if spec.trace else None
             link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=trace, dilation=self.dilation,
                                 trace_start_s=spec.trace_start_s)

@@ -13,7 +13,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,8 @@ class LocalWorkers:
 
     def __init__(self, model: str, names: Sequence[str], *, token: str | None = None, host: str = "127.0.0.1",
                  threads: int | None = None, release_unused: bool = False, python: str = sys.executable,
-                 state_timeout_s: float = 120.0) -> None:
+                 state_timeout_s: float = 120.0, hosts: Mapping[str, str] | None = None,
+                 launchers: Mapping[str, Sequence[str]] | None = None) -> None:
         self.model = model
         self.names = list(dict.fromkeys(names))
         self.token = token or secrets.token_hex(16)
@@ -37,6 +38,8 @@ class LocalWorkers:
         self.release_unused = release_unused
         self.python = python
         self.state_timeout_s = state_timeout_s
+        self.hosts = dict(hosts or {})                   # per node: the address to listen on (else `host`)
+        self.launchers = dict(launchers or {})           # per node: a command prefix (ip netns exec NS)
         self.processes: dict[str, subprocess.Popen] = {}
         self.addresses: dict[str, str] = {}
 
@@ -50,10 +53,12 @@ class LocalWorkers:
     def start(self, timeout_s: float = 300.0) -> dict[str, str]:
         env = dict(os.environ)
         env["AIFLOW_TOKEN"] = self.token
+        env["AIFLOW_PARENT_PID"] = str(os.getpid())       # workers stop if this process dies
         env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         try:
             for name in self.names:
-                cmd = [self.python, "-m", "runtime.worker", "--name", name, "--listen", f"{self.host}:0",
+                cmd = [*self.launchers.get(name, ()), self.python, "-m", "runtime.worker", "--name", name,
+                       "--listen", f"{self.hosts.get(name, self.host)}:0",
                        "--model", self.model, "--state-timeout", str(self.state_timeout_s)]
                 if self.threads:
                     cmd += ["--threads", str(self.threads)]

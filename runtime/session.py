@@ -25,7 +25,8 @@ from profiler.errors import InputError
 from runtime.client import RequestResult, run_requests
 from runtime.links import network_traces
 from runtime.local import LocalWorkers
-from runtime.stages import StagePlan, build_stage_plan
+from runtime.netns import KernelNetwork
+from runtime.stages import StagePlan, build_stage_plan, links_from_network, nodes_from_network
 
 
 @dataclass
@@ -95,8 +96,10 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                    emulate: bool = True, profile: Any | None = None, dilation: float = 1.0,
                    compression: str | None = None, trace_base: Path | None = None, token: str | None = None,
                    concurrency: int = 1, threads: int | None = None, adapter: ModelAdapter | None = None,
-                   timeout_s: float = 300.0) -> list[InputResult]:
-    """Start local workers as needed, run every input, stop the workers; results in input order."""
+                   timeout_s: float = 300.0, kernel_links: bool = False) -> list[InputResult]:
+    """Start local workers as needed, run every input, stop the workers; results in input order.
+    With `kernel_links` every node runs in its own network namespace and the kernel shapes the links'
+    rates (runtime.netns); the transport then adds each link's latency only."""
     from profiler.models import load_adapter
 
     adapter = adapter or load_adapter(model)
@@ -104,20 +107,32 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
     hosting = list(dict.fromkeys(plan.assignment))
     given = {n.name: n.address for n in network.nodes if n.address}
     local = [n for n in hosting if n not in given]
-    workers = LocalWorkers(model, local, token=token, threads=threads) if local else None
+    kernel = _kernel_network(network, given, dilation) if kernel_links else None
+    workers = None
     try:
+        if kernel is not None:
+            kernel.start()
+            workers = LocalWorkers(model, local, token=token, threads=threads, hosts=kernel.addresses,
+                                   launchers={n: kernel.launcher(n) for n in local})
+        elif local:
+            workers = LocalWorkers(model, local, token=token, threads=threads)
         addresses = dict(given)
         if workers is not None:
             addresses.update(workers.start())
         sp = make_stage_plan(adapter, network, plan, addresses=addresses, profile=profile, emulate=emulate,
                              dilation=dilation, compression=compression, trace_base=trace_base)
+        if kernel is not None:
+            sp = replace(sp, links=tuple(replace(lk, kernel_rate=True) for lk in sp.links))
         mode = "generate" if is_generative(adapter) else "forward"
         results = asyncio.run(run_requests(sp, sources, mode=mode, max_new_tokens=max_new_tokens,
                                            eos=adapter.eos_token_id, token=workers.token if workers else token,
-                                           concurrency=concurrency, timeout_s=timeout_s))
+                                           concurrency=concurrency, timeout_s=timeout_s,
+                                           reply_listen=f"{kernel.client_address}:0" if kernel else "127.0.0.1:0"))
     finally:
         if workers is not None:
             workers.stop()
+        if kernel is not None:
+            kernel.stop()
     out = []
     for item, r in zip(inputs, results, strict=True):
         if r.tokens is not None:
@@ -126,3 +141,14 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
         else:
             out.append(InputResult(item, None, None, r))
     return out
+
+
+def _kernel_network(network: Any, given: dict[str, str], dilation: float) -> KernelNetwork:
+    if given:
+        raise InputError(f"kernel links: nodes {', '.join(sorted(given))} have addresses; kernel-shaped links "
+                         "need every worker on this machine")
+    traced = [f"{lk.a}-{lk.b}" for lk in network.links if getattr(lk, "trace", None)]
+    if traced:
+        raise InputError(f"kernel links: link {traced[0]} replays a trace, which a fixed tbf cannot; "
+                         "use the transport's emulated links for traces")
+    return KernelNetwork(nodes_from_network(network), links_from_network(network), network.source, dilation)

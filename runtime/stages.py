@@ -53,6 +53,7 @@ class LinkSpec:
     directed: bool = False
     trace: tuple[tuple[float, float], ...] | None = None   # (seconds, Mbit/s) samples
     trace_start_s: float = 0.0                             # where in the trace the replay starts
+    kernel_rate: bool = False        # the kernel shapes the rate (runtime.netns); the transport adds latency only
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class StagePlan:
             links = tuple(LinkSpec(lk["a"], lk["b"], float(lk["bandwidth_bps"]), float(lk["latency_s"]),
                                    bool(lk["directed"]),
                                    tuple((float(t), float(r)) for t, r in lk["trace"]) if lk.get("trace") else None,
-                                   float(lk.get("trace_start_s", 0.0)))
+                                   float(lk.get("trace_start_s", 0.0)), bool(lk.get("kernel_rate", False)))
                           for lk in d.get("links", []))
             lat = tuple(None if x is None else {str(k): float(v) for k, v in x.items()}
                         for x in d.get("unit_latency_s", []))

@@ -59,7 +59,8 @@ class Transport(ABC):
 
 def _options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)]
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_http_proxy", 0)]          # workers are reached directly, never through a proxy
 
 
 class GrpcTransport(Transport):

@@ -43,7 +43,7 @@ import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
-from runtime.links import EmulatedNetwork, sleep_until
+from runtime.links import EmulatedNetwork, arrival_stamp, sleep_until, stamped_arrival
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
 
@@ -170,9 +170,13 @@ class Worker:
     async def handle(self, data: bytes) -> list[bytes]:
         """The Push handler: one frame in, ack/error/stats frames out. Never raises."""
         rid = ""
+        received_at = time.perf_counter()
         try:
             frame = decode_frame(data)
             rid = frame.request_id
+            arrival = stamped_arrival(frame.meta, received_at)
+            if arrival is not None:
+                frame.meta["not_before"] = arrival          # what _arrival waits for
             return await self._dispatch(frame)
         except FrameError as exc:
             self.errors += 1
@@ -551,13 +555,14 @@ class Worker:
         plan = req.plan
         if not plan.emulate:
             return data
-        arrival, spent = self.networks[plan.version].schedule(self.name, node, len(data))
+        network, now = self.networks[plan.version], time.perf_counter()
+        arrival, spent = network.schedule(self.name, node, len(data), now)
         for hop, s in spent.items():
             t = req.stats["transfer"].setdefault(hop, {"seconds": 0.0, "bytes": 0, "messages": 0})
             t["seconds"] += s
             t["bytes"] += len(data)
             t["messages"] += 1
-        return with_meta(data, not_before=arrival)
+        return with_meta(data, **arrival_stamp(arrival, now, network.kernel_rate))
 
     async def _result(self, req: Request, out: torch.Tensor, steps: int) -> None:
         plan = req.plan
@@ -613,8 +618,23 @@ async def serve(name: str, listen: str, model: str, *, token: str | None = None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(_exit_with_parent(stop))
     await stop.wait()
+    watch.cancel()
     await worker.stop()
+
+
+async def _exit_with_parent(stop: asyncio.Event, every_s: float = 1.0) -> None:
+    """A local worker (AIFLOW_PARENT_PID set by runtime.local) stops when the process that started it
+    is gone, so a killed `aiflow run` or benchmark leaves no workers behind."""
+    parent = os.environ.get("AIFLOW_PARENT_PID")
+    if not parent or not parent.isdigit():
+        return
+    while not stop.is_set():
+        if os.getppid() != int(parent):
+            stop.set()
+            return
+        await asyncio.sleep(every_s)
 
 
 def main(argv: list[str] | None = None) -> None:

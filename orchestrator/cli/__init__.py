@@ -48,8 +48,9 @@ def main() -> None:
         # happened in one line (exit 1); anything else is an internal error below.
         from runtime.client import RequestFailed
         from runtime.local import WorkerStartError
+        from runtime.netns import NetnsError
 
-        if not isinstance(exc, (RequestFailed, WorkerStartError)) or os.environ.get("AIFLOW_DEBUG"):
+        if not isinstance(exc, (RequestFailed, WorkerStartError, NetnsError)) or os.environ.get("AIFLOW_DEBUG"):
             _internal(exc)
         err_console.print(f"[bold red]aiflow: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -114,6 +114,9 @@ def run(
     compression: str | None = typer.Option(None, "--compression", help="Per-hop activation compression: fp16, int8."),
     concurrency: int = typer.Option(1, "--concurrency", help="Requests in flight at once."),
     record: bool = typer.Option(True, "--record/--no-record", help="Record each request in the history store."),
+    kernel_links: bool = typer.Option(False, "--kernel-links",
+                                      help="Each node in a network namespace, link rates shaped by tc tbf "
+                                           "(root only); latencies stay in the transport."),
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
     from profiler.hardware import hardware_class
@@ -133,7 +136,7 @@ def run(
     k = _dilation(dilation, prof, net, local_hardware or hardware_class()) if emulate else 1.0
     results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate, profile=prof,
                              dilation=k, compression=compression, trace_base=base, adapter=adapter,
-                             concurrency=concurrency)
+                             concurrency=concurrency, kernel_links=kernel_links)
     rows = []
     for r in results:
         res = r.result

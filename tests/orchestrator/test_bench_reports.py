@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -28,17 +29,23 @@ def example_profile(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_split_map_never_reports_a_plan_slower_than_the_best_tier(example_profile: None, tmp_path: Path) -> None:
     assert split_map.main(["--models", "tiny-captioner", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "split_map.json").read_text())["rows"]
-    assert len(rows) == len(split_map.LATENCIES) * len(split_map.PHONE_EDGE_MBIT)
+    assert len(rows) == len(split_map.CONSTRAINTS) * len(split_map.LATENCIES) * len(split_map.PHONE_EDGE_MBIT)
     for r in rows:
         assert r["optimal_ms"] <= r["best_tier_ms"] * (1 + 1e-9) and r["gain"] >= -1e-9, r
         assert r["status"] == "optimal"
-    # lower link latencies can only help the optimum at the same bandwidth
-    by = {(r["latencies"], r["phone_edge_mbit"]): r["optimal_ms"] for r in rows}
-    for mbit in split_map.PHONE_EDGE_MBIT:
-        chain = [by[(label, mbit)] for label, _, _ in split_map.LATENCIES]
+    by = {(r["constraint"], r["latencies"], r["phone_edge_mbit"]): r for r in rows}
+    for (constraint, _), mbit in itertools.product(split_map.CONSTRAINTS, split_map.PHONE_EDGE_MBIT):
+        # lower link latencies can only help the optimum at the same bandwidth
+        chain = [by[(constraint, label, mbit)]["optimal_ms"] for label, _, _ in split_map.LATENCIES]
         assert chain == sorted(chain, reverse=True), (mbit, chain)
+    for r in rows:
+        if r["constraint"] != "none":        # the raw input never leaves the phone: no single tier but the phone
+            assert r["best_tier"] == "device-only" and r["optimal"].startswith("phone")
+            free = by[("none", r["latencies"], r["phone_edge_mbit"])]
+            assert r["optimal_ms"] >= free["optimal_ms"] * (1 - 1e-9)       # a constraint never helps
     md = (tmp_path / "split_map.md").read_text()
     assert "## tiny-captioner" in md and md.count("\n| ") == len(rows) + 1
+    assert all(line.count(" | ") == 7 for line in md.splitlines() if line.startswith("| ") and "x" in line)
 
 
 def test_split_map_applies_the_latencies_it_names() -> None:
@@ -64,11 +71,18 @@ def test_experiment_tables_and_plot(tmp_path: Path) -> None:
     rows = [_row(s, mbit, 10.0 * (i + 1) * (2 if mbit == 1 else 1))
             for i, s in enumerate(exp.STRATEGIES) for mbit in (1.0, 20.0)]
     rows.append(_row("optimal", 2.9, 33.0, trace=True, phone_edge="3G trace"))
-    rows.append({k: v for k, v in _row("edge-only", 5.0, 0.0).items() if k in (
-        "model", "variant", "compression", "edge_cloud", "phone_edge", "strategy", "dilation")} | {"why_not": "no edge"})
+    keep = ("model", "variant", "compression", "edge_cloud", "phone_edge", "strategy", "dilation")
+    rows.append({k: v for k, v in _row("edge-only", 5.0, 0.0).items() if k in keep} | {"why_not": "no edge"})
     meta = {"command": "python -m bench.aiflow_experiment", "machine": "test", "date": "2026-12-01", "wall_s": 60.0}
+    rows.append(_row("best-cut", 20.0, 30.0, placement="phone x1 | cloud x9"))
     md = exp.markdown(rows, meta)
+    assert "phone x1 \\| cloud x9" in md          # pipes in a placement would split the table's cells
     assert "(K = 7.00)" in md and "no plan: no edge" in md and "| 3G trace | optimal |" in md
     assert md.count("| 1 Mbit/s |") == len(exp.STRATEGIES)
     exp.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "run.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    assert exp.main(["--from-json", str(tmp_path / "run.json")]) == 0       # re-render without measuring
+    assert (tmp_path / "run.md").read_text() == md and (tmp_path / "run.png").is_file()
+    (tmp_path / "bad.json").write_text("[]")
+    assert exp.main(["--from-json", str(tmp_path / "bad.json")]) == 2

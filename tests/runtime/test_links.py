@@ -181,3 +181,19 @@ def test_dilation_factor_lets_the_fastest_node_run_at_this_machines_speed() -> N
     fast = SimpleNamespace(latency_s={"cpu": {"p": 0.010}, "gpu": {"p": 0.0001}})
     mixed = SimpleNamespace(units=[unit, fast], phases=profile.phases)
     assert dilation_factor(mixed, SimpleNamespace(nodes=nodes), "cpu", headroom=1.0) == pytest.approx(50.0)
+
+
+def test_arrival_stamps_with_kernel_rates_count_latency_from_receipt() -> None:
+    from runtime.links import arrival_stamp, stamped_arrival
+
+    # emulated rates: the whole route is booked at send; the receiver waits for that moment
+    assert arrival_stamp(10.5, 10.0, kernel_rate=False) == {"not_before": 10.5}
+    assert stamped_arrival({"not_before": 10.5}, received_at=12.0) == 10.5
+    # kernel rates: the bytes take their real time; the latency is added after they are in
+    assert arrival_stamp(10.5, 10.0, kernel_rate=True) == {"delay_s": 0.5}
+    assert stamped_arrival({"delay_s": 0.5}, received_at=12.0) == 12.5
+    for bad in ({}, {"delay_s": "soon"}, {"not_before": float("nan")}, {"delay_s": True}):
+        assert stamped_arrival(bad, received_at=1.0) is None
+    kernel = EmulatedNetwork((NodeSpec("a"), NodeSpec("b")), (LinkSpec("a", "b", 8e6, 0.02, kernel_rate=True),))
+    arrival, spent = kernel.schedule("a", "b", 1_000_000, now=5.0)
+    assert kernel.kernel_rate and arrival == pytest.approx(5.02) and spent == {"a->b": pytest.approx(0.02)}

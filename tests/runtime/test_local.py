@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,25 @@ def test_a_worker_process_refuses_strangers_and_bad_models(folders) -> None:
     assert all(p.poll() is not None for p in workers.processes.values()) or not workers.processes
     with pytest.raises(WorkerStartError, match="no such model folder"):
         LocalWorkers("/nonexistent/model", ["A"]).start(timeout_s=120)
+
+
+def test_workers_stop_when_their_parent_dies(folders) -> None:
+    """A killed `aiflow run` must not leave worker processes behind."""
+    code = ("import os, sys; from runtime.local import LocalWorkers\n"
+            f"w = LocalWorkers({str(folders['gpt2'])!r}, ['a'], threads=1); w.start()\n"
+            "print(w.processes['a'].pid, flush=True); os._exit(0)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    pid = int(done.stdout.split()[0])
+
+    def alive() -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        except (FileNotFoundError, IndexError):
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 15
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(), f"worker {pid} outlived its parent"
