@@ -34,9 +34,25 @@ def _register() -> None:
 
 
 def main() -> None:
+    from orchestrator.cli.groups import NoArgsIsHelpError, UsageError
+
     _register()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:      # `aiflow plan` alone: its help, as click shows it
+        exc.show()
+        sys.exit(2)
+    except UsageError as exc:
+        # A bad option or argument: one line, as for any other bad input (click's box is several).
+        where = exc.ctx.command_path if exc.ctx is not None else "aiflow"
+        err_console.print(f"[bold red]aiflow: error:[/] {where}: {exc.format_message()} (see {where} --help)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:                            # --help, or a command that exits with a code
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aiflow: interrupted")
+        sys.exit(130)
     except InputError as exc:
         err_console.print(f"[bold red]aiflow: error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -56,6 +72,8 @@ def main() -> None:
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         _internal(exc)
+    else:
+        sys.exit(code if isinstance(code, int) else 0)    # as click's standalone mode does
 
 
 def _internal(exc: BaseException) -> None:
