@@ -260,9 +260,11 @@ def caption_distributed(images: Sequence[str | Path], model: str, network: Any, 
     a unit (nodes with an `address` are used as they are), runs the images one at a time, stops the
     workers, and returns one caption per image (the unsplit model's caption, exactly).
     """
+    from profiler.models import load_adapter
     from runtime.session import load_network_and_plan, run_on_network
 
-    net, pl, base = load_network_and_plan(network, plan)
+    adapter = load_adapter(model)
+    net, pl, base = load_network_and_plan(network, plan, adapter)
     results = run_on_network(model, net, pl, [str(p) for p in images], max_new_tokens=max_new_tokens,
-                             emulate=emulate, profile=profile, dilation=dilation, trace_base=base)
+                             emulate=emulate, profile=profile, dilation=dilation, trace_base=base, adapter=adapter)
     return [r.text for r in results]

@@ -37,16 +37,31 @@ class InputResult:
     result: RequestResult
 
 
-def load_network_and_plan(network: Any, plan: Any) -> tuple[Any, Any, Path | None]:
-    """(NetworkState, Plan, folder of the network file) from objects or paths."""
+def load_network_and_plan(network: Any, plan: Any, adapter: ModelAdapter | None = None
+                          ) -> tuple[Any, Any, Path | None]:
+    """(NetworkState, Plan, folder of the network file) from objects or paths. With `adapter`, a plan
+    that does not fit the model or the network is refused in one line naming the plan file."""
     base = None
+    network_name, plan_name = "network", "plan"
     if isinstance(network, (str, Path)):
         from orchestrator.network import load_network
         base = Path(network).resolve().parent
+        network_name = str(network)
         network = load_network(network)
     if isinstance(plan, (str, Path)):
         from orchestrator.plan import load_plan
+        plan_name = str(plan)
         plan = load_plan(plan)
+    if adapter is not None:
+        units = len(adapter.units())
+        if len(plan.assignment) != units:
+            raise InputError(f"{plan_name}: assignment: {len(plan.assignment)} units, but model {adapter.name} has "
+                             f"{units}")
+        nodes = {n.name for n in network.nodes}
+        stray = sorted(set(plan.assignment) - nodes)
+        if stray:
+            raise InputError(f"{plan_name}: assignment: node {stray[0]!r} is not in {network_name} "
+                             f"(nodes: {', '.join(sorted(nodes))})")
     return network, plan, base
 
 

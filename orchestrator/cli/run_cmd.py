@@ -129,8 +129,8 @@ def run(
         raise InputError(f"--compression: expected fp16 or int8, got {compression!r}")
     if concurrency < 1:
         raise InputError(f"--concurrency: must be at least 1, got {concurrency}")
-    net, pl, base = load_network_and_plan(network, plan)
     adapter = load_adapter(model)
+    net, pl, base = load_network_and_plan(network, plan, adapter)
     prof, prof_source = _find_profile(profile, model, len(adapter.units()))
     emulate = not no_emulation
     k = _dilation(dilation, prof, net, local_hardware or hardware_class()) if emulate else 1.0

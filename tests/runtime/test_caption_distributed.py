@@ -34,6 +34,21 @@ def test_network_without_plan_is_one_line(capsys: pytest.CaptureFixture[str], mo
         assert len(err.strip().splitlines()) == 1 and "--network/--plan" in err and "Traceback" not in err
 
 
+def test_a_plan_that_does_not_fit_names_the_plan_file(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    render(fixed_examples("test", 1)[0].scene).save(image)
+    for assignment, says in ((["phone"] * 4, "4 units, but model tiny-captioner has 10"),
+                             (["phone"] * 9 + ["moon"], "node 'moon' is not in")):
+        plan = tmp_path / "misfit.plan.json"
+        plan.write_text(json.dumps({"format": "aiflow.plan/v1", "model": "tiny-captioner", "assignment": assignment,
+                                    "predicted_latency_s": 0.0, "status": "heuristic", "solver": "hand"}))
+        for cmd in (("caption", image), ("run", image, "--model", "tiny-captioner")):
+            code, out, err = aiflow_in_process(capsys, monkeypatch, *cmd, "--network", NETWORK, "--plan", plan)
+            assert code == 2 and out == "", err
+            assert len(err.strip().splitlines()) == 1 and str(plan) in err and says in err, err
+
+
 @pytest.mark.slow
 def test_caption_through_three_workers_matches_unsplit(capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
