@@ -390,8 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "llm-private" in parts:
             # The prompt may not leave the phone, so its embedding runs there; edge-only and cloud-only
             # are ruled out. Splitting then pays where the links are short (bench.split_map).
-            private = NetworkState.model_validate(low.model_dump() | {
-                "constraints": low.constraints.model_dump() | {"raw_input_stays_on_source": True}})
+            private = low.with_constraints(raw_input_stays_on_source=True)
             pts = [p for p in pe_points if p.trace is None and p.bandwidth_bps == 20 * MBIT] or pe_points[:1]
             rows += sweep(llm, private, pts, ec_values[:1], [None], args.llm_requests, variant=PRIVATE_LABEL)
     else:

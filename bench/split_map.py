@@ -49,8 +49,7 @@ CONSTRAINTS = (("none", False), ("raw input on the phone", True))
 def network_at(base: NetworkState, pe_bps: float, pe_latency: float | None, ec_latency: float | None,
                raw_on_source: bool = False) -> NetworkState:
     if raw_on_source:
-        base = NetworkState.model_validate(base.model_dump() | {
-            "constraints": base.constraints.model_dump() | {"raw_input_stays_on_source": True}})
+        base = base.with_constraints(raw_input_stays_on_source=True)
     net = base.with_link("phone", "edge", bandwidth_bps=pe_bps).with_link("edge", "cloud",
                                                                            bandwidth_bps=EDGE_CLOUD_MBIT * MBIT)
     if pe_latency is not None:

@@ -107,6 +107,10 @@ class NetworkState(_Frozen):
                  for link in self.links]
         return NetworkState.model_validate(self.model_dump() | {"links": links})
 
+    def with_constraints(self, **fields: Any) -> NetworkState:
+        """A validated copy with constraints changed, e.g. raw_input_stays_on_source=True."""
+        return NetworkState.model_validate(self.model_dump() | {"constraints": self.constraints.model_dump() | fields})
+
     # -- derived views -------------------------------------------------------------------------
     @property
     def sink_node(self) -> str:

@@ -227,13 +227,13 @@ class EmulatedNetwork:
         spec = best_link(self.links, a, b, nbytes)
         key = (a, b, self.links.index(spec))
         link = self._links.get(key)
-        if link is None and spec.kernel_rate:        # the kernel serialises; only the latency is added here
-            link = EmulatedLink(math.inf, spec.latency_s, dilation=self.dilation)
-            self._links[key] = link
-        elif link is None:
-            trace = parse_trace(spec.trace, f"link {spec.a}-{spec.b} trace") if spec.trace else None
-            link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=trace, dilation=self.dilation,
-                                trace_start_s=spec.trace_start_s)
+        if link is None:
+            if spec.kernel_rate:          # the kernel serialises; only the latency is added here
+                link = EmulatedLink(math.inf, spec.latency_s, dilation=self.dilation)
+            else:
+                trace = parse_trace(spec.trace, f"link {spec.a}-{spec.b} trace") if spec.trace else None
+                link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=trace, dilation=self.dilation,
+                                    trace_start_s=spec.trace_start_s)
             self._links[key] = link
         return f"{a}->{b}", link
 

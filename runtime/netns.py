@@ -27,8 +27,9 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from profiler.errors import InputError
 from runtime.stages import LinkSpec, NodeSpec, best_link, route
@@ -47,19 +48,26 @@ class NetnsError(RuntimeError):
     pass
 
 
-def _ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = ["ip", *(["netns", "exec", ns, "ip"] if ns else []), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+def _in_ns(ns: str | None, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` inside namespace `ns` (None: this one); a failure is a NetnsError unless `check` is off."""
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    done = subprocess.run(full, capture_output=True, text=True)
     if check and done.returncode != 0:
-        raise NetnsError(f"{' '.join(cmd)}: {done.stderr.strip() or f'exit code {done.returncode}'}")
+        raise NetnsError(f"{' '.join(full)}: {done.stderr.strip() or f'exit code {done.returncode}'}")
     return done
 
 
-def _in_ns(ns: str | None, *cmd: str) -> None:
-    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
-    done = subprocess.run(full, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise NetnsError(f"{' '.join(full)}: {done.stderr.strip() or f'exit code {done.returncode}'}")
+def _ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _in_ns(ns, "ip", *args, check=check)
+
+
+def refuse_traces(links: Iterable[Any]) -> None:
+    """Kernel-shaped links cannot replay a bandwidth trace: refuse a link (a network file's or a
+    LinkSpec) that has one."""
+    for lk in links:
+        if getattr(lk, "trace", None):
+            raise InputError(f"kernel links: link {lk.a}-{lk.b} replays a trace, which a fixed tbf cannot; "
+                             "use the transport's emulated links for traces")
 
 
 _UNAVAILABLE: list[str | None] = []
@@ -124,10 +132,7 @@ class KernelNetwork:
             raise InputError(f"kernel links: source {self.source!r} is not a node")
         if len(names) > 250 or len(self.links) > 60:       # the address plan below
             raise InputError("kernel links: at most 250 nodes and 60 links")
-        for lk in self.links:
-            if lk.trace:
-                raise InputError(f"kernel links: link {lk.a}-{lk.b} replays a trace, which a fixed tbf cannot; "
-                                 "use the transport's emulated links for traces")
+        refuse_traces(self.links)
         self._seq = next(_SEQUENCE)
         self._inst = (os.getpid() + 17 * self._seq) % 250 + 1
 
@@ -204,9 +209,12 @@ class KernelNetwork:
                 k = self.links.index(best_link(self.links, a, b, ROUTE_BYTES))
                 dev, _ = ends[(a, k)]
                 _, via = ends[(b, k)]
-                # `src`: connections leave with the node's identity address, which every node routes to
-                _ip("route", "add", f"{self.addresses[dst]}/32", "via", via, "dev", dev, "src", self.addresses[src],
-                    ns=self.namespaces[src])
+                # `src`: connections leave with the node's identity address, which every node routes to.
+                # The client (root namespace, behind the source) is reached the way the source is.
+                targets = [self.addresses[dst]] + ([self.client_address] if dst == self.source else [])
+                for target in targets:
+                    _ip("route", "add", f"{target}/32", "via", via, "dev", dev, "src", self.addresses[src],
+                        ns=self.namespaces[src])
 
     def _join_client(self) -> None:
         """The root namespace (the client) talks to every node through the source's namespace."""
@@ -220,15 +228,6 @@ class KernelNetwork:
         _ip("addr", "add", f"{src_ip}/32", "peer", f"{root_ip}/32", "dev", src_dev, ns=src_ns)
         _ip("link", "set", src_dev, "up", ns=src_ns)
         _ip("route", "add", f"10.213.{inst}.0/24", "via", src_ip, "dev", root_dev, "src", root_ip)
-        # every other node reaches the client the way it reaches the source
-        for node, ns in self.namespaces.items():
-            if node == self.source:
-                continue
-            if route(self.nodes, self.links, node, self.source, ROUTE_BYTES):
-                via = _ip("route", "get", self.addresses[self.source], ns=ns).stdout.split()
-                dev = via[via.index("dev") + 1]
-                gw = via[via.index("via") + 1]
-                _ip("route", "add", f"{root_ip}/32", "via", gw, "dev", dev, "src", self.addresses[node], ns=ns)
 
     # -- workers --------------------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ from profiler.errors import InputError
 from runtime.client import RequestResult, run_requests
 from runtime.links import network_traces
 from runtime.local import LocalWorkers
-from runtime.netns import KernelNetwork
+from runtime.netns import KernelNetwork, refuse_traces
 from runtime.stages import StagePlan, build_stage_plan, links_from_network, nodes_from_network
 
 
@@ -162,8 +162,5 @@ def _kernel_network(network: Any, given: dict[str, str], dilation: float) -> Ker
     if given:
         raise InputError(f"kernel links: nodes {', '.join(sorted(given))} have addresses; kernel-shaped links "
                          "need every worker on this machine")
-    traced = [f"{lk.a}-{lk.b}" for lk in network.links if getattr(lk, "trace", None)]
-    if traced:
-        raise InputError(f"kernel links: link {traced[0]} replays a trace, which a fixed tbf cannot; "
-                         "use the transport's emulated links for traces")
+    refuse_traces(network.links)      # links_from_network below carries no trace samples to check
     return KernelNetwork(nodes_from_network(network), links_from_network(network), network.source, dilation)

@@ -66,3 +66,12 @@ def test_with_link_validates_and_needs_an_existing_link() -> None:
         only_two.with_link("edge", "cloud", bandwidth_bps=1e9)
     with pytest.raises(KeyError):
         net.with_link("phone", "nowhere", bandwidth_bps=1e9)
+
+
+def test_with_constraints_changes_only_the_named_constraint() -> None:
+    net = _net().with_constraints(pins={"vision.embed": ["phone"]})
+    private = net.with_constraints(raw_input_stays_on_source=True)
+    assert private.constraints.raw_input_stays_on_source and not net.constraints.raw_input_stays_on_source
+    assert private.constraints.pins == {"vision.embed": ["phone"]} and private.links == net.links
+    with pytest.raises(pydantic.ValidationError):
+        net.with_constraints(pins={"vision.embed": ["moon"]})
