@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from runtime.codec import Frame, ack_frame, decode_frame, encode_frame, with_meta
-from runtime.links import EmulatedNetwork, arrival_stamp, stamped_arrival
+from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, stamped_arrival
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport
 
@@ -50,6 +50,7 @@ class RequestResult:
     transfer_bytes: dict[str, int] = field(default_factory=dict)
     rpc_s: float = 0.0                    # wall seconds spent in transport calls (all senders)
     overrun_s: float = 0.0                # real compute beyond its emulated target (all nodes)
+    plan_version: int = 0                 # the plan version the request ran on
 
     @property
     def scaled_s(self) -> float:
@@ -66,7 +67,12 @@ class RequestResult:
 
 
 class Client:
-    """Runs requests on the workers of one stage plan."""
+    """Runs requests on the workers of a stage plan.
+
+    A client may hold several plan versions at once (a live migration): `prepare(plan)` gives the
+    workers a new version while the current one keeps serving, `commit(version)` makes new requests
+    use it, and a request keeps the version it started with to the end. `in_flight[v]` counts the
+    requests running on version v, so the caller knows when `forget(v)` can free an old one."""
 
     def __init__(self, plan: StagePlan, *, token: str | None = None, transport: Transport | None = None,
                  reply_listen: str = "127.0.0.1:0", timeout_s: float = 300.0,
@@ -75,6 +81,8 @@ class Client:
         if missing:
             raise ValueError(f"plan v{plan.version}: no address for node(s) {', '.join(missing)}")
         self.plan = plan
+        self.plans: dict[int, StagePlan] = {plan.version: plan}
+        self.in_flight: dict[int, int] = defaultdict(int)
         self.token = token
         self.transport = transport or GrpcTransport(token)
         self.timeout_s = timeout_s
@@ -83,6 +91,7 @@ class Client:
         self._server: FrameServer | None = None
         self._pending: dict[str, asyncio.Future] = {}
         self._network = EmulatedNetwork(plan.nodes, plan.links, plan.dilation)
+        self._emulation: Emulation | None = None
         self.reply_address: str | None = None
 
     async def __aenter__(self) -> Client:
@@ -106,21 +115,51 @@ class Client:
 
     async def apply(self) -> None:
         """Give every hosting node the stage plan (each keeps it under its version)."""
-        frame = encode_frame(Frame("plan", plan_version=self.plan.version, meta={"plan": self.plan.to_dict()}))
-        await asyncio.gather(*(self._control(n, frame) for n in self.plan.hosting_nodes()))
+        await self.prepare(self.plan)
+
+    async def prepare(self, plan: StagePlan) -> None:
+        """Phase one of a switch: every node hosting a unit of `plan` holds it beside the versions it has."""
+        missing = [n for n in plan.hosting_nodes() if plan.node(n).address is None]
+        if missing:
+            raise ValueError(f"plan v{plan.version}: no address for node(s) {', '.join(missing)}")
+        frame = encode_frame(Frame("plan", plan_version=plan.version, meta={"plan": plan.to_dict()}))
+        await asyncio.gather(*(self._control(n, frame, plan) for n in plan.hosting_nodes()))
+        self.plans[plan.version] = plan
+
+    def commit(self, version: int) -> None:
+        """Phase two: new requests run on `version` (prepared before); requests in flight keep theirs."""
+        self.plan = self.plans[version]
+        if self._emulation is None:
+            self._network = EmulatedNetwork(self.plan.nodes, self.plan.links, self.plan.dilation)
+
+    async def forget(self, version: int) -> None:
+        """Free an old version on its workers (call when in_flight[version] is 0); unreachable ones are skipped."""
+        plan = self.plans.pop(version, None)
+        self.in_flight.pop(version, None)
+        if plan is None or plan is self.plan:
+            return
+        frame = encode_frame(Frame("forget", plan_version=version))
+        await asyncio.gather(*(self.transport.send(self._address(n, plan), frame, timeout=5.0)
+                               for n in plan.hosting_nodes()), return_exceptions=True)
+
+    def set_emulation(self, emulation: Emulation | None) -> None:
+        """The emulated network the request's first hop travels (the workers are told the same)."""
+        self._emulation = emulation
+        self._network = emulation.network() if emulation is not None else EmulatedNetwork(
+            self.plan.nodes, self.plan.links, self.plan.dilation)
 
     async def health(self) -> dict[str, dict[str, Any]]:
         nodes = self.plan.hosting_nodes()
         rows = await asyncio.gather(*(self.transport.health(self._address(n)) for n in nodes))
         return dict(zip(nodes, rows, strict=True))
 
-    def _address(self, node: str) -> str:
-        address = self.plan.node(node).address
+    def _address(self, node: str, plan: StagePlan | None = None) -> str:
+        address = (plan or self.plan).node(node).address
         assert address is not None
         return address
 
-    async def _control(self, node: str, data: bytes) -> list[Frame]:
-        replies = [decode_frame(r) for r in await self.transport.send(self._address(node), data,
+    async def _control(self, node: str, data: bytes, plan: StagePlan | None = None) -> list[Frame]:
+        replies = [decode_frame(r) for r in await self.transport.send(self._address(node, plan), data,
                                                                        timeout=self.call_timeout_s)]
         for r in replies:
             if r.kind == "error":
@@ -156,6 +195,15 @@ class Client:
     async def _run(self, source: torch.Tensor, mode: str, *, max_new_tokens: int = 1, eos: int | None = None,
                    all_logits: bool = False) -> RequestResult:
         plan = self.plan
+        self.in_flight[plan.version] += 1
+        try:
+            return await self._run_on(plan, source, mode, max_new_tokens=max_new_tokens, eos=eos,
+                                      all_logits=all_logits)
+        finally:
+            self.in_flight[plan.version] -= 1
+
+    async def _run_on(self, plan: StagePlan, source: torch.Tensor, mode: str, *, max_new_tokens: int,
+                      eos: int | None, all_logits: bool) -> RequestResult:
         rid = uuid.uuid4().hex
         nodes = plan.hosting_nodes()
         meta = {"reply": self.reply_address, "mode": mode, "batch": int(source.shape[0]),
@@ -165,7 +213,7 @@ class Client:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
-            await asyncio.gather(*(self._control(n, opened) for n in nodes))
+            await asyncio.gather(*(self._control(n, opened, plan) for n in nodes))
             first = plan.phases[0]
             dst = plan.assignment[first.first]
             data = encode_frame(Frame("data", rid, plan.version, first.name, first.first, 0, 0,
@@ -177,7 +225,7 @@ class Client:
                 arrival, client_hops = self._network.schedule(plan.source, dst, len(data), t0)
                 data = with_meta(data, **arrival_stamp(arrival, t0, self._network.kernel_rate))
             t_send = time.perf_counter()
-            await self._control(dst, data)
+            await self._control(dst, data, plan)
             if not plan.emulate and dst != plan.source:
                 client_hops = {f"{plan.source}->{dst}": time.perf_counter() - t_send}
             try:
@@ -188,22 +236,23 @@ class Client:
             if frame.kind == "error":
                 raise RequestFailed(str(frame.meta.get("error")))
             closing = encode_frame(Frame("close", rid, plan.version))
-            stats = await asyncio.gather(*(self._control(n, closing) for n in nodes))
+            stats = await asyncio.gather(*(self._control(n, closing, plan) for n in nodes))
         except BaseException:
-            await self._cancel(rid, nodes)
+            await self._cancel(rid, nodes, plan)
             raise
         finally:
             self._pending.pop(rid, None)
         result = RequestResult(rid, frame.tensor if mode == "generate" else None,
                                frame.tensor if mode == "forward" else None, int(frame.meta.get("steps", 1)),
-                               measured, plan.dilation if plan.emulate else 1.0, plan.emulate)
+                               measured, plan.dilation if plan.emulate else 1.0, plan.emulate,
+                               plan_version=plan.version)
         _merge_stats(result, [f.meta for fs in stats for f in fs if f.kind == "stats"], client_hops, len(data))
         return result
 
-    async def _cancel(self, rid: str, nodes: Sequence[str]) -> None:
-        frame = encode_frame(Frame("cancel", rid, self.plan.version))
+    async def _cancel(self, rid: str, nodes: Sequence[str], plan: StagePlan) -> None:
+        frame = encode_frame(Frame("cancel", rid, plan.version))
         with contextlib.suppress(Exception):
-            await asyncio.gather(*(self.transport.send(self._address(n), frame, timeout=5.0) for n in nodes),
+            await asyncio.gather(*(self.transport.send(self._address(n, plan), frame, timeout=5.0) for n in nodes),
                                  return_exceptions=True)
 
 

@@ -37,7 +37,13 @@ COMPRESSIONS: tuple[str, ...] = ("none", "fp16", "int8")
 # edge: a value made once per request (the encoder output) for the cross-attention units; open /
 # close / cancel: a request's life at one worker; plan: a stage plan to apply; result / error:
 # what reaches the client; stats: a worker's measurements of one request; ack: "accepted".
-KINDS: tuple[str, ...] = ("data", "edge", "open", "close", "cancel", "plan", "result", "error", "stats", "ack")
+# Control frames of a running system (runtime.worker): forget: drop a plan version; emulate: the
+# emulated network under the workers; measure: probe a link to a neighbour and/or time one unit;
+# probe: the padding a `measure` sends (acked once it has arrived); report: the link and compute
+# samples a worker collected since the last report; profile: measure every unit on this worker's own
+# hardware (a node whose hardware class the controller's profile lacks).
+KINDS: tuple[str, ...] = ("data", "edge", "open", "close", "cancel", "plan", "result", "error", "stats", "ack",
+                          "forget", "emulate", "measure", "probe", "report", "profile")
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,

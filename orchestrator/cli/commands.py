@@ -15,6 +15,7 @@ GROUPS: list[tuple[str, str | None]] = [
     ("run_cmd", None),
     ("caption_cmd", None),
     ("demo_cmd", None),
+    ("daemon_cmd", None),
 ]
 
 

@@ -5,6 +5,7 @@
     aiflow plan compare --profile F --network F [--solver S] [--json]
     aiflow plan explain PLAN --profile F --network F [--no-price] [--json]     (PLAN: a file or a stored id)
     aiflow plan diff A B [--profile F --network F] [--json]
+    aiflow plan show PLAN | --live [--url URL] [--json]
 """
 
 from __future__ import annotations
@@ -204,6 +205,34 @@ def _load_plan_arg(arg: str) -> tuple[Plan, int | None]:
             except (KeyError, LookupError, ValueError) as exc:
                 raise InputError(f"{arg}: no stored plan with that id ({exc})") from None
     return load_plan(arg), None
+
+
+@app.command("show", help="A plan's placement: a plan file, a stored plan id, or (--live) the plan in force in "
+                         "a running daemon.")
+def show_cmd(plan: Annotated[str | None, typer.Argument(help="a plan file or a stored plan id")] = None,
+             live: Annotated[bool, typer.Option("--live", help="ask a running daemon for its plan in force")] = False,
+             url: Annotated[str, typer.Option("--url", help="the daemon's API (with --live)")] = "http://127.0.0.1:8765",
+             token: Annotated[str | None, typer.Option("--token", envvar="AIFLOW_API_TOKEN",
+                                                       help="API token, if it needs one")] = None,
+             as_json: JsonOpt = False) -> None:
+    if live == (plan is not None):
+        raise InputError("aiflow plan show: give a plan file or id, or --live (not both)")
+    if live:
+        from orchestrator.cli.daemon_cmd import fetch
+        doc = fetch(url, "/v1/plan", token)
+        shown, where = Plan.model_validate({k: v for k, v in doc.items() if k not in ("version", "applied_at")}), (
+            f"v{doc['version']} in force at {url} since {doc['applied_at']}")
+    else:
+        shown, pid = _load_plan_arg(plan)
+        doc = shown.model_dump(mode="json", exclude_none=True)
+        where = f"stored plan {pid}" if pid is not None else str(plan)
+    if as_json:
+        _print_json(doc)
+        return
+    console.print(f"[bold]{shown.model}[/]: {where}", highlight=False)
+    console.print(f"placement: {_placement(list(shown.assignment))}", highlight=False)
+    console.print(f"predicted latency: {_seconds(shown.predicted_latency_s)} ({shown.status}, {shown.solver})",
+                  highlight=False)
 
 
 @app.command("explain", help="Every term of L for a plan, per phase, node and link, and which constraints bind.")

@@ -27,6 +27,18 @@ def worker(
     state_timeout: float = typer.Option(120.0, "--state-timeout", help="Seconds an idle request's state is kept."),
     release_unused: bool = typer.Option(False, "--release-unused",
                                         help="Drop the weights of units no applied plan gives this node."),
+    join: str | None = typer.Option(None, "--join", help="URL of a running daemon to join once serving."),
+    hardware: str | None = typer.Option(None, "--hardware", help="With --join: this node's hardware class "
+                                        "(default: this machine's, e.g. cpu-2c)."),
+    mem_bytes: float | None = typer.Option(None, "--mem-bytes", help="With --join: memory units may use "
+                                           "(default: this machine's total)."),
+    advertise: str | None = typer.Option(None, "--advertise", help="With --join: HOST:PORT the daemon and the "
+                                         "other workers reach this worker at (default: the listening address)."),
+    link: list[str] = typer.Option([], "--link", help="With --join: NODE=BANDWIDTH_BPS[,LATENCY_S], a link to a "
+                                   "node of the network (repeat for several)."),
+    tier: str | None = typer.Option(None, "--tier", help="With --join: device, edge or cloud."),
+    api_token: str | None = typer.Option(None, "--api-token", envvar="AIFLOW_API_TOKEN",
+                                         help="With --join: the daemon API's token, if it needs one."),
 ) -> None:
     """Serve one node: run the units a plan gives it and pass activations on. Prints READY HOST:PORT."""
     from runtime.worker import serve
@@ -36,8 +48,61 @@ def worker(
         raise InputError(f"--listen: expected HOST:PORT, got {listen!r}")
     from profiler.models import resolve_folder
     resolve_folder(model)                     # a bad model name is a one-line error before serving
+    on_ready = None
+    if join is not None:
+        request = _join_request(name, hardware, mem_bytes, link, tier)
+        on_ready = _joiner(join, request, advertise, api_token)
+    elif link or advertise or hardware or mem_bytes or tier:
+        raise InputError("--link, --advertise, --hardware, --mem-bytes and --tier go with --join URL")
     asyncio.run(serve(name, listen, model, token=token, state_timeout_s=state_timeout,
-                      release_unused=release_unused))
+                      release_unused=release_unused, on_ready=on_ready))
+
+
+def _join_request(name: str, hardware: str | None, mem_bytes: float | None, links: list[str],
+                  tier: str | None) -> dict[str, Any]:
+    from profiler.hardware import hardware_class
+
+    if not links:
+        raise InputError("--link: a joining worker needs at least one link, e.g. --link edge=2e7,0.005")
+    parsed = []
+    for spec in links:
+        node, _, rest = spec.partition("=")
+        parts = rest.split(",")
+        try:
+            bw = float(parts[0])
+            lat = float(parts[1]) if len(parts) > 1 else 0.0
+        except ValueError:
+            raise InputError(f"--link: expected NODE=BANDWIDTH_BPS[,LATENCY_S], got {spec!r}") from None
+        if not node or len(parts) > 2 or not (bw > 0 and math.isfinite(bw)) or not lat >= 0:
+            raise InputError(f"--link: expected NODE=BANDWIDTH_BPS[,LATENCY_S], got {spec!r}")
+        parsed.append({"to": node, "bandwidth_bps": bw, "latency_s": lat})
+    if mem_bytes is None:
+        import os
+        mem_bytes = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return {"name": name, "hardware": hardware or hardware_class(), "mem_bytes": mem_bytes, "links": parsed,
+            **({"tier": tier} if tier else {})}
+
+
+def _joiner(url: str, request: dict[str, Any], advertise: str | None, api_token: str | None) -> Any:
+    async def join(address: str) -> None:
+        import httpx
+
+        body = {**request, "address": advertise or address}
+        headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
+        try:
+            async with httpx.AsyncClient(timeout=660.0, trust_env=False) as client:
+                r = await client.post(url.rstrip("/") + "/v1/nodes", json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise InputError(f"--join: no aiflow daemon answers at {url} ({type(exc).__name__})") from None
+        if r.status_code != 200:
+            try:
+                detail = r.json().get("detail")
+            except ValueError:
+                detail = r.text[:200]
+            raise InputError(f"--join: {url} refused: HTTP {r.status_code}: {detail}")
+        print(f"JOINED {url} ({r.json().get('profile')})", flush=True)
+
+    return join
 
 
 def _dilation(value: str, profile: Any, network: Any, local_hw: str) -> float:

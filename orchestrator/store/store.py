@@ -25,9 +25,11 @@ from orchestrator.network import NetworkState, parse_network
 from orchestrator.plan import Plan, parse_plan
 from orchestrator.store.engine import ensure_schema, make_engine
 from orchestrator.store.tables import (
+    DecisionRow,
     HardwareClass,
     Model,
     NetworkRow,
+    NodeSample,
     PlanApplication,
     PlanRow,
     ProbeRow,
@@ -225,7 +227,8 @@ class Store:
     # -- what happened ---------------------------------------------------------------------------
 
     def record_run(self, plan_id: int | None, *, strategy: str, output: str, measured_s: float,
-                   predicted_s: float | None, breakdown: dict, model: str | None = None) -> int:
+                   predicted_s: float | None, breakdown: dict, model: str | None = None,
+                   plan_version: int | None = None) -> int:
         """Record one executed request. The model is the plan's unless given."""
         breakdown = _plain(breakdown)
         _check_finite({"measured_s": measured_s, "predicted_s": predicted_s, "breakdown": breakdown}, "run")
@@ -234,32 +237,72 @@ class Store:
             model_id = self._model(s, model).id if model is not None else (plan.model_id if plan else None)
             row = RunRow(plan_id=plan_id, model_id=model_id, strategy=strategy, output=output,
                          measured_s=float(measured_s), predicted_s=None if predicted_s is None else float(predicted_s),
-                         breakdown=breakdown)
+                         breakdown=breakdown, plan_version=plan_version)
             s.add(row)
             s.flush()
             return row.id
 
     def record_probe(self, link: str, *, bandwidth_bps: float | None = None, latency_s: float | None = None,
-                     measured_at: datetime | None = None) -> int:
+                     measured_at: datetime | None = None, kind: str | None = None, samples: int | None = None) -> int:
         """Record one measurement of a link (named like "phone->edge")."""
         if bandwidth_bps is None and latency_s is None:
             raise InputError(f"probe of {link}: neither bandwidth_bps nor latency_s was measured")
         _check_finite({"bandwidth_bps": bandwidth_bps, "latency_s": latency_s}, f"probe of {link}")
         with self._session() as s:
             row = ProbeRow(link=link, bandwidth_bps=bandwidth_bps, latency_s=latency_s,
-                           measured_at=measured_at or datetime.now(UTC))
+                           measured_at=measured_at or datetime.now(UTC), kind=kind, samples=samples)
             s.add(row)
             s.flush()
             return row.id
 
     def record_plan_application(self, plan_id: int, *, previous_plan_id: int | None = None,
-                                applied_at: datetime | None = None) -> int:
+                                applied_at: datetime | None = None, version: int | None = None,
+                                decision_id: int | None = None) -> int:
         """Record that `plan_id` was put into service, replacing `previous_plan_id`."""
         with self._session() as s:
             self._require(s, PlanRow, plan_id, "plan")
             self._require(s, PlanRow, previous_plan_id, "plan")
+            self._require(s, DecisionRow, decision_id, "decision")
             row = PlanApplication(plan_id=plan_id, previous_plan_id=previous_plan_id,
-                                  applied_at=applied_at or datetime.now(UTC))
+                                  applied_at=applied_at or datetime.now(UTC), version=version,
+                                  decision_id=decision_id)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def finish_plan_application(self, application_id: int, *, outcome: str,
+                                finished_at: datetime | None = None) -> None:
+        """Record how a switch ended ("switched", "failed: ...") and when its old version was freed."""
+        with self._session() as s:
+            row = self._require(s, PlanApplication, application_id, "plan application")
+            assert row is not None
+            row.outcome = outcome[:200]
+            row.finished_at = finished_at or datetime.now(UTC)
+
+    def record_decision(self, *, candidate_plan_id: int, current_plan_id: int | None, network_id: int | None,
+                        trigger: str, applied: bool, reason: str, current_s: float | None, candidate_s: float,
+                        gain_s: float | None, migration_s: float) -> int:
+        """Record one decision: a candidate weighed against the plan in force (None values: not applicable)."""
+        def finite(x: float | None) -> float | None:
+            return x if x is None or math.isfinite(x) else None
+
+        with self._session() as s:
+            self._require(s, PlanRow, candidate_plan_id, "plan")
+            self._require(s, PlanRow, current_plan_id, "plan")
+            self._require(s, NetworkRow, network_id, "network")
+            row = DecisionRow(candidate_plan_id=candidate_plan_id, current_plan_id=current_plan_id,
+                              network_id=network_id, trigger=trigger, applied=applied, reason=reason,
+                              current_s=finite(current_s), candidate_s=float(candidate_s), gain_s=finite(gain_s),
+                              migration_s=float(migration_s))
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def record_node_sample(self, node: str, *, state: str, slowdown: float | None,
+                           measured_at: datetime | None = None) -> int:
+        _check_finite({"slowdown": slowdown}, f"node sample of {node}")
+        with self._session() as s:
+            row = NodeSample(node=node, state=state, slowdown=slowdown, measured_at=measured_at or datetime.now(UTC))
             s.add(row)
             s.flush()
             return row.id

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -176,6 +177,8 @@ class RunRow(Base):
     predicted_s: Mapped[float | None] = mapped_column(Float)
     breakdown: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The daemon's plan version the request ran on (revision 0003).
+    plan_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class ProbeRow(Base):
@@ -188,6 +191,9 @@ class ProbeRow(Base):
     bandwidth_bps: Mapped[float | None] = mapped_column(Float)
     latency_s: Mapped[float | None] = mapped_column(Float)
     measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # revision 0003: "estimate" (the daemon's estimate from samples), "active", "passive"; samples behind it
+    kind: Mapped[str | None] = mapped_column(String(50))
+    samples: Mapped[int | None] = mapped_column(Integer)
 
 
 class PlanApplication(Base):
@@ -198,3 +204,41 @@ class PlanApplication(Base):
     plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), index=True)
     previous_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
     applied_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # revision 0003: the daemon's plan version, the decision behind it, and when the switch finished
+    version: Mapped[int | None] = mapped_column(Integer)
+    decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"))
+    finished_at: Mapped[datetime | None] = mapped_column()
+    outcome: Mapped[str | None] = mapped_column(String(200))
+
+
+# -- revision 0003: what the daemon decides and measures ----------------------------------------
+
+
+class DecisionRow(Base):
+    """A candidate plan weighed against the plan in force: applied or not, and why."""
+
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate_plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    current_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
+    network_id: Mapped[int | None] = mapped_column(ForeignKey("networks.id"))
+    trigger: Mapped[str] = mapped_column(String(100))        # scheduled, node-down, node-up, manual, start
+    applied: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    current_s: Mapped[float | None] = mapped_column(Float)   # None: no plan in force, or it cannot run
+    candidate_s: Mapped[float] = mapped_column(Float)
+    gain_s: Mapped[float | None] = mapped_column(Float)
+    migration_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class NodeSample(Base):
+    """A node's state (up, down) and estimated slowdown at one probe."""
+
+    __tablename__ = "node_samples"
+    __table_args__ = (Index("ix_node_samples_node_measured_at", "node", "measured_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(50))
+    slowdown: Mapped[float | None] = mapped_column(Float)
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -27,6 +27,8 @@ from tests.orchestrator.store_fixtures import small_network, small_plan, small_p
 
 TABLES_0001 = {"hardware_classes", "models", "profiles", "profile_hardware", "profile_units"}
 TABLES_0002 = {"networks", "plans", "runs", "probes", "plan_applications"}
+TABLES_0003 = {"decisions", "node_samples"}
+ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003
 
 
 @pytest.fixture
@@ -115,16 +117,18 @@ def test_migrations_up_down_up(url):
         db.upgrade(engine, "0001")
         assert db.current_revision(engine) == "0001"
         assert _tables(engine) == TABLES_0001
-        db.upgrade(engine)
-        assert db.current_revision(engine) == "0002" == db.head_revision()
+        db.upgrade(engine, "0002")
         assert _tables(engine) == TABLES_0001 | TABLES_0002
+        db.upgrade(engine)
+        assert db.current_revision(engine) == "0003" == db.head_revision()
+        assert _tables(engine) == ALL_TABLES
         db.downgrade(engine, "0001")
         assert _tables(engine) == TABLES_0001
         db.downgrade(engine, "base")
         assert db.current_revision(engine) is None
         assert _tables(engine) == set()
         db.upgrade(engine, "head")
-        assert _tables(engine) == TABLES_0001 | TABLES_0002
+        assert _tables(engine) == ALL_TABLES
     finally:
         engine.dispose()
 
@@ -330,7 +334,7 @@ def test_concurrent_processes_migrate_once_and_all_writes_land(url):
     with Store.open(url) as s, s.engine.connect() as conn:
         counts = dict(conn.execute(text("SELECT strategy, count(*) FROM runs GROUP BY strategy")).all())
         assert counts == {"w0": 25, "w1": 25, "w2": 25}
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [db.head_revision()]
 
 
 # -- the CLI --------------------------------------------------------------------------------------
@@ -377,13 +381,32 @@ def test_cli_history_json_csv_and_table(cli_app, url):
     assert "phone[0-1] edge[2] cloud[3]" in table and "1 row" in table
 
 
+def test_upgrade_to_0003_keeps_rows_written_at_0002(url):
+    """The daemon's revision adds columns to tables earlier code filled: their rows stay, new columns empty."""
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine, "0002")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO probes (link, bandwidth_bps, latency_s, measured_at) "
+                              "VALUES ('a->b', 1e6, 0.01, '2026-12-01 10:00:00+00:00')"))
+            conn.execute(text("INSERT INTO models (name, created_at) VALUES ('m', '2026-12-01 10:00:00+00:00')"))
+            conn.execute(text("INSERT INTO runs (model_id, strategy, output, measured_s, breakdown, created_at) "
+                              "VALUES (1, 'plan', 'a caption', 0.5, '{}', '2026-12-01 10:00:00+00:00')"))
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT link, bandwidth_bps, kind FROM probes")).one() == ("a->b", 1e6, None)
+            assert conn.execute(text("SELECT output, plan_version FROM runs")).one() == ("a caption", None)
+    finally:
+        engine.dispose()
+
+
 def test_cli_db_commands(cli_app, url):
     assert "none (empty" in _invoke(cli_app, url, "db", "current")
     assert "empty -> 0001" in _invoke(cli_app, url, "db", "upgrade", "0001")
-    assert "0001 (behind head 0002)" in _invoke(cli_app, url, "db", "current")
-    assert "0001 -> 0002" in _invoke(cli_app, url, "db", "upgrade")
-    assert "0002 (up to date)" in _invoke(cli_app, url, "db", "current")
-    assert "0002 -> empty" in _invoke(cli_app, url, "db", "downgrade", "base")
+    assert "0001 (behind head 0003)" in _invoke(cli_app, url, "db", "current")
+    assert "0001 -> 0003" in _invoke(cli_app, url, "db", "upgrade")
+    assert "0003 (up to date)" in _invoke(cli_app, url, "db", "current")
+    assert "0003 -> empty" in _invoke(cli_app, url, "db", "downgrade", "base")
     out = _invoke(cli_app, url, "db", "url")
     assert url in out and "AIFLOW_DATABASE_URL" in out
     out = CliRunner().invoke(cli_app, ["db", "url", "--url", "postgresql+psycopg://u:secret@h/db"]).output

@@ -26,7 +26,7 @@ from orchestrator.store import engine as db
 from orchestrator.store.queries import history
 from orchestrator.store.tables import Base, ProfileUnit
 from tests.orchestrator.store_fixtures import small_network, small_plan, small_profile
-from tests.orchestrator.test_store import TABLES_0001, TABLES_0002, WRITER
+from tests.orchestrator.test_store import ALL_TABLES, TABLES_0001, WRITER
 
 pytestmark = pytest.mark.postgres
 
@@ -84,13 +84,13 @@ def test_migrations_up_down_up(pg_url):
         assert _tables(engine) == TABLES_0001
         db.upgrade(engine)
         assert db.current_revision(engine) == db.head_revision()
-        assert _tables(engine) == TABLES_0001 | TABLES_0002
+        assert _tables(engine) == ALL_TABLES
         db.downgrade(engine, "0001")
         assert _tables(engine) == TABLES_0001
         db.downgrade(engine, "base")
         assert db.current_revision(engine) is None and _tables(engine) == set()
         db.upgrade(engine)
-        assert _tables(engine) == TABLES_0001 | TABLES_0002
+        assert _tables(engine) == ALL_TABLES
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []

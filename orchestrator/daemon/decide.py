@@ -1,0 +1,82 @@
+"""Whether a candidate plan replaces the plan in force: a pure function of the two plans, the profile,
+the latest snapshot and the settings, so it is tested without workers.
+
+Both plans are evaluated on the same snapshot (the plan in force was solved for an older one). The
+candidate wins when
+- the plan in force cannot run on the snapshot any more (a node it uses is down), or
+- it is faster by at least `threshold` (relative), AND the time it saves over the horizon's requests
+  repays the migration: the weights each node must load at `load_bytes_per_s`, plus `switch_s`.
+The threshold is the hysteresis that keeps measurement noise from making the plan flap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from orchestrator.costmodel import evaluate
+from orchestrator.daemon.settings import DaemonSettings
+from orchestrator.network import NetworkState
+from profiler.profile import Profile
+
+
+@dataclass(frozen=True)
+class Decision:
+    apply: bool
+    reason: str
+    current_s: float | None           # the plan in force on the snapshot (None: no plan yet; inf: cannot run)
+    candidate_s: float
+    gain_s: float                     # current - candidate (0 when there is no plan in force)
+    migration_s: float
+    load_bytes: dict[str, int]        # node -> weight bytes it must load
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["current_s"] is not None and not math.isfinite(d["current_s"]):
+            d["current_s"] = None                # JSON has no infinity: "cannot run" is said in `reason`
+        return d
+
+
+def load_bytes(profile: Profile, current: Sequence[str] | None, candidate: Sequence[str]) -> dict[str, int]:
+    """Per node, the parameter bytes of units it runs under `candidate` and not under `current`."""
+    out: dict[str, int] = {}
+    for u, node in enumerate(candidate):
+        if current is None or current[u] != node:
+            out[node] = out.get(node, 0) + int(profile.units[u].param_bytes)
+    return out
+
+
+def decide(current: Sequence[str] | None, candidate: Sequence[str], profile: Profile, snapshot: NetworkState,
+           settings: DaemonSettings, request_rate_hz: float) -> Decision:
+    cand = evaluate(profile, snapshot, candidate)
+    loads = load_bytes(profile, current, candidate)
+    migration = settings.switch_s + sum(loads.values()) / settings.load_bytes_per_s
+    if current is None:
+        return Decision(True, "first plan", None, cand.latency_s, 0.0, migration, loads)
+    if list(current) == list(candidate):
+        return Decision(False, "the candidate is the plan in force", None, cand.latency_s, 0.0, 0.0, {})
+    gone = sorted(set(current) - set(snapshot.node_names))
+    if gone:
+        return Decision(True, f"the plan in force uses {', '.join(gone)}, which is down", math.inf, cand.latency_s,
+                        math.inf, migration, loads)
+    cur = evaluate(profile, snapshot, current)
+    if not cur.feasible:
+        why = cur.violations[0] if cur.violations else "a node it uses is unreachable"
+        return Decision(True, f"the plan in force cannot run on the snapshot: {why}", math.inf, cand.latency_s,
+                        math.inf, migration, loads)
+    gain = cur.latency_s - cand.latency_s
+    rel = gain / cur.latency_s if cur.latency_s > 0 else 0.0
+    if rel < settings.threshold:
+        return Decision(False, f"gain {rel:.1%} is below the threshold {settings.threshold:.0%}", cur.latency_s,
+                        cand.latency_s, gain, migration, loads)
+    requests = max(request_rate_hz, settings.min_request_rate_hz) * settings.horizon_s
+    saved = gain * requests
+    if saved < migration:
+        return Decision(False, f"saves {saved:.3f} s over {requests:.0f} requests in {settings.horizon_s:g} s, "
+                               f"less than the migration's {migration:.3f} s", cur.latency_s, cand.latency_s, gain,
+                        migration, loads)
+    return Decision(True, f"{rel:.1%} faster ({cur.latency_s * 1e3:.1f} -> {cand.latency_s * 1e3:.1f} ms); saves "
+                          f"{saved:.2f} s over the horizon against {migration:.3f} s of migration",
+                    cur.latency_s, cand.latency_s, gain, migration, loads)

@@ -1,0 +1,739 @@
+"""The Daemon: workers, the reconcile loop and the request path, in one asyncio event loop.
+
+State it holds (the store keeps every step of it as rows):
+- the configured network (`base`) and, when every node runs on this machine, the emulated network
+  really played under the workers (`truth`: the emulation API changes it; the daemon is not told);
+- the latest *snapshot*: the configured network with measured links, loads and down nodes;
+- the plan in force (applied) and its version; a re-solve gives a candidate (desired), `decide`
+  says whether to move to it, and a switch is two phases (prepare every worker, then commit).
+
+Jobs (APScheduler, in this loop): `probe` (health, link and load samples, active probes where no
+traffic flowed, a new snapshot) and `resolve` (solve, decide, switch). A node going down or coming
+back re-solves at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestrator.costmodel import latency_for_steps
+from orchestrator.daemon.decide import Decision, decide
+from orchestrator.daemon.estimate import (
+    LinkEstimate,
+    estimate_link,
+    estimate_slowdown,
+    implied_bandwidth,
+    probe_bytes,
+    shift_start,
+)
+from orchestrator.daemon.metrics import Metrics
+from orchestrator.daemon.settings import DaemonSettings
+from orchestrator.daemon.snapshot import link_key, take_snapshot
+from orchestrator.network import NetworkState
+from orchestrator.plan import Plan
+from orchestrator.planner import InfeasibleError, NoPlanFound, PlanOptions, solve
+from profiler.adapters.base import ModelAdapter
+from profiler.errors import InputError
+from profiler.profile import Profile
+from runtime.client import Client, RequestFailed, RequestResult
+from runtime.codec import Frame, decode_frame, encode_frame
+from runtime.links import Emulation, network_traces
+from runtime.local import LocalWorkers
+from runtime.session import make_stage_plan
+from runtime.stages import LinkSpec, NodeSpec
+from runtime.transport import GrpcTransport, TransportError
+
+log = logging.getLogger("aiflow.daemon")
+SMALL_PROBE_BYTES = 64
+
+
+class ServiceUnavailable(RuntimeError):
+    """The daemon is stopping or has no plan: a 503 on the API."""
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    address: str | None
+    local: bool
+    state: str = "up"                       # up | down
+    pid: int | None = None
+    since: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Version:
+    """A plan version as applied: the plan, the snapshot it was solved for and its stored ids."""
+
+    number: int
+    plan: Plan
+    snapshot: NetworkState
+    plan_id: int | None
+    application_id: int | None
+    applied_at: datetime
+
+
+class Daemon:
+    def __init__(self, model: str, network: NetworkState, profile: Profile, adapter: ModelAdapter, *,
+                 settings: DaemonSettings | None = None, store: Any | None = None, token: str | None = None,
+                 dilation: float = 1.0, trace_base: Path | None = None, threads: int | None = 1,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.model = model
+        self.base = network
+        self.profile = profile
+        self.adapter = adapter
+        self.settings = settings or DaemonSettings()
+        self.store = store
+        self.token = token
+        self.threads = threads
+        self.progress = progress or (lambda _msg: None)
+        self.emulated = not any(n.address for n in network.nodes)
+        self.dilation = dilation if self.emulated else 1.0
+        self.trace_base = trace_base
+        self.truth: Emulation | None = self._initial_truth() if self.emulated else None
+        self.nodes = {n.name: NodeStatus(n.name, n.address, n.address is None) for n in network.nodes}
+        self.snapshot = take_snapshot(network, {}, {}, set())
+        self.snapshot_id: int | None = None
+        self.links: dict[str, LinkEstimate] = {link_key(lk.a, lk.b): LinkEstimate(lk.bandwidth_bps, lk.latency_s, 0,
+                                                                                  "configured")
+                                               for lk in self.snapshot.links}
+        self.slowdown: dict[str, float] = {n.name: n.slowdown for n in network.nodes}
+        self._link_samples: dict[str, deque[tuple[float, float, float, str]]] = defaultdict(lambda: deque(maxlen=500))
+        self._load_samples: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=500))
+        # links a multi-hop sample put in doubt, with the lowest rate it implies: probed this round
+        self._suspects: dict[str, float] = {}
+        self.versions: dict[int, Version] = {}
+        self.current: Version | None = None
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
+        self.request_times: deque[float] = deque(maxlen=10_000)
+        self.metrics = Metrics()
+        self.workers: LocalWorkers | None = None
+        self.client: Client | None = None
+        self.transport = GrpcTransport(token)
+        self.accepting = False
+        self.open_requests = 0
+        self._solve_lock = asyncio.Lock()
+        self._scheduler: Any = None
+        self._background: set[asyncio.Task] = set()
+        self.probes_sent_bytes: dict[str, int] = defaultdict(int)
+        self._stored_profile_id: int | None = None
+
+    # -- life ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start local workers, solve and apply the first plan, start the jobs."""
+        local = [n for n, s in self.nodes.items() if s.local]
+        if local:
+            self.progress(f"starting {len(local)} local worker(s): {', '.join(local)}")
+            self.workers = LocalWorkers(self.model, local, token=self.token, threads=self.threads)
+            self.token = self.workers.token
+            self.transport = GrpcTransport(self.token)
+            addresses = await asyncio.to_thread(self.workers.start)
+            for name, address in addresses.items():
+                self.nodes[name].address = address
+                self.nodes[name].pid = self.workers.pid(name)
+        try:
+            await self._push_emulation()
+            self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
+            decision = await self.resolve("start")
+            if self.current is None:
+                raise RuntimeError(f"no plan could be applied: {decision.reason}")
+            self._start_jobs()
+            self.accepting = True
+        except BaseException:
+            await self.close()
+            raise
+
+    def _start_jobs(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        s = self.settings
+        self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        self._scheduler.add_job(self._job, "interval", args=[self.probe], seconds=s.probe_interval_s, id="probe",
+                                max_instances=1, coalesce=True, misfire_grace_time=None)
+        self._scheduler.add_job(self._job, "interval", args=[self._scheduled_resolve], seconds=s.solve_interval_s,
+                                id="resolve", max_instances=1, coalesce=True, misfire_grace_time=None)
+        self._scheduler.start()
+
+    async def _job(self, fn: Callable[[], Any]) -> None:
+        """Run one job; a failure is one log line and the next run tries again (the loop never stops)."""
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            if self.accepting:
+                raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("job %s failed: %s: %s", getattr(fn, "__name__", fn), type(exc).__name__, exc)
+            self.metrics.job_errors.labels(job=getattr(fn, "__name__", "job")).inc()
+
+    async def drain(self) -> bool:
+        """Stop accepting requests; wait (bounded by settings.drain_s) for those in flight. True if all finished."""
+        self.accepting = False
+        deadline = time.monotonic() + self.settings.drain_s
+        while self.open_requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.open_requests == 0
+
+    async def close(self) -> None:
+        """Stop the jobs, the client and the local workers this daemon started."""
+        self.accepting = False
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        for task in list(self._background):
+            task.cancel()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+            self.client = None
+        with contextlib.suppress(Exception):
+            await self.transport.close()
+        if self.workers is not None:
+            await asyncio.to_thread(self.workers.stop)
+            self.workers = None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- the emulated network ----------------------------------------------------------------------
+    def _initial_truth(self) -> Emulation:
+        traces = network_traces(self.base, self.trace_base)
+        links = tuple(LinkSpec(lk.a, lk.b, lk.bandwidth_bps, lk.latency_s, lk.directed,
+                               traces.get(lk.trace) if lk.trace else None, lk.trace_start_s)
+                      for lk in self.base.links)
+        nodes = tuple(NodeSpec(n.name, n.hardware, n.slowdown) for n in self.base.nodes)
+        return Emulation(nodes, links, self.dilation)
+
+    async def set_link(self, a: str, b: str, bandwidth_bps: float | None, latency_s: float | None) -> dict[str, Any]:
+        """Change an emulated link under the running system (a replayed trace on it stops)."""
+        truth = self._require_truth()
+        found = False
+        links = []
+        for lk in truth.links:
+            if {lk.a, lk.b} == {a, b}:
+                found = True
+                lk = replace(lk, bandwidth_bps=lk.bandwidth_bps if bandwidth_bps is None else float(bandwidth_bps),
+                             latency_s=lk.latency_s if latency_s is None else float(latency_s), trace=None)
+            links.append(lk)
+        if not found:
+            raise KeyError(f"no link between {a!r} and {b!r}")
+        self.truth = replace(truth, links=tuple(links))
+        await self._push_emulation()
+        return self.truth.to_meta()
+
+    async def set_node(self, name: str, slowdown: float) -> dict[str, Any]:
+        truth = self._require_truth()
+        if name not in self.nodes:
+            raise KeyError(f"no node {name!r}")
+        nodes = tuple(replace(n, slowdown=float(slowdown)) if n.name == name else n for n in truth.nodes)
+        self.truth = replace(truth, nodes=nodes)
+        await self._push_emulation()
+        return self.truth.to_meta()
+
+    def _require_truth(self) -> Emulation:
+        if self.truth is None:
+            raise LookupError("links are not emulated: every node of this daemon's network is a real host")
+        return self.truth
+
+    async def _push_emulation(self) -> None:
+        if self.truth is None:
+            return
+        frame = encode_frame(Frame("emulate", meta=self.truth.to_meta()))
+        up = [s for s in self.nodes.values() if s.address and s.state == "up"]
+        await asyncio.gather(*(self._send(s.address, frame) for s in up), return_exceptions=True)
+        if self.client is not None:
+            self.client.set_emulation(self.truth)
+
+    async def _send(self, address: str, frame: bytes, timeout: float | None = None) -> list[Frame]:
+        replies = await self.transport.send(address, frame, timeout=timeout or self.settings.health_timeout_s * 5)
+        out = [decode_frame(r) for r in replies]
+        for f in out:
+            if f.kind == "error":
+                raise RuntimeError(f"{address}: {f.meta.get('error')}")
+        return out
+
+    # -- nodes joining ---------------------------------------------------------------------------------
+    async def join(self, name: str, hardware: str, mem_bytes: float, address: str, links: list[dict[str, Any]],
+                   tier: str | None = None) -> dict[str, Any]:
+        """Take a running worker into the network (`aiflow worker --join`): its links as declared (then
+        measured), its hardware class profiled by the worker itself where the profile lacks it, else
+        estimated from a device description. Returns what was done. A known name re-joins at a new address."""
+        if name in self.nodes:
+            st = self.nodes[name]
+            if st.local:
+                raise ValueError(f"node {name!r} is a local worker of this daemon")
+            st.address, st.state = address, "down"           # the next probe finds it up and re-solves
+            return {"name": name, "joined": "again", "profile": "unchanged"}
+        if not links:
+            raise ValueError("links: a joining node needs at least one link to a node of the network")
+        for i, lk in enumerate(links):
+            if lk.get("to") not in self.nodes:
+                raise ValueError(f"links[{i}].to: unknown node {lk.get('to')!r} (nodes: {', '.join(self.nodes)})")
+        health = await self.transport.health(address, timeout=self.settings.health_timeout_s * 5)
+        if health.get("name") != name or health.get("model") != self.adapter.name:
+            raise ValueError(f"address {address}: the worker there serves node {health.get('name')!r} of model "
+                             f"{health.get('model')!r}, not node {name!r} of {self.adapter.name!r}")
+        how = "in the profile"
+        if hardware not in self.profile.hardware_classes:
+            how = await self._profile_hardware(name, address, hardware)
+        doc = self.base.model_dump(exclude_none=True)
+        doc["nodes"].append({"name": name, "hardware": hardware, "mem_bytes": mem_bytes, "address": address,
+                             **({"tier": tier} if tier else {})})
+        new_links = [{"a": name, "b": lk["to"], "bandwidth_bps": float(lk["bandwidth_bps"]),
+                      "latency_s": float(lk.get("latency_s", 0.0))} for lk in links]
+        doc["links"].extend(new_links)
+        self.base = NetworkState.model_validate(doc)
+        self.nodes[name] = NodeStatus(name, address, local=False)
+        for lk in new_links:
+            self.links[link_key(lk["a"], lk["b"])] = LinkEstimate(lk["bandwidth_bps"], lk["latency_s"], 0, "declared")
+        if self.truth is not None:
+            self.truth = replace(self.truth, nodes=(*self.truth.nodes, NodeSpec(name, hardware, 1.0)),
+                                 links=(*self.truth.links, *(LinkSpec(lk["a"], lk["b"], lk["bandwidth_bps"],
+                                                                      lk["latency_s"]) for lk in new_links)))
+            await self._push_emulation()
+        down = {n for n, st in self.nodes.items() if st.state == "down"}
+        self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
+        self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
+        decision = await self.resolve("node-join")
+        return {"name": name, "joined": "new", "profile": how, "decision": decision.to_dict()}
+
+    async def _profile_hardware(self, name: str, address: str, hardware: str) -> str:
+        """Latencies for a hardware class the profile lacks: measured by the node's worker on its own
+        hardware; where it cannot, estimated from a shipped device description; else refused."""
+        from profiler.merge import merge_profiles
+        from profiler.profile import parse_profile
+
+        try:
+            replies = await self._send(address, encode_frame(Frame("profile", meta={"hardware": hardware})),
+                                       timeout=600.0)
+            doc = next(f.meta["profile"] for f in replies if f.kind == "stats")
+            measured = parse_profile(doc, f"profile measured on {name}")
+            self.profile, _ = merge_profiles([self.profile, measured], ["daemon profile", f"node {name}"])
+            how = f"measured on {name}"
+        except (RuntimeError, TransportError, StopIteration, KeyError, InputError) as exc:
+            from profiler.estimate import estimate_profile
+            from profiler.hardware import load_device
+
+            try:
+                device = load_device(hardware)
+            except (InputError, OSError):
+                raise ValueError(f"hardware: node {name} could not profile {hardware!r} ({exc}) and no device "
+                                 "description of that name exists") from None
+            self.profile = estimate_profile(self.profile, device)
+            how = f"estimated from the device description {hardware!r} ({name} could not profile: {exc})"
+        await self._record(self._save_profile)
+        return how
+
+    # -- the probe job ---------------------------------------------------------------------------------
+    async def probe(self) -> NetworkState:
+        """Measure health, links and loads; take and record a snapshot; re-solve at once if nodes changed."""
+        t_start = time.monotonic()
+        changed = await self._check_health()
+        up = [s for s in self.nodes.values() if s.state == "up" and s.address]
+        reports = await asyncio.gather(*(self._send(s.address, encode_frame(Frame("report"))) for s in up),
+                                       return_exceptions=True)
+        now = time.monotonic()
+        for rep in reports:
+            if isinstance(rep, BaseException):
+                continue
+            for f in rep:
+                if f.kind == "stats":
+                    self._take_samples(f.meta, now)
+        await self._active_probes(now)
+        shifted = self._estimate(now)
+        down = {n for n, s in self.nodes.items() if s.state == "down"}
+        self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
+        self.snapshot_id = await self._record(self._save_probe_rows, self.snapshot)
+        self.metrics.observe_snapshot(self.links, self.slowdown, self.nodes)
+        self.metrics.probe_seconds.observe(time.monotonic() - t_start)
+        if changed:
+            await self.resolve("node-" + changed)
+        elif shifted:
+            await self.resolve("link-change")
+        return self.snapshot
+
+    async def _check_health(self) -> str | None:
+        """Mark nodes up or down; restart a local worker whose process died. Returns "down"/"up" on a change."""
+        change: str | None = None
+        statuses = list(self.nodes.values())
+        results = await asyncio.gather(*(self._health(s) for s in statuses))
+        for s, ok in zip(statuses, results, strict=True):
+            if not ok and s.local and self.workers is not None and not self.workers.alive(s.name):
+                ok = await self._restart(s)
+            new = "up" if ok else "down"
+            if new != s.state:
+                log.warning("node %s is %s", s.name, new)
+                s.state, s.since = new, time.monotonic()
+                change = change or new
+                if new == "up":
+                    await self._push_emulation()
+        return change
+
+    async def _health(self, s: NodeStatus) -> bool:
+        if not s.address:
+            return False
+        try:
+            h = await self.transport.health(s.address, timeout=self.settings.health_timeout_s)
+        except (TimeoutError, TransportError, OSError):
+            return False
+        return bool(h.get("ok")) and h.get("name") == s.name
+
+    async def _restart(self, s: NodeStatus) -> bool:
+        assert self.workers is not None
+        try:
+            s.address = await asyncio.to_thread(self.workers.restart, s.name)
+        except Exception as exc:  # noqa: BLE001 - a worker that will not start stays down; try next probe
+            log.warning("restarting worker %s failed: %s", s.name, exc)
+            return False
+        s.pid = self.workers.pid(s.name)
+        self.metrics.restarts.labels(node=s.name).inc()
+        return True
+
+    def _take_samples(self, meta: dict[str, Any], now: float) -> None:
+        k = self.dilation
+        for sm in meta.get("links", []):
+            try:
+                route = [str(n) for n in sm.get("route") or ()]
+                nbytes, seconds = float(sm["nbytes"]), float(sm["seconds"]) / k
+                if len(route) > 2:
+                    self._check_route(route, nbytes, seconds)
+                    continue
+                key = link_key(str(sm["src"]), str(sm["dst"]))
+                self._link_samples[key].append((now, nbytes, seconds, str(sm["kind"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+        for sm in meta.get("compute", []):
+            try:
+                self._note_load(str(sm["node"]), str(sm["phase"]), int(sm["first"]), int(sm["last"]),
+                                float(sm["busy_s"]), float(sm["real_s"]), now)
+            except (KeyError, TypeError, ValueError):
+                continue
+
+    def _check_route(self, route: list[str], nbytes: float, seconds: float, tolerance: float = 0.25) -> None:
+        """A multi-hop sample cannot say which link changed, only that one did: when its time is off the
+        sum of the hops' estimates, every hop on the route is probed this round."""
+        keys = [link_key(a, b) for a, b in zip(route, route[1:], strict=False)]
+        if any(key not in self.links for key in keys):
+            return
+        hop = {key: self.links[key].latency_s + 8.0 * nbytes / self.links[key].bandwidth_bps for key in keys}
+        want = sum(hop.values())
+        if want > 0 and abs(seconds - want) / want > tolerance:
+            for key in keys:
+                # the rate this hop would have if all of the difference were on it (sizes its probe)
+                rate = implied_bandwidth(nbytes, seconds - (want - hop[key]), self.links[key].latency_s)
+                self._suspects[key] = min(self._suspects.get(key, math.inf), rate or math.inf)
+
+    def _note_load(self, node: str, phase: str, first: int, last: int, busy_s: float, real_s: float,
+                   now: float) -> None:
+        """A node's compute against the profile: busy / (K * profiled) is its current slowdown.
+
+        Under emulation a segment whose real compute overran its stretched target says only that this
+        machine was too slow to play the node (busy == real), not how loaded the node is: skipped."""
+        if node not in self.nodes or (self.emulated and busy_s <= real_s * 1.02):
+            return
+        hw = self.base.node(node).hardware
+        target = 0.0
+        for u in range(first, last + 1):
+            lat = self.profile.units[u].latency_s.get(hw, {}).get(phase) if u < len(self.profile.units) else None
+            if lat is None:
+                return
+            target += lat
+        if target > 0:
+            self._load_samples[node].append((now, busy_s / (self.dilation * target)))
+
+    async def _active_probes(self, now: float) -> None:
+        """Probe, at a bounded cost, the links that carried no activation in the window; time one unit on
+        the nodes that computed nothing in it."""
+        s = self.settings
+        horizon = now - s.window_s
+        jobs = []
+        for lk in self.base.links:
+            a, b = self.nodes[lk.a], self.nodes[lk.b]
+            if a.state != "up" or b.state != "up" or not b.address:
+                continue
+            key = link_key(lk.a, lk.b)
+            recent = [x for x in self._link_samples[key] if x[0] >= horizon]
+            est = self.links.get(key) or LinkEstimate(lk.bandwidth_bps, lk.latency_s, 0, "configured")
+            # a link that carries traffic is measured by it, unless its newest sample is off the estimate:
+            # then a probe confirms (or refutes) a change within this round
+            suspect = key in self._suspects or shift_start([(b, t) for _, b, t, _ in recent], est, count=1) is not None
+            if any(kind == "passive" for _, _, _, kind in recent) and len(recent) >= 3 and not suspect:
+                continue
+            rate = min(est.bandwidth_bps, self._suspects.get(key, math.inf))
+            if suspect and recent:
+                # size the probe for the rate the newest sample implies, so a collapsed link is not
+                # flooded by a probe sized for its old capacity
+                _, nbytes, secs, _ = recent[-1]
+                rate = min(rate, implied_bandwidth(nbytes, secs, est.latency_s) or rate)
+            large = probe_bytes(rate, s.probe_interval_s, s.probe_budget, s.probe_min_bytes, s.probe_max_bytes)
+            # a suspect link gets two large probes: two samples off the line confirm a change this round
+            sizes = [SMALL_PROBE_BYTES, large, large] if suspect else [SMALL_PROBE_BYTES, large]
+            meta = {"to": lk.b, "address": b.address, "sizes": sizes}
+            jobs.append(self._measure(a, meta, key))
+        for name, st in self.nodes.items():
+            if st.state != "up" or not st.address:
+                continue
+            if any(t >= horizon for t, _ in self._load_samples[name]):
+                continue
+            spec = self._compute_probe(name)
+            if spec is not None:
+                jobs.append(self._measure(st, {"compute": spec}, None))
+        self._suspects.clear()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    def _compute_probe(self, node: str) -> dict[str, Any] | None:
+        """The load probe of a node: its profiled time for the whole first phase (a worker runs it all)."""
+        p = next((p for p in self.profile.phases if p.repeat > 0), None)
+        if p is None:
+            return None
+        hw = self.base.node(node).hardware
+        lats = [self.profile.units[u].latency_s.get(hw, {}).get(p.name) for u in range(p.first, p.last + 1)]
+        if any(x is None for x in lats):
+            return None
+        return {"phase": p.name, "target_s": sum(lats)}
+
+    async def _measure(self, st: NodeStatus, meta: dict[str, Any], key: str | None) -> None:
+        assert st.address is not None
+        timeout = 5.0 + 2 * self.dilation * 2.0
+        replies = await self._send(st.address, encode_frame(Frame("measure", meta=meta)), timeout=timeout)
+        now = time.monotonic()
+        for f in replies:
+            if f.kind != "stats":
+                continue
+            for p in f.meta.get("probes", []):
+                k = float(p.get("dilation", 1.0)) or 1.0
+                if key is not None:
+                    self._link_samples[key].append((now, float(p["bytes"]), float(p["seconds"]) / k, "active"))
+                    self.probes_sent_bytes[key] += int(p["bytes"])
+            c = f.meta.get("compute")
+            if c:
+                self._note_load(st.name, str(c["phase"]), int(c["first"]), int(c["last"]), float(c["busy_s"]),
+                                float(c["real_s"]), now)
+
+    def _estimate(self, now: float) -> bool:
+        """Update every link and node estimate from its window; True when a link changed (a step)."""
+        shifted = False
+        horizon = now - self.settings.window_s
+        for key, samples in self._link_samples.items():
+            while samples and samples[0][0] < horizon:
+                samples.popleft()
+            prior = self.links.get(key)
+            if prior is None or not samples:
+                continue
+            cut = shift_start([(b, t) for _, b, t, _ in samples], prior)
+            if cut is not None:
+                log.info("link %s changed: estimating from the newest %d samples", key, len(samples) - cut)
+                for _ in range(cut):
+                    samples.popleft()
+                shifted = True
+            self.links[key] = estimate_link([(b, t) for _, b, t, _ in samples], prior)
+        for node, samples in self._load_samples.items():
+            while samples and samples[0][0] < horizon:
+                samples.popleft()
+            self.slowdown[node] = estimate_slowdown([r for _, r in samples], self.slowdown.get(node, 1.0))
+        return shifted
+
+    # -- re-solve, decide, switch ------------------------------------------------------------------
+    async def _scheduled_resolve(self) -> None:
+        await self.resolve("scheduled")
+
+    def request_rate_hz(self) -> float:
+        now = time.monotonic()
+        recent = [t for t in self.request_times if t >= now - self.settings.window_s]
+        return len(recent) / self.settings.window_s
+
+    async def resolve(self, trigger: str = "manual") -> Decision:
+        """Solve for the latest snapshot (warm-started from the plan in force), decide, switch if worth it."""
+        async with self._solve_lock:
+            snapshot, snapshot_id = self.snapshot, self.snapshot_id
+            current = self.current.plan.assignment if self.current else None
+            opts = PlanOptions(solver=self.settings.solver, time_limit_s=self.settings.solve_time_limit_s,
+                               warm_start=current)
+            t0 = time.perf_counter()
+            try:
+                candidate = await asyncio.to_thread(solve, self.profile, snapshot, opts)
+            except (InfeasibleError, NoPlanFound) as exc:
+                self.metrics.solves.labels(status="infeasible").inc()
+                decision = Decision(False, f"no plan: {exc}", None, math.inf, 0.0, 0.0, {})
+                self._note_decision(decision, trigger, None)
+                return decision
+            self.metrics.solve_seconds.observe(time.perf_counter() - t0)
+            self.metrics.solves.labels(status=candidate.status).inc()
+            decision = decide(current, candidate.assignment, self.profile, snapshot, self.settings,
+                              self.request_rate_hz())
+            plan_id = await self._record(self._save_solve, candidate, snapshot_id, decision, trigger)
+            cand_id, decision_id = plan_id if plan_id else (None, None)
+            self._note_decision(decision, trigger, candidate)
+            if decision.apply:
+                await self._switch(candidate, snapshot, cand_id, decision_id)
+            return decision
+
+    def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> None:
+        self.metrics.decisions.labels(applied=str(decision.apply).lower()).inc()
+        self.decisions.append({"at": datetime.now(UTC).isoformat(), "trigger": trigger,
+                               "assignment": list(candidate.assignment) if candidate else None, **decision.to_dict()})
+
+    async def _switch(self, plan: Plan, snapshot: NetworkState, plan_id: int | None, decision_id: int | None) -> None:
+        """Two phases: every worker of the new version loads it (the old keeps serving), then new requests
+        take it; the old version is freed on its workers once no request holds it."""
+        number = (self.current.number if self.current else 0) + 1
+        addresses = {n: s.address for n, s in self.nodes.items() if s.address}
+        sp = make_stage_plan(self.adapter, snapshot, plan, addresses=addresses, profile=self.profile,
+                             emulate=self.emulated, dilation=self.dilation, version=number)
+        t0 = time.perf_counter()
+        try:
+            if self.client is None:
+                self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s)
+                await self.client.start(apply=False)
+                if self.truth is not None:
+                    self.client.set_emulation(self.truth)
+            await self.client.prepare(sp)
+        except (RequestFailed, TransportError, ValueError) as exc:
+            log.warning("switch to v%d failed in prepare: %s", number, exc)
+            self.metrics.switches.labels(outcome="failed").inc()
+            if self.client is not None and self.client.plans.get(number) is not None:
+                self._spawn(self.client.forget(number))
+            return
+        old = self.current
+        self.client.commit(number)
+        app_id = await self._record(self._save_application, plan_id, old.plan_id if old else None, number,
+                                    decision_id)
+        self.current = Version(number, plan, snapshot, plan_id, app_id, datetime.now(UTC))
+        self.versions[number] = self.current
+        self.metrics.switches.labels(outcome="applied").inc()
+        self.metrics.plan_version.set(number)
+        self.metrics.switch_seconds.observe(time.perf_counter() - t0)
+        log.info("plan v%d applied: %s", number, " ".join(plan.assignment))
+        if old is not None:
+            self._spawn(self._retire(old, app_id))
+        elif app_id is not None:
+            await self._record(self._finish_application, app_id, "applied (first plan)")
+
+    async def _retire(self, old: Version, application_id: int | None) -> None:
+        """Free an old version once its last request finished (bounded by the request timeout), then
+        record that the switch that replaced it is complete."""
+        assert self.client is not None
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        while self.client.in_flight.get(old.number, 0) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.client.in_flight.get(old.number, 0)
+        await self.client.forget(old.number)
+        self.versions.pop(old.number, None)
+        if application_id is not None:
+            outcome = "switched" if left == 0 else f"switched; {left} request(s) still on v{old.number} at the deadline"
+            await self._record(self._finish_application, application_id, outcome)
+
+    # -- requests ----------------------------------------------------------------------------------
+    async def run_request(self, source: torch.Tensor, max_new_tokens: int) -> tuple[RequestResult, Version, float]:
+        """Run one request on the plan in force; (result, the version it ran on, its predicted latency).
+        A request whose plan version was replaced while it failed (a node died) is run once more."""
+        if not self.accepting or self.client is None or self.current is None:
+            raise ServiceUnavailable("the daemon is not serving (starting or stopping)")
+        self.open_requests += 1
+        self.request_times.append(time.monotonic())
+        try:
+            for attempt in (0, 1):
+                started_on = self.client.plan.version
+                try:
+                    res = await self.client.generate(source, max_new_tokens=max_new_tokens,
+                                                     eos=self.adapter.eos_token_id)
+                    break
+                except RequestFailed:
+                    if attempt == 1 or self.client.plan.version == started_on:
+                        self.metrics.requests.labels(outcome="failed").inc()
+                        raise
+                    self.metrics.requests.labels(outcome="retried").inc()
+        finally:
+            self.open_requests -= 1
+        version = self.versions.get(res.plan_version) or self.current
+        predicted = latency_for_steps(self.profile, version.snapshot, version.plan.assignment, res.steps)
+        self.metrics.requests.labels(outcome="ok").inc()
+        self.metrics.latency.labels(plan_version=str(res.plan_version)).observe(res.scaled_s)
+        return res, version, predicted if predicted is not None else version.plan.predicted_latency_s
+
+    def record_request(self, output: str, res: RequestResult, version: Version, predicted: float) -> None:
+        self._spawn(self._record(self._save_run, output, res, version, predicted))
+
+    # -- history (every store call runs in a thread: SQLAlchemy is synchronous) ----------------------
+    async def _record(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.store is None:
+            return None
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:  # noqa: BLE001 - history must never stop the service
+            log.warning("history: %s failed: %s", fn.__name__, exc)
+            self.metrics.history_errors.inc()
+            return None
+
+    def _save_snapshot(self, snapshot: NetworkState) -> int:
+        return self.store.save_network(snapshot, origin="daemon")
+
+    def _save_probe_rows(self, snapshot: NetworkState) -> int:
+        now = datetime.now(UTC)
+        for key, est in self.links.items():
+            self.store.record_probe(key, bandwidth_bps=est.bandwidth_bps, latency_s=est.latency_s, measured_at=now,
+                                    kind=f"estimate:{est.method}", samples=est.samples)
+        for name, st in self.nodes.items():
+            self.store.record_node_sample(name, state=st.state, slowdown=self.slowdown.get(name), measured_at=now)
+        return self.store.save_network(snapshot, origin="daemon")
+
+    def _save_solve(self, plan: Plan, network_id: int | None, decision: Decision, trigger: str) -> tuple[int, int]:
+        profile_id = self._profile_id()
+        plan_id = self.store.save_plan(plan, profile_id=profile_id, network_id=network_id)
+        decision_id = self.store.record_decision(
+            candidate_plan_id=plan_id, current_plan_id=self.current.plan_id if self.current else None,
+            network_id=network_id, trigger=trigger, applied=decision.apply, reason=decision.reason,
+            current_s=decision.current_s, candidate_s=decision.candidate_s,
+            gain_s=decision.gain_s if decision.current_s is not None else None, migration_s=decision.migration_s)
+        return plan_id, decision_id
+
+    def _profile_id(self) -> int:
+        if self._stored_profile_id is None:
+            self._save_profile()
+        assert self._stored_profile_id is not None
+        return self._stored_profile_id
+
+    def _save_profile(self) -> None:
+        self._stored_profile_id = self.store.save_profile(self.profile)
+
+    def _save_application(self, plan_id: int | None, previous: int | None, version: int,
+                          decision_id: int | None) -> int | None:
+        if plan_id is None:
+            return None
+        return self.store.record_plan_application(plan_id, previous_plan_id=previous, version=version,
+                                                  decision_id=decision_id)
+
+    def _finish_application(self, app_id: int, outcome: str) -> None:
+        self.store.finish_plan_application(app_id, outcome=outcome)
+
+    def _save_run(self, output: str, res: RequestResult, version: Version, predicted: float) -> int:
+        return self.store.record_run(version.plan_id, strategy="daemon", output=output, measured_s=res.scaled_s,
+                                     predicted_s=predicted, breakdown=res.breakdown(scale=True), model=self.model,
+                                     plan_version=version.number)
+
+    # -- views -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        cur = self.current
+        plan = None if cur is None else {
+            "version": cur.number, "assignment": list(cur.plan.assignment),
+            "predicted_latency_s": cur.plan.predicted_latency_s, "applied_at": cur.applied_at.isoformat()}
+        return {"plan": plan, "network": self.snapshot.model_dump(mode="json", exclude_none=True),
+                "nodes": [{"name": s.name, "address": s.address, "state": s.state, "pid": s.pid}
+                          for s in self.nodes.values()],
+                "links": {k: {"bandwidth_bps": e.bandwidth_bps, "latency_s": e.latency_s, "samples": e.samples,
+                              "method": e.method} for k, e in self.links.items()},
+                "decisions": list(self.decisions)[-10:], "dilation": self.dilation, "emulated": self.emulated,
+                "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model}

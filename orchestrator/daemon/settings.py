@@ -1,0 +1,43 @@
+"""The daemon's settings: intervals, decision thresholds and bounds, with the defaults `--help` shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from profiler.errors import InputError
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    probe_interval_s: float = 5.0        # health, link and load measurements
+    solve_interval_s: float = 10.0       # re-solve for the latest snapshot
+    # decide: a candidate replaces the plan in force only when it is this much faster (relative) ...
+    threshold: float = 0.10
+    # ... and the time it saves over this horizon of requests repays the migration
+    horizon_s: float = 60.0
+    load_bytes_per_s: float = 200e6      # how fast a node loads the weights of units it gains
+    switch_s: float = 0.05               # fixed cost of a switch (prepare + commit round trips)
+    # measurements
+    window_s: float = 30.0               # samples older than this are forgotten
+    min_request_rate_hz: float = 0.1     # the rate assumed for the payback when requests are rarer
+    probe_budget: float = 0.01           # active probe bytes per interval, as a share of a link's capacity
+    probe_min_bytes: int = 2048          # the large probe's size is at least this ...
+    probe_max_bytes: int = 262144        # ... and at most this
+    health_timeout_s: float = 2.0        # a node that does not answer its health check in time is down
+    # requests
+    drain_s: float = 30.0                # on SIGTERM, requests in flight get this long to finish
+    request_timeout_s: float = 120.0     # a request that has not finished by then fails
+    max_new_tokens: int = 64             # the most a request may ask for
+    solver: str = "cbc"
+    solve_time_limit_s: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise InputError(f"daemon settings: {f.name} must not be negative, got {v}")
+        for name in ("probe_interval_s", "solve_interval_s", "window_s", "load_bytes_per_s", "health_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"daemon settings: {name} must be positive, got {getattr(self, name)}")
+        if self.probe_min_bytes > self.probe_max_bytes:
+            raise InputError("daemon settings: probe_min_bytes must not exceed probe_max_bytes")
