@@ -57,6 +57,7 @@ from runtime.transport import GrpcTransport, TransportError
 
 log = logging.getLogger("aiflow.daemon")
 SMALL_PROBE_BYTES = 64
+FRAME_OVERHEAD_BYTES = 150          # a probe frame's header, about
 
 
 class ServiceUnavailable(RuntimeError):
@@ -114,6 +115,10 @@ class Daemon:
         self._load_samples: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=500))
         # links a multi-hop sample put in doubt, with the lowest rate it implies: probed this round
         self._suspects: dict[str, float] = {}
+        # bytes each link may still spend on active probes: it earns probe_budget of its estimated rate
+        # per second of (emulated) time, so probe traffic stays within that share whatever the sizes
+        self._probe_credit: dict[str, float] = defaultdict(float)
+        self._last_round: float | None = None
         self.versions: dict[int, Version] = {}
         self.current: Version | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
@@ -459,6 +464,9 @@ class Daemon:
         the nodes that computed nothing in it."""
         s = self.settings
         horizon = now - s.window_s
+        elapsed = 0.0 if self._last_round is None else (now - self._last_round) / self.dilation
+        self._last_round = now
+        interval = s.probe_interval_s / self.dilation          # one probe interval in the network's own time
         jobs = []
         for lk in self.base.links:
             a, b = self.nodes[lk.a], self.nodes[lk.b]
@@ -467,6 +475,8 @@ class Daemon:
             key = link_key(lk.a, lk.b)
             recent = [x for x in self._link_samples[key] if x[0] >= horizon]
             est = self.links.get(key) or LinkEstimate(lk.bandwidth_bps, lk.latency_s, 0, "configured")
+            earned = self._probe_credit[key] + s.probe_budget * est.bandwidth_bps / 8.0 * elapsed
+            self._probe_credit[key] = min(earned, 4 * s.probe_budget * est.bandwidth_bps / 8.0 * interval)
             # a link that carries traffic is measured by it, unless its newest sample is off the estimate:
             # then a probe confirms (or refutes) a change within this round
             suspect = key in self._suspects or shift_start([(b, t) for _, b, t, _ in recent], est, count=1) is not None
@@ -478,9 +488,13 @@ class Daemon:
                 # flooded by a probe sized for its old capacity
                 _, nbytes, secs, _ = recent[-1]
                 rate = min(rate, implied_bandwidth(nbytes, secs, est.latency_s) or rate)
-            large = probe_bytes(rate, s.probe_interval_s, s.probe_budget, s.probe_min_bytes, s.probe_max_bytes)
+            large = probe_bytes(rate, interval, s.probe_budget, s.probe_min_bytes, s.probe_max_bytes)
             # a suspect link gets two large probes: two samples off the line confirm a change this round
             sizes = [SMALL_PROBE_BYTES, large, large] if suspect else [SMALL_PROBE_BYTES, large]
+            cost = sum(sizes) + FRAME_OVERHEAD_BYTES * len(sizes)
+            if not suspect and elapsed > 0 and self._probe_credit[key] < cost:
+                continue                   # an idle link waits until its budget pays for the probe
+            self._probe_credit[key] -= cost
             meta = {"to": lk.b, "address": b.address, "sizes": sizes}
             jobs.append(self._measure(a, meta, key))
         for name, st in self.nodes.items():

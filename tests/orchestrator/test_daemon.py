@@ -205,3 +205,65 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tuple[list[Path], list[str]]) -> None:
+    """`aiflow worker --join URL` with a hardware class the profile lacks: the worker measures every unit
+    on its own hardware, the daemon merges and stores the profile, re-solves, and uses the node."""
+    paths, reference = images
+    profile = load_profile(PROFILE)
+    net = load_network(NETWORK)
+    store = Store.open(f"sqlite:///{tmp_path / 'history.db'}")
+    settings = DaemonSettings(probe_interval_s=2.0, solve_interval_s=60.0)
+    daemon = Daemon("tiny-captioner", net, profile, load_adapter("tiny-captioner"), settings=settings, store=store,
+                    dilation=min(dilation_factor(profile, net, "cpu-2c"), 6.0), token="join-test-token")
+    aiflow = str(Path(sys.executable).parent / "aiflow")
+    stop = asyncio.Event()
+    joined: dict[str, object] = {}
+
+    async def scenario(url: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            aiflow, "worker", "--name", "edge2", "--model", "tiny-captioner", "--token", "join-test-token",
+            "--join", url, "--hardware", "cpu-joined", "--mem-bytes", "4e9", "--tier", "edge",
+            "--link", "phone=1e8,0.001", "--link", "cloud=1e8,0.02",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            lines = []
+            while not any(x.startswith(("JOINED", "aiflow: error")) for x in lines):
+                line = (await asyncio.wait_for(proc.stdout.readline(), 300)).decode()
+                assert line, (await proc.stderr.read()).decode()
+                lines.append(line)
+            assert lines[-1].startswith("JOINED") and "measured on edge2" in lines[-1], lines
+            joined["hardware"] = "cpu-joined" in daemon.profile.hardware_classes
+            joined["node"] = daemon.nodes["edge2"].state
+            async with httpx.AsyncClient(base_url=url, timeout=120, trust_env=False) as api:
+                status = (await api.get("/v1/status")).json()
+                joined["nodes"] = [n["name"] for n in status["nodes"]]
+                joined["assignment"] = status["plan"]["assignment"]
+                r = await api.post("/v1/requests", json=body(paths[0]))
+                joined["caption"] = r.json()["output"]
+                # a second join under a taken name that is a local worker is refused with a reason
+                bad = await api.post("/v1/nodes", json={"name": "phone", "hardware": "x", "mem_bytes": 1,
+                                                        "address": "127.0.0.1:1", "links": []})
+                joined["refusal"] = (bad.status_code, bad.json()["detail"])
+        finally:
+            proc.terminate()
+            await proc.wait()
+            stop.set()
+
+    async def main() -> None:
+        from orchestrator.daemon.run import serve
+
+        tasks = []            # held, so the scenario is not garbage-collected while it runs
+
+        def ready(url: str) -> None:
+            tasks.append(asyncio.get_running_loop().create_task(scenario(url)))
+
+        await serve(daemon, "127.0.0.1", 0, on_ready=ready, stop=stop)
+
+    asyncio.run(main())
+    store.close()
+    assert joined["hardware"] and joined["node"] == "up"
+    assert "edge2" in joined["nodes"] and "edge2" in joined["assignment"]     # a fast, near node: used
+    assert joined["caption"] == reference[0]
+    assert joined["refusal"][0] == 422 and "local worker" in joined["refusal"][1]
