@@ -267,3 +267,27 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
     assert "edge2" in joined["nodes"] and "edge2" in joined["assignment"]     # a fast, near node: used
     assert joined["caption"] == reference[0]
     assert joined["refusal"][0] == 422 and "local worker" in joined["refusal"][1]
+
+
+def test_a_killed_daemon_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """SIGKILL gives the daemon no chance to stop its workers: they notice their parent is gone and exit."""
+    env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}")
+    aiflow = str(Path(sys.executable).parent / "aiflow")
+    proc = subprocess.Popen([aiflow, "daemon", "--model", "tiny-captioner", "--network", str(NETWORK),
+                             "--profile", str(PROFILE), "--api", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        url = proc.stdout.readline().split()[-1]
+        doc = httpx.get(f"{url}/v1/status", timeout=30, trust_env=False).json()
+        pids = [n["pid"] for n in doc["nodes"]]
+        assert all(alive(p) for p in pids)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
