@@ -1,6 +1,6 @@
 """The daemon under a moving network: how fast it adapts, what it costs, whether it flaps.
 
-    python -m bench.daemon [--quick] [--scenarios step,noise,trace,idle] [--out bench/results]
+    python -m bench.daemon [--quick] [--scenarios step,noise,trace,migration,idle] [--out bench/results]
 
 Everything runs on this machine: the tiny captioner (trained), examples/daemon.network.yaml (a low-end
 phone, an edge box, a cloud GPU), local worker processes, emulated links with time dilation K, the
@@ -18,7 +18,10 @@ made by probing (it is never told the true network), not the cost model against 
    replayed faster than real time by the factor K (so the daemon's wall-clock probe interval meets the
    trace's changes as it would on a real link); an oracle's mean is the prediction of the best plan
    for the true bandwidth at each request's start (predicted, not measured).
-4. idle: an idle daemon at the default intervals for 60 s: CPU use of the daemon process and of its
+4. migration: the network held still, the plan switched every 10 s between two placements (the
+   offload to the cloud and the same through the edge) under three concurrent streams of requests;
+   p99 latency of the requests in flight across a switch against the p99 of the others.
+5. idle: an idle daemon at the default intervals for 60 s: CPU use of the daemon process and of its
    workers; probe traffic as a share of each link's capacity.
 
 Writes bench/results/daemon.json and .md; prints the tables.
@@ -250,7 +253,44 @@ async def trace_replay(setup: Setup, quick: bool) -> dict[str, Any]:
             "daemon_over_oracle": rows["daemon"]["mean_s"] / rows["daemon"]["oracle_mean_s_predicted"]}
 
 
-# -- 4. idle ---------------------------------------------------------------------------------------------
+# -- 4. migration ----------------------------------------------------------------------------------------
+async def migration(setup: Setup, quick: bool) -> dict[str, Any]:
+    from orchestrator.daemon.settings import DaemonSettings
+    from orchestrator.planner import solve
+
+    switches = 4 if quick else 12
+    settings = DaemonSettings(solve_interval_s=3600.0)     # no re-solve of its own: the bench switches
+    units = [u.name for u in setup.profile.units]
+    cloud = solve(setup.profile, setup.net)
+    edge = solve(setup.profile, setup.net.with_constraints(pins={u: ["phone" if i == 0 else "edge"]
+                                                                for i, u in enumerate(units)}))
+
+    async def body(daemon: Any, api: Any) -> dict[str, Any]:
+        streams = [Stream(setup) for _ in range(3)]
+        tasks = [asyncio.create_task(st.run(api)) for st in streams]
+        times = []
+        await asyncio.sleep(10)
+        for i in range(switches):
+            plan = edge if i % 2 == 0 else cloud
+            await daemon.switch(plan, daemon.snapshot, None, None)
+            times.append(daemon.current.applied_at)
+            await asyncio.sleep(10)
+        for st in streams:
+            st.stop.set()
+        await asyncio.gather(*tasks)
+        rows = [r for st in streams for r in st.rows]
+        across = [r["latency_s"] for r in rows if any(r["start"] < t < r["end"] for t in times)]
+        steady = [r["latency_s"] for r in rows if not any(r["start"] < t < r["end"] for t in times)]
+        return {"switches": len(times), "requests_across": len(across), "requests_steady": len(steady),
+                "p99_across_s": pct(across, 0.99), "p99_steady_s": pct(steady, 0.99),
+                "p99_ratio": pct(across, 0.99) / pct(steady, 0.99) if across and steady else None,
+                "failed": sum(st.failed for st in streams), "wrong": sum(r["wrong"] for r in rows),
+                "plans": [list(edge.assignment), list(cloud.assignment)]}
+
+    return await with_daemon(setup, setup.net, settings, body)
+
+
+# -- 5. idle ---------------------------------------------------------------------------------------------
 async def idle(setup: Setup, quick: bool) -> dict[str, Any]:
     from orchestrator.daemon.settings import DaemonSettings
 
@@ -275,7 +315,7 @@ async def idle(setup: Setup, quick: bool) -> dict[str, Any]:
     return await with_daemon(setup, setup.net, settings, body)
 
 
-SCENARIOS = {"step": step, "noise": noise, "trace": trace_replay, "idle": idle}
+SCENARIOS = {"step": step, "noise": noise, "trace": trace_replay, "migration": migration, "idle": idle}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -308,6 +348,14 @@ def markdown(res: dict[str, Any]) -> str:
         out += ["", f"Oracle (the best plan for the true bandwidth at each request, predicted): "
                     f"{t['runs']['daemon']['oracle_mean_s_predicted'] * 1e3:.1f} ms. Daemon / best static: "
                     f"{t['daemon_over_best_static']:.3f}; daemon / oracle: {t['daemon_over_oracle']:.3f}.", ""]
+    if "migration" in res:
+        s = res["migration"]
+        out += ["## Live migration under load (switches forced every 10 s, network held still)", "",
+                "| switches | requests across a switch | others | p99 across ms | p99 others ms | ratio | failed | "
+                "wrong |", "|---|---|---|---|---|---|---|---|",
+                f"| {s['switches']} | {s['requests_across']} | {s['requests_steady']} | "
+                f"{s['p99_across_s'] * 1e3:.1f} | {s['p99_steady_s'] * 1e3:.1f} | {s['p99_ratio']:.2f} | "
+                f"{s['failed']} | {s['wrong']} |", ""]
     if "idle" in res:
         s = res["idle"]
         out += ["## Idle daemon at the default intervals", "", "| process | CPU (share of one core) |", "|---|---|"]
@@ -321,7 +369,7 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.daemon", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs")
-    ap.add_argument("--scenarios", default="step,noise,trace,idle")
+    ap.add_argument("--scenarios", default="step,noise,trace,migration,idle")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     names = [s.strip() for s in a.scenarios.split(",") if s.strip()]

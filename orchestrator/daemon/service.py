@@ -592,7 +592,7 @@ class Daemon:
             cand_id, decision_id = plan_id if plan_id else (None, None)
             self._note_decision(decision, trigger, candidate)
             if decision.apply:
-                await self._switch(candidate, snapshot, cand_id, decision_id)
+                await self.switch(candidate, snapshot, cand_id, decision_id)
             return decision
 
     def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> None:
@@ -600,7 +600,7 @@ class Daemon:
         self.decisions.append({"at": datetime.now(UTC).isoformat(), "trigger": trigger,
                                "assignment": list(candidate.assignment) if candidate else None, **decision.to_dict()})
 
-    async def _switch(self, plan: Plan, snapshot: NetworkState, plan_id: int | None, decision_id: int | None) -> None:
+    async def switch(self, plan: Plan, snapshot: NetworkState, plan_id: int | None, decision_id: int | None) -> None:
         """Two phases: every worker of the new version loads it (the old keeps serving), then new requests
         take it; the old version is freed on its workers once no request holds it."""
         number = (self.current.number if self.current else 0) + 1
