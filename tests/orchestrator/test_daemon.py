@@ -221,19 +221,29 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
     stop = asyncio.Event()
     joined: dict[str, object] = {}
 
-    async def scenario(url: str) -> None:
+    async def start_worker(url: str) -> tuple[asyncio.subprocess.Process, str]:
         proc = await asyncio.create_subprocess_exec(
             aiflow, "worker", "--name", "edge2", "--model", "tiny-captioner", "--token", "join-test-token",
             "--join", url, "--hardware", "cpu-joined", "--mem-bytes", "4e9", "--tier", "edge",
             "--link", "phone=1e8,0.001", "--link", "cloud=1e8,0.02",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        lines: list[str] = []
+        while not any(x.startswith(("JOINED", "aiflow: error")) for x in lines):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 300)).decode()
+            assert line, (await proc.stderr.read()).decode()
+            lines.append(line)
+        return proc, lines[-1]
+
+    async def wait_for(condition: object, seconds: float = 30) -> bool:
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return bool(condition())
+
+    async def scenario(url: str) -> None:
+        proc, line = await start_worker(url)
         try:
-            lines = []
-            while not any(x.startswith(("JOINED", "aiflow: error")) for x in lines):
-                line = (await asyncio.wait_for(proc.stdout.readline(), 300)).decode()
-                assert line, (await proc.stderr.read()).decode()
-                lines.append(line)
-            assert lines[-1].startswith("JOINED") and "measured on edge2" in lines[-1], lines
+            assert line.startswith("JOINED") and "measured on edge2" in line, line
             joined["hardware"] = "cpu-joined" in daemon.profile.hardware_classes
             joined["node"] = daemon.nodes["edge2"].state
             async with httpx.AsyncClient(base_url=url, timeout=120, trust_env=False) as api:
@@ -246,6 +256,20 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
                 bad = await api.post("/v1/nodes", json={"name": "phone", "hardware": "x", "mem_bytes": 1,
                                                         "address": "127.0.0.1:1", "links": []})
                 joined["refusal"] = (bad.status_code, bad.json()["detail"])
+                # the joined node stops answering: taken out of the plan at once; requests still right
+                proc.kill()
+                await proc.wait()
+                joined["left"] = await wait_for(lambda: daemon.nodes["edge2"].state == "down"
+                                                and "edge2" not in daemon.current.plan.assignment)
+                r = await api.post("/v1/requests", json=body(paths[1]))
+                joined["caption_without"] = r.json()["output"]
+                # it comes back (joins again under its name): used again
+                proc, line = await start_worker(url)
+                joined["again"] = line
+                joined["back"] = await wait_for(lambda: daemon.nodes["edge2"].state == "up"
+                                                and "edge2" in daemon.current.plan.assignment)
+                triggers = [d["trigger"] for d in daemon.decisions if d["apply"]]
+                joined["triggers"] = triggers
         finally:
             proc.terminate()
             await proc.wait()
@@ -267,6 +291,9 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
     assert "edge2" in joined["nodes"] and "edge2" in joined["assignment"]     # a fast, near node: used
     assert joined["caption"] == reference[0]
     assert joined["refusal"][0] == 422 and "local worker" in joined["refusal"][1]
+    assert joined["left"] and joined["caption_without"] == reference[1]
+    assert joined["again"].startswith("JOINED") and joined["back"]
+    assert joined["triggers"][-2:] == ["node-down", "node-up"], joined["triggers"]
 
 
 def test_a_killed_daemon_leaves_no_worker_behind(tmp_path: Path) -> None:
