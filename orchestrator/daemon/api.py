@@ -31,6 +31,7 @@ MAX_PROMPT_CHARS = 20_000
 
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="The model to run; when given, it must be the one served")
     image: str | None = Field(None, description="Base64 of a PNG or JPEG file (captioners)")
     prompt: str | None = Field(None, description="Prompt text (language models)", max_length=MAX_PROMPT_CHARS)
     max_new_tokens: int | None = Field(None, ge=1, description="Bound on generated tokens")
@@ -119,11 +120,21 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
 
     @app.post("/v1/requests", response_model=InferenceResponse, dependencies=[Depends(check)])
     async def requests(body: InferenceRequest) -> InferenceResponse:
-        source = await _input(daemon, body)
+        if body.model is not None and body.model not in (daemon.model, daemon.adapter.name):
+            raise HTTPException(404, f"model: this daemon serves {daemon.model!r}, not {body.model!r}")
+        if daemon.open_requests >= daemon.settings.max_open_requests:
+            raise HTTPException(429, f"{daemon.open_requests} requests are open, the most this daemon takes; "
+                                     "retry later")
         limit = daemon.settings.max_new_tokens
         max_new = body.max_new_tokens or (32 if takes_images(daemon.adapter) else 16)
         if max_new > limit:
             raise HTTPException(422, f"max_new_tokens: at most {limit}, got {max_new}")
+        source = await _input(daemon, body)
+        positions = max_positions(daemon.adapter)
+        prompt = 1 if takes_images(daemon.adapter) else int(source.shape[1])
+        if positions is not None and prompt + max_new > positions:
+            raise HTTPException(422, f"prompt and max_new_tokens: {prompt} + {max_new} tokens exceed the model's "
+                                     f"{positions} positions")
         try:
             res, version, predicted = await daemon.run_request(source, max_new)
         except RequestFailed as exc:
@@ -151,14 +162,14 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
         try:
             return await daemon.set_link(body.a, body.b, body.bandwidth_bps, body.latency_s)
         except LookupError as exc:
-            raise HTTPException(404, str(exc).strip("'\"")) from None
+            raise HTTPException(404, str(exc.args[0]) if exc.args else str(exc)) from None
 
     @app.post("/v1/emulation/nodes", dependencies=[Depends(check)])
     async def emulate_node(body: NodeChange) -> dict[str, Any]:
         try:
             return await daemon.set_node(body.name, body.slowdown)
         except LookupError as exc:
-            raise HTTPException(404, str(exc).strip("'\"")) from None
+            raise HTTPException(404, str(exc.args[0]) if exc.args else str(exc)) from None
 
     @app.get("/metrics", dependencies=[Depends(check_read)])
     async def metrics() -> Response:
@@ -185,6 +196,17 @@ async def _input(daemon: Daemon, body: InferenceRequest) -> torch.Tensor:
     if not ids:
         raise HTTPException(422, "prompt: encodes to no tokens")
     return torch.tensor([ids], dtype=torch.long)
+
+
+def max_positions(adapter: Any) -> int | None:
+    """How many token positions the model's decoder has (None when its config does not say)."""
+    config = getattr(adapter.model, "config", None)
+    config = getattr(config, "decoder", None) or config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _pixels(adapter: Any, raw: bytes) -> torch.Tensor:

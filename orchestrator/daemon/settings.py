@@ -28,6 +28,7 @@ class DaemonSettings:
     drain_s: float = 30.0                # on SIGTERM, requests in flight get this long to finish
     request_timeout_s: float = 120.0     # a request that has not finished by then fails
     max_new_tokens: int = 64             # the most a request may ask for
+    max_open_requests: int = 64          # more at once are refused (429)
     solver: str = "cbc"
     solve_time_limit_s: float | None = 10.0
 
