@@ -24,6 +24,9 @@ Emulation (when the plan says so): compute of a segment is stretched to K * slow
 latency of its units on the node's hardware class (or K * slowdown * the measured time when the plan
 carries no latencies) by sleeping the difference after the real compute while holding the node's
 compute slot; a real compute that already exceeds the target is counted as `overrun_s`.
+
+The checks on data and edge frames are in runtime.validate. `python -m runtime.worker` runs one
+worker process (`serve`, `main` below).
 """
 
 from __future__ import annotations
@@ -48,19 +51,12 @@ from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until
 from runtime.samples import ComputeSample, LinkSample, Samples, send_stamp
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
+from runtime.validate import RequestRejected, check_edge, check_input, data_segment, probe_shapes
 
 MODES = ("generate", "forward")
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
 MAX_PROBE_BYTES = 1 << 20      # one active probe frame carries at most this much padding
 MAX_PROBES = 8                 # probe frames per `measure`
-
-
-class RequestRejected(ValueError):
-    """A frame that is well-formed but cannot be accepted (unknown request, wrong unit, wrong shape)."""
-
-    def __init__(self, message: str, code: str = "bad-request") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -87,30 +83,6 @@ class Request:
 
     def touch(self) -> None:
         self.last_active = time.perf_counter()
-
-
-def probe_shapes(adapter: ModelAdapter) -> dict[str, list[tuple[int, ...]]]:
-    """Output shape of every unit in the encode/prefill phases for a batch-1 example (to validate inputs).
-    The decode phase has prefill's shapes with one token."""
-    spec = InputSpec(prompt_tokens=3, new_tokens=2, batch=1)
-    phases = {p.name: p for p in adapter.phases(spec)}
-    state = adapter.new_state()
-    state.extra["batch"] = 1
-    shapes: dict[str, list[tuple[int, ...]]] = {}
-    with torch.no_grad():
-        for name in ("encode", "prefill"):
-            if name not in phases:
-                continue
-            p = phases[name]
-            x = adapter.example_input(spec, name)
-            out: list[tuple[int, ...]] = []
-            for u in range(p.first, p.last + 1):
-                x = adapter.run(u, u, x, phase=name, position=0, state=state)
-                out.append(tuple(x.shape))
-            shapes[name] = out
-            if name == "encode" and any(e.src == p.last for e in adapter.edges()):
-                state.encoder_out = x
-    return shapes
 
 
 class Worker:
@@ -480,70 +452,17 @@ class Worker:
         self._detached.add(task)
         task.add_done_callback(self._detached.discard)
 
-    # -- validation of data and edges -------------------------------------------------------------
+    # -- data and edges (checked by runtime.validate before the ack) ------------------------------
     def _accept_data(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
-        plan = req.plan
-        if frame.plan_version != plan.version:
-            raise RequestRejected(f"request {req.rid} runs plan v{plan.version}, frame says v{frame.plan_version}",
-                                  "wrong-plan")
-        try:
-            phase = plan.phase(frame.phase)
-            seg = plan.segment_at(frame.phase, frame.unit)
-        except KeyError:
-            raise RequestRejected(f"plan v{plan.version} has no unit {frame.unit} in phase {frame.phase!r}",
-                                  "wrong-unit") from None
-        if seg.node != self.name or seg.first != frame.unit:
-            raise RequestRejected(f"unit {frame.unit} of {frame.phase} does not start a segment of node {self.name}",
-                                  "wrong-unit")
-        self._check_input(req, phase.name, phase.first, phase.input, frame)
+        phase, seg = data_segment(req.plan, frame, self.name)
+        check_input(frame, phase, req.batch, self.shapes, self.phase_infos)
         req.touch()
         self._spawn(req, self._process(req, frame, seg.first, seg.last))
 
-    def _check_input(self, req: Request, phase: str, phase_first: int, phase_input: str, frame: Frame) -> None:
-        x, u = frame.tensor, frame.unit
-        where = f"{phase} unit {u}"
-        if u == phase_first:
-            if phase_input == "none":
-                if x is not None:
-                    raise RequestRejected(f"{where}: takes no input, got a tensor", "wrong-shape")
-                return
-            if x is None:
-                raise RequestRejected(f"{where}: input tensor missing", "wrong-shape")
-            if phase == "encode":
-                ok = x.is_floating_point() and x.dim() == 4
-                want = "float pixels [batch, channels, height, width]"
-            else:
-                ok = x.dtype == torch.int64 and x.dim() == 2 and x.shape[1] >= 1 and (phase != "decode"
-                                                                                      or x.shape[1] == 1)
-                want = "int64 token ids [batch, 1]" if phase == "decode" else "int64 token ids [batch, tokens]"
-            if not ok:
-                raise RequestRejected(f"{where}: expected {want}, got {_describe(x)}", "wrong-shape")
-        else:
-            if x is None:
-                raise RequestRejected(f"{where}: hidden state missing", "wrong-shape")
-            ref_phase = "prefill" if phase == "decode" else phase
-            ref = self.shapes[ref_phase][u - 1 - self.phase_infos[ref_phase].first]
-            ok = x.is_floating_point() and x.dim() == len(ref) and x.shape[-1] == ref[-1]
-            if ok and phase == "encode":
-                ok = tuple(x.shape[1:]) == ref[1:]
-            if ok and phase == "decode":
-                ok = x.shape[1] == 1
-            if not ok:
-                want = f"float [batch, {'1' if phase == 'decode' else '...'}, {ref[-1]}]" if len(ref) == 3 else str(ref)
-                raise RequestRejected(f"{where}: expected {want}, got {_describe(x)}", "wrong-shape")
-        if x.shape[0] != req.batch:
-            raise RequestRejected(f"{where}: batch {x.shape[0]} but the request was opened with batch {req.batch}",
-                                  "wrong-shape")
-
     def _accept_edge(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
-        if frame.tensor is None or not frame.tensor.is_floating_point():
-            raise RequestRejected("edge: expected a float tensor", "wrong-shape")
-        if frame.tensor.shape[0] != req.batch:
-            raise RequestRejected(f"edge: batch {frame.tensor.shape[0]} but the request has {req.batch}", "wrong-shape")
-        if not any(req.plan.assignment[u] == self.name for u in req.plan.reads_edge):
-            raise RequestRejected(f"edge: node {self.name} hosts no unit that reads it", "wrong-unit")
+        check_edge(frame, req.plan, self.name, req.batch)
         req.touch()
         self._spawn(req, self._deliver_edge(req, frame))
 
@@ -742,10 +661,6 @@ async def _arrival(frame: Frame) -> None:
     nb = frame.meta.get("not_before")
     if isinstance(nb, (int, float)) and not isinstance(nb, bool):
         await sleep_until(min(float(nb), time.perf_counter() + MAX_STAMP_WAIT_S))
-
-
-def _describe(x: torch.Tensor | None) -> str:
-    return "nothing" if x is None else f"{str(x.dtype).removeprefix('torch.')}{list(x.shape)}"
 
 
 # -- the worker process --------------------------------------------------------------------------------
