@@ -25,8 +25,9 @@ latency of its units on the node's hardware class (or K * slowdown * the measure
 carries no latencies) by sleeping the difference after the real compute while holding the node's
 compute slot; a real compute that already exceeds the target is counted as `overrun_s`.
 
-The checks on data and edge frames are in runtime.validate. `python -m runtime.worker` runs one
-worker process (`serve`, `main` below).
+The checks on data and edge frames are in runtime.validate; the control frames `emulate`, `measure`
+and `profile` are served by runtime.measure. `python -m runtime.worker` runs one worker process
+(`serve`, `main` below).
 """
 
 from __future__ import annotations
@@ -48,15 +49,14 @@ import torch
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival
-from runtime.samples import ComputeSample, LinkSample, Samples, send_stamp
+from runtime.measure import Meter, emulation_from
+from runtime.samples import ComputeSample, Samples, send_stamp
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
 from runtime.validate import RequestRejected, check_edge, check_input, data_segment, probe_shapes
 
 MODES = ("generate", "forward")
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
-MAX_PROBE_BYTES = 1 << 20      # one active probe frame carries at most this much padding
-MAX_PROBES = 8                 # probe frames per `measure`
 
 
 @dataclass
@@ -115,11 +115,11 @@ class Worker:
         self.emulation: Emulation | None = None
         self._emulated: EmulatedNetwork | None = None
         self.samples = Samples()
-        self._probe_warm = False
         self.freed = 0                          # requests whose state was dropped (any reason)
         self.errors = 0                         # frames answered with an error
         self._compute_slot = asyncio.Lock()     # one segment computes at a time: a node is one device
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"aiflow-{name}")
+        self._meter = Meter(name, self.transport, self.samples, self._compute_slot, self._executor, call_timeout_s)
         self._server: FrameServer | None = None
         self._reaper: asyncio.Task | None = None
         self.address: str | None = None
@@ -199,14 +199,20 @@ class Worker:
                 self._manage_weights()
             return [ack_frame(plan_version=frame.plan_version, held=held)]
         if kind == "emulate":
-            return [self._set_emulation(frame)]
+            emulation = emulation_from(frame.meta, self.name)
+            if emulation != self.emulation:
+                self.emulation, self._emulated = emulation, emulation.network()
+            return [ack_frame()]
         if kind == "probe":
             await _arrival(frame)            # acked once the probe has crossed the (emulated) link
             return [ack_frame()]
         if kind == "measure":
-            return [encode_frame(Frame("stats", meta=await self._measure(frame.meta)))]
+            meta = await self._meter.measure(frame.meta, self.adapter, self.phase_infos, self.emulation,
+                                             self._probe_network())
+            return [encode_frame(Frame("stats", meta=meta))]
         if kind == "profile":
-            return [encode_frame(Frame("stats", meta={"profile": await self._profile(frame.meta)}))]
+            profile = await self._meter.profile(frame.meta, self.adapter, released=bool(self.released))
+            return [encode_frame(Frame("stats", meta={"profile": profile}))]
         if kind == "report":
             return [encode_frame(Frame("stats", meta={"node": self.name, **self.samples.drain()}))]
         raise RequestRejected(f"a worker does not take {kind!r} frames", "bad-kind")
@@ -241,18 +247,7 @@ class Worker:
         self.plans.pop(version, None)
         self.networks.pop(version, None)
 
-    # -- the emulated network and measurements ---------------------------------------------------
-    def _set_emulation(self, frame: Frame) -> bytes:
-        try:
-            emulation = Emulation.from_meta(frame.meta)
-        except ValueError as exc:
-            raise RequestRejected(str(exc), "bad-emulation") from None
-        if self.name not in {n.name for n in emulation.nodes}:
-            raise RequestRejected(f"emulate: no node {self.name!r}", "bad-emulation")
-        if emulation != self.emulation:
-            self.emulation, self._emulated = emulation, emulation.network()
-        return ack_frame()
-
+    # -- the emulated network --------------------------------------------------------------------
     def _network(self, plan: StagePlan) -> EmulatedNetwork:
         """The emulated links a plan's messages travel: the controller's emulation when set, else the plan's."""
         return self._emulated if self._emulated is not None else self.networks[plan.version]
@@ -263,95 +258,17 @@ class Worker:
             return self.emulation.dilation, self.emulation.slowdown(self.name)
         return plan.dilation, plan.node(self.name).slowdown
 
-    async def _measure(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Active measurements a controller asks for: probe frames to one neighbour (round trips timed
-        here, so the two ends need not share a clock) and/or one timed unit on example input."""
-        out: dict[str, Any] = {"node": self.name, "probes": [], "compute": None}
-        to, address, sizes = meta.get("to"), meta.get("address"), meta.get("sizes", [])
-        if to is not None:
-            if not isinstance(to, str) or not isinstance(address, str) or ":" not in address:
-                raise RequestRejected("measure: 'to' must be a node name and 'address' HOST:PORT", "bad-measure")
-            if not isinstance(sizes, list) or not 0 < len(sizes) <= MAX_PROBES or not all(
-                    isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_PROBE_BYTES for n in sizes):
-                raise RequestRejected(f"measure: 'sizes' must be 1..{MAX_PROBES} byte counts of at most "
-                                      f"{MAX_PROBE_BYTES}", "bad-measure")
-            for n in sizes:
-                out["probes"].append(await self._probe(to, address, n))
-        spec = meta.get("compute")
-        if spec is not None:
-            out["compute"] = await self._timed_unit(spec)
-        return out
-
-    async def _probe(self, to: str, address: str, nbytes: int) -> dict[str, Any]:
-        data = encode_frame(Frame("probe", tensor=torch.zeros(nbytes, dtype=torch.uint8)))
-        now = time.perf_counter()
-        emulated = self._emulated
-        if emulated is None and self.plans:
+    def _probe_network(self) -> EmulatedNetwork | None:
+        """The emulated links a probe crosses: the controller's emulation when set, else the newest held
+        plan's network if that plan emulates, else none."""
+        if self._emulated is not None:
+            return self._emulated
+        if self.plans:
             newest = self.plans[max(self.plans)]
-            emulated = self.networks[newest.version] if newest.emulate else None
-        if emulated is not None:
-            arrival = emulated.schedule_direct(self.name, to, len(data), now)
-            data = with_meta(data, **arrival_stamp(arrival, now, emulated.kernel_rate))
-        t0 = time.perf_counter()
-        await self.transport.send(address, data, timeout=self.call_timeout_s)
-        rtt = time.perf_counter() - t0
-        self.samples.links.append(LinkSample(self.name, to, len(data), rtt, time.perf_counter(), "active"))
-        return {"to": to, "bytes": len(data), "seconds": rtt, "dilation": emulated.dilation if emulated else 1.0}
+            return self.networks[newest.version] if newest.emulate else None
+        return None
 
-    async def _profile(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Measure every unit here, on this worker's own hardware, keyed by the class the controller names
-        (the profile format of profiler/; the controller merges it into its own)."""
-        from profiler.build import build_profile
-
-        hardware, repeats = meta.get("hardware"), meta.get("repeats", 5)
-        if not isinstance(hardware, str) or not hardware or len(hardware) > 200:
-            raise RequestRejected("profile: 'hardware' must name a hardware class", "bad-profile")
-        if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 50:
-            raise RequestRejected("profile: 'repeats' must be 1..50", "bad-profile")
-        if self.released:
-            raise RequestRejected("profile: this worker released weights; restart it without --release-unused",
-                                  "bad-profile")
-        loop = asyncio.get_running_loop()
-        async with self._compute_slot:
-            prof = await loop.run_in_executor(self._executor, lambda: build_profile(
-                self.adapter, InputSpec(), hardware=hardware, repeats=repeats, warmup=1))
-        return prof.model_dump(mode="json", by_alias=True)
-
-    async def _timed_unit(self, spec: Any) -> dict[str, Any]:
-        """Run a phase's units on example input, stretched like a request's segment (the node's load probe).
-        The first probe runs them once untimed: a cold first pass is not the node's load."""
-        if not isinstance(spec, dict) or spec.get("phase") not in self.phase_infos:
-            raise RequestRejected("measure: compute.phase must name a phase of the model", "bad-measure")
-        phase = self.phase_infos[spec["phase"]]
-        target = spec.get("target_s")
-        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target < 60:
-            raise RequestRejected("measure: compute.target_s must be seconds in [0, 60)", "bad-measure")
-        if self.emulation is None:
-            k, slowdown = 1.0, 1.0
-        else:
-            k, slowdown = self.emulation.dilation, self.emulation.slowdown(self.name)
-        x = self.adapter.example_input(InputSpec(prompt_tokens=3, new_tokens=1, batch=1), phase.name)
-        loop = asyncio.get_running_loop()
-
-        def run() -> None:
-            state = self.adapter.new_state()          # fresh caches each pass
-            state.extra["batch"] = 1
-            with torch.no_grad():
-                self.adapter.run(phase.first, phase.last, x, phase=phase.name, position=0, state=state)
-
-        async with self._compute_slot:
-            if not self._probe_warm:
-                await loop.run_in_executor(self._executor, run)
-                self._probe_warm = True
-            t0 = time.perf_counter()
-            await loop.run_in_executor(self._executor, run)
-            real = time.perf_counter() - t0
-            if self.emulation is not None:
-                await sleep_until(t0 + max(real, k * slowdown * float(target)))
-            busy = time.perf_counter() - t0
-        return {"phase": phase.name, "first": phase.first, "last": phase.last, "real_s": real, "busy_s": busy,
-                "dilation": k}
-
+    # -- weights ---------------------------------------------------------------------------------
     def _hosted_units(self) -> set[int]:
         return {u for p in self.plans.values() for u, n in enumerate(p.assignment) if n == self.name}
 
