@@ -14,6 +14,7 @@ from typing import Literal
 
 from orchestrator.network import NetworkState
 from profiler.profile import Profile
+from runtime.routes import fastest_link
 
 TermKind = Literal["input", "compute", "transfer", "loop", "edge", "result"]
 
@@ -165,15 +166,9 @@ def serialisation_s(net: NetworkState, src: str, dst: str, nbytes: float) -> dic
     bandwidth of the link that hop uses (the one `hop_time` picks; propagation latency occupies no link)."""
     out: dict[str, float] = {}
     for a, b in net.route(src, dst, nbytes):
-        ia, ib = net.index(a), net.index(b)
-        best, bw = math.inf, 0.0
-        for i, j, link in net.directed_links():
-            if (i, j) == (ia, ib):
-                t = link.latency_s + 8.0 * nbytes / link.bandwidth_bps
-                if t < best:
-                    best, bw = t, link.bandwidth_bps
+        link = fastest_link(net.links, a, b, nbytes)      # never None: a route only takes hops that have a link
         key = f"{a}->{b}"
-        out[key] = out.get(key, 0.0) + 8.0 * nbytes / bw
+        out[key] = out.get(key, 0.0) + 8.0 * nbytes / link.bandwidth_bps  # type: ignore[union-attr]
     return out
 
 

@@ -1,7 +1,8 @@
 """NetworkState: nodes, links and placement constraints, in the `aiflow.network/v1` format.
 
 Also the transfer time tau(i, j, b) of the planning model: the cheapest store-and-forward path,
-summing `latency_s + 8 * b / bandwidth_bps` over its links.
+summing `latency_s + 8 * b / bandwidth_bps` over its links (runtime.routes, the routes the runtime
+takes too), with one route table per message size kept on the (immutable) state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from profiler.fileio import dump_json, load_document, parse_document
+from runtime.routes import RouteTable, directions, fastest_link, hop_seconds, route_table
 
 NETWORK_FORMAT = "aiflow.network/v1"
 
@@ -131,73 +133,36 @@ class NetworkState(_Frozen):
 
     def directed_links(self) -> list[tuple[int, int, Link]]:
         """Every usable direction of every link as (from index, to index, link)."""
-        out = []
-        for link in self.links:
-            i, j = self.index(link.a), self.index(link.b)
-            out.append((i, j, link))
-            if not link.directed:
-                out.append((j, i, link))
-        return out
+        return directions(self.links, {name: i for i, name in enumerate(self.node_names)})
 
     def transfer_matrix(self, nbytes: float) -> tuple[tuple[float, ...], ...]:
         """tau(i, j, nbytes) for all node pairs (math.inf where no path exists)."""
-        return self._routes(float(nbytes))[0]
+        return self._routes(float(nbytes)).times
 
     def transfer_time(self, src: str, dst: str, nbytes: float) -> float:
         return self.transfer_matrix(nbytes)[self.index(src)][self.index(dst)]
 
     def route(self, src: str, dst: str, nbytes: float) -> list[tuple[str, str]]:
         """The hops (from, to) of the cheapest path for a message of `nbytes`; [] when src == dst."""
-        nxt = self._routes(float(nbytes))[1]
+        table = self._routes(float(nbytes))
         i, j = self.index(src), self.index(dst)
         if i == j:
             return []
-        if nxt[i][j] < 0:
-            raise ValueError(f"no path from {src} to {dst}")
-        hops = []
-        names = self.node_names
-        while i != j:
-            k = nxt[i][j]
-            hops.append((names[i], names[k]))
-            i = k
-        return hops
+        return table.hops(i, j)
 
     def hop_time(self, a: str, b: str, nbytes: float) -> float:
         """Time of one direct hop a -> b (the fastest direct link when several exist)."""
-        best = math.inf
-        ia, ib = self.index(a), self.index(b)
-        for i, j, link in self.directed_links():
-            if (i, j) == (ia, ib):
-                best = min(best, link.latency_s + 8.0 * nbytes / link.bandwidth_bps)
-        return best
+        self.index(a)                 # an unknown node is a ValueError, as in route
+        self.index(b)
+        link = fastest_link(self.links, a, b, nbytes)
+        return math.inf if link is None else hop_seconds(link, nbytes)
 
-    def _routes(self, nbytes: float) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[int, ...], ...]]:
-        """Floyd-Warshall for one message size: (times, next hop). Networks are small (tens of nodes)."""
+    def _routes(self, nbytes: float) -> RouteTable:
+        """The route table for one message size (runtime.routes), computed once per size."""
         cached = self._route_cache.get(nbytes)
-        if cached is not None:
-            return cached
-        n = len(self.nodes)
-        d = [[0.0 if i == j else math.inf for j in range(n)] for i in range(n)]
-        nxt = [[j if i == j else -1 for j in range(n)] for i in range(n)]
-        for i, j, link in self.directed_links():
-            t = link.latency_s + 8.0 * nbytes / link.bandwidth_bps
-            if t < d[i][j]:
-                d[i][j] = t
-                nxt[i][j] = j
-        for k in range(n):
-            dk = d[k]
-            for i in range(n):
-                dik = d[i][k]
-                if dik == math.inf:
-                    continue
-                di = d[i]
-                for j in range(n):
-                    if dik + dk[j] < di[j]:
-                        di[j] = dik + dk[j]
-                        nxt[i][j] = nxt[i][k]
-        result = tuple(tuple(r) for r in d), tuple(tuple(r) for r in nxt)
-        self._route_cache[nbytes] = result
-        return result
+        if cached is None:
+            cached = self._route_cache[nbytes] = route_table(self.node_names, self.links, nbytes)
+        return cached
 
 
 def load_network(path: str | Path) -> NetworkState:

@@ -20,7 +20,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -298,22 +297,3 @@ async def run_requests(plan: StagePlan, sources: Sequence[torch.Tensor], *, mode
                 return await client.forward(src)
 
         return list(await asyncio.gather(*(one(s) for s in sources)))
-
-
-def caption_distributed(images: Sequence[str | Path], model: str, network: Any, plan: Any, *,
-                        max_new_tokens: int = 24, emulate: bool = True, profile: Any | None = None,
-                        dilation: float = 1.0) -> list[str]:
-    """Caption image files through local workers placed by `plan` on `network` (objects or file paths).
-
-    The hook `aiflow caption --network --plan` calls. Starts one worker process per node that hosts
-    a unit (nodes with an `address` are used as they are), runs the images one at a time, stops the
-    workers, and returns one caption per image (the unsplit model's caption, exactly).
-    """
-    from profiler.models import load_adapter
-    from runtime.session import load_network_and_plan, run_on_network
-
-    adapter = load_adapter(model)
-    net, pl, base = load_network_and_plan(network, plan, adapter)
-    results = run_on_network(model, net, pl, [str(p) for p in images], max_new_tokens=max_new_tokens,
-                             emulate=emulate, profile=profile, dilation=dilation, trace_base=base, adapter=adapter)
-    return [r.text for r in results]

@@ -6,8 +6,8 @@ local worker process for every node that hosts a unit and has no `address` in th
 applies the plan, runs each input (an image path for a model with an encoder, prompt text for a
 causal LM), decodes the outputs and stops the workers.
 
-Networks and plans may be passed as objects (NetworkState, Plan) or file paths; loading files is
-the one place the runtime reaches into `orchestrator/` (lazily), because those types live there.
+Networks and plans are loaded objects, read by their fields (NetworkState- and Plan-like); reading
+their files is the orchestrator's job (orchestrator.apply), so the runtime imports nothing from it.
 """
 
 from __future__ import annotations
@@ -35,34 +35,6 @@ class InputResult:
     text: str | None                 # generated text (None for a model that makes no text)
     tokens: list[int] | None         # generated ids of the first (only) batch row
     result: RequestResult
-
-
-def load_network_and_plan(network: Any, plan: Any, adapter: ModelAdapter | None = None
-                          ) -> tuple[Any, Any, Path | None]:
-    """(NetworkState, Plan, folder of the network file) from objects or paths. With `adapter`, a plan
-    that does not fit the model or the network is refused in one line naming the plan file."""
-    base = None
-    network_name, plan_name = "network", "plan"
-    if isinstance(network, (str, Path)):
-        from orchestrator.network import load_network
-        base = Path(network).resolve().parent
-        network_name = str(network)
-        network = load_network(network)
-    if isinstance(plan, (str, Path)):
-        from orchestrator.plan import load_plan
-        plan_name = str(plan)
-        plan = load_plan(plan)
-    if adapter is not None:
-        units = len(adapter.units())
-        if len(plan.assignment) != units:
-            raise InputError(f"{plan_name}: assignment: {len(plan.assignment)} units, but model {adapter.name} has "
-                             f"{units}")
-        nodes = {n.name for n in network.nodes}
-        stray = sorted(set(plan.assignment) - nodes)
-        if stray:
-            raise InputError(f"{plan_name}: assignment: node {stray[0]!r} is not in {network_name} "
-                             f"(nodes: {', '.join(sorted(nodes))})")
-    return network, plan, base
 
 
 def is_generative(adapter: ModelAdapter) -> bool:

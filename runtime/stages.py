@@ -12,12 +12,12 @@ This module imports nothing from `orchestrator/`: it reads networks and profiles
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from profiler.adapters.base import EdgeInfo, PhaseInfo, UnitInfo
+from runtime.routes import fastest_link, route_table
 
 
 @dataclass(frozen=True)
@@ -172,48 +172,17 @@ def contiguous_segments(assignment: Sequence[str], first: int, last: int) -> tup
 
 def route(nodes: Sequence[NodeSpec], links: Sequence[LinkSpec], src: str, dst: str,
           nbytes: float) -> list[tuple[str, str]]:
-    """Hops (from, to) of the cheapest path for `nbytes`: Floyd-Warshall with the same order and strict
-    comparisons as orchestrator.network, so ties break the same way as in the prediction."""
+    """Hops (from, to) of the cheapest path for `nbytes` (runtime.routes, as the prediction takes)."""
     if src == dst:
         return []
-    names = [n.name for n in nodes]
-    idx = {n: i for i, n in enumerate(names)}
-    n = len(names)
-    d = [[0.0 if i == j else math.inf for j in range(n)] for i in range(n)]
-    nxt = [[j if i == j else -1 for j in range(n)] for i in range(n)]
-    for lk in links:
-        i, j = idx[lk.a], idx[lk.b]
-        t = lk.latency_s + 8.0 * nbytes / lk.bandwidth_bps
-        for a, b in ((i, j),) if lk.directed else ((i, j), (j, i)):
-            if t < d[a][b]:
-                d[a][b], nxt[a][b] = t, b
-    for k in range(n):
-        for i in range(n):
-            if d[i][k] == math.inf:
-                continue
-            for j in range(n):
-                if d[i][k] + d[k][j] < d[i][j]:
-                    d[i][j] = d[i][k] + d[k][j]
-                    nxt[i][j] = nxt[i][k]
-    i, j = idx[src], idx[dst]
-    if nxt[i][j] < 0:
-        raise ValueError(f"no path from {src} to {dst}")
-    hops = []
-    while i != j:
-        k = nxt[i][j]
-        hops.append((names[i], names[k]))
-        i = k
-    return hops
+    table = route_table([n.name for n in nodes], links, nbytes)
+    index = {name: i for i, name in enumerate(table.names)}
+    return table.hops(index[src], index[dst])
 
 
 def best_link(links: Sequence[LinkSpec], a: str, b: str, nbytes: float) -> LinkSpec:
     """The direct link a -> b a hop uses: the fastest for this message size (as hop_time picks)."""
-    best, choice = math.inf, None
-    for lk in links:
-        if (lk.a, lk.b) == (a, b) or (not lk.directed and (lk.b, lk.a) == (a, b)):
-            t = lk.latency_s + 8.0 * nbytes / lk.bandwidth_bps
-            if t < best:
-                best, choice = t, lk
+    choice = fastest_link(links, a, b, nbytes)
     if choice is None:
         raise ValueError(f"no link from {a} to {b}")
     return choice

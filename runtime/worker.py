@@ -24,6 +24,10 @@ Emulation (when the plan says so): compute of a segment is stretched to K * slow
 latency of its units on the node's hardware class (or K * slowdown * the measured time when the plan
 carries no latencies) by sleeping the difference after the real compute while holding the node's
 compute slot; a real compute that already exceeds the target is counted as `overrun_s`.
+
+The checks on data and edge frames are in runtime.validate; the control frames `emulate`, `measure`
+and `profile` are served by runtime.measure. `python -m runtime.worker` runs one worker process
+(`serve`, `main` below).
 """
 
 from __future__ import annotations
@@ -45,22 +49,14 @@ import torch
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival
-from runtime.samples import ComputeSample, LinkSample, Samples, send_stamp
+from runtime.measure import Meter, emulation_from
+from runtime.samples import ComputeSample, Samples, send_stamp
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
+from runtime.validate import RequestRejected, check_edge, check_input, data_segment, probe_shapes
 
 MODES = ("generate", "forward")
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
-MAX_PROBE_BYTES = 1 << 20      # one active probe frame carries at most this much padding
-MAX_PROBES = 8                 # probe frames per `measure`
-
-
-class RequestRejected(ValueError):
-    """A frame that is well-formed but cannot be accepted (unknown request, wrong unit, wrong shape)."""
-
-    def __init__(self, message: str, code: str = "bad-request") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -87,30 +83,6 @@ class Request:
 
     def touch(self) -> None:
         self.last_active = time.perf_counter()
-
-
-def probe_shapes(adapter: ModelAdapter) -> dict[str, list[tuple[int, ...]]]:
-    """Output shape of every unit in the encode/prefill phases for a batch-1 example (to validate inputs).
-    The decode phase has prefill's shapes with one token."""
-    spec = InputSpec(prompt_tokens=3, new_tokens=2, batch=1)
-    phases = {p.name: p for p in adapter.phases(spec)}
-    state = adapter.new_state()
-    state.extra["batch"] = 1
-    shapes: dict[str, list[tuple[int, ...]]] = {}
-    with torch.no_grad():
-        for name in ("encode", "prefill"):
-            if name not in phases:
-                continue
-            p = phases[name]
-            x = adapter.example_input(spec, name)
-            out: list[tuple[int, ...]] = []
-            for u in range(p.first, p.last + 1):
-                x = adapter.run(u, u, x, phase=name, position=0, state=state)
-                out.append(tuple(x.shape))
-            shapes[name] = out
-            if name == "encode" and any(e.src == p.last for e in adapter.edges()):
-                state.encoder_out = x
-    return shapes
 
 
 class Worker:
@@ -143,11 +115,11 @@ class Worker:
         self.emulation: Emulation | None = None
         self._emulated: EmulatedNetwork | None = None
         self.samples = Samples()
-        self._probe_warm = False
         self.freed = 0                          # requests whose state was dropped (any reason)
         self.errors = 0                         # frames answered with an error
         self._compute_slot = asyncio.Lock()     # one segment computes at a time: a node is one device
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"aiflow-{name}")
+        self._meter = Meter(name, self.transport, self.samples, self._compute_slot, self._executor, call_timeout_s)
         self._server: FrameServer | None = None
         self._reaper: asyncio.Task | None = None
         self.address: str | None = None
@@ -227,14 +199,20 @@ class Worker:
                 self._manage_weights()
             return [ack_frame(plan_version=frame.plan_version, held=held)]
         if kind == "emulate":
-            return [self._set_emulation(frame)]
+            emulation = emulation_from(frame.meta, self.name)
+            if emulation != self.emulation:
+                self.emulation, self._emulated = emulation, emulation.network()
+            return [ack_frame()]
         if kind == "probe":
             await _arrival(frame)            # acked once the probe has crossed the (emulated) link
             return [ack_frame()]
         if kind == "measure":
-            return [encode_frame(Frame("stats", meta=await self._measure(frame.meta)))]
+            meta = await self._meter.measure(frame.meta, self.adapter, self.phase_infos, self.emulation,
+                                             self._probe_network())
+            return [encode_frame(Frame("stats", meta=meta))]
         if kind == "profile":
-            return [encode_frame(Frame("stats", meta={"profile": await self._profile(frame.meta)}))]
+            profile = await self._meter.profile(frame.meta, self.adapter, released=bool(self.released))
+            return [encode_frame(Frame("stats", meta={"profile": profile}))]
         if kind == "report":
             return [encode_frame(Frame("stats", meta={"node": self.name, **self.samples.drain()}))]
         raise RequestRejected(f"a worker does not take {kind!r} frames", "bad-kind")
@@ -269,18 +247,7 @@ class Worker:
         self.plans.pop(version, None)
         self.networks.pop(version, None)
 
-    # -- the emulated network and measurements ---------------------------------------------------
-    def _set_emulation(self, frame: Frame) -> bytes:
-        try:
-            emulation = Emulation.from_meta(frame.meta)
-        except ValueError as exc:
-            raise RequestRejected(str(exc), "bad-emulation") from None
-        if self.name not in {n.name for n in emulation.nodes}:
-            raise RequestRejected(f"emulate: no node {self.name!r}", "bad-emulation")
-        if emulation != self.emulation:
-            self.emulation, self._emulated = emulation, emulation.network()
-        return ack_frame()
-
+    # -- the emulated network --------------------------------------------------------------------
     def _network(self, plan: StagePlan) -> EmulatedNetwork:
         """The emulated links a plan's messages travel: the controller's emulation when set, else the plan's."""
         return self._emulated if self._emulated is not None else self.networks[plan.version]
@@ -291,95 +258,17 @@ class Worker:
             return self.emulation.dilation, self.emulation.slowdown(self.name)
         return plan.dilation, plan.node(self.name).slowdown
 
-    async def _measure(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Active measurements a controller asks for: probe frames to one neighbour (round trips timed
-        here, so the two ends need not share a clock) and/or one timed unit on example input."""
-        out: dict[str, Any] = {"node": self.name, "probes": [], "compute": None}
-        to, address, sizes = meta.get("to"), meta.get("address"), meta.get("sizes", [])
-        if to is not None:
-            if not isinstance(to, str) or not isinstance(address, str) or ":" not in address:
-                raise RequestRejected("measure: 'to' must be a node name and 'address' HOST:PORT", "bad-measure")
-            if not isinstance(sizes, list) or not 0 < len(sizes) <= MAX_PROBES or not all(
-                    isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_PROBE_BYTES for n in sizes):
-                raise RequestRejected(f"measure: 'sizes' must be 1..{MAX_PROBES} byte counts of at most "
-                                      f"{MAX_PROBE_BYTES}", "bad-measure")
-            for n in sizes:
-                out["probes"].append(await self._probe(to, address, n))
-        spec = meta.get("compute")
-        if spec is not None:
-            out["compute"] = await self._timed_unit(spec)
-        return out
-
-    async def _probe(self, to: str, address: str, nbytes: int) -> dict[str, Any]:
-        data = encode_frame(Frame("probe", tensor=torch.zeros(nbytes, dtype=torch.uint8)))
-        now = time.perf_counter()
-        emulated = self._emulated
-        if emulated is None and self.plans:
+    def _probe_network(self) -> EmulatedNetwork | None:
+        """The emulated links a probe crosses: the controller's emulation when set, else the newest held
+        plan's network if that plan emulates, else none."""
+        if self._emulated is not None:
+            return self._emulated
+        if self.plans:
             newest = self.plans[max(self.plans)]
-            emulated = self.networks[newest.version] if newest.emulate else None
-        if emulated is not None:
-            arrival = emulated.schedule_direct(self.name, to, len(data), now)
-            data = with_meta(data, **arrival_stamp(arrival, now, emulated.kernel_rate))
-        t0 = time.perf_counter()
-        await self.transport.send(address, data, timeout=self.call_timeout_s)
-        rtt = time.perf_counter() - t0
-        self.samples.links.append(LinkSample(self.name, to, len(data), rtt, time.perf_counter(), "active"))
-        return {"to": to, "bytes": len(data), "seconds": rtt, "dilation": emulated.dilation if emulated else 1.0}
+            return self.networks[newest.version] if newest.emulate else None
+        return None
 
-    async def _profile(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """Measure every unit here, on this worker's own hardware, keyed by the class the controller names
-        (the profile format of profiler/; the controller merges it into its own)."""
-        from profiler.build import build_profile
-
-        hardware, repeats = meta.get("hardware"), meta.get("repeats", 5)
-        if not isinstance(hardware, str) or not hardware or len(hardware) > 200:
-            raise RequestRejected("profile: 'hardware' must name a hardware class", "bad-profile")
-        if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 50:
-            raise RequestRejected("profile: 'repeats' must be 1..50", "bad-profile")
-        if self.released:
-            raise RequestRejected("profile: this worker released weights; restart it without --release-unused",
-                                  "bad-profile")
-        loop = asyncio.get_running_loop()
-        async with self._compute_slot:
-            prof = await loop.run_in_executor(self._executor, lambda: build_profile(
-                self.adapter, InputSpec(), hardware=hardware, repeats=repeats, warmup=1))
-        return prof.model_dump(mode="json", by_alias=True)
-
-    async def _timed_unit(self, spec: Any) -> dict[str, Any]:
-        """Run a phase's units on example input, stretched like a request's segment (the node's load probe).
-        The first probe runs them once untimed: a cold first pass is not the node's load."""
-        if not isinstance(spec, dict) or spec.get("phase") not in self.phase_infos:
-            raise RequestRejected("measure: compute.phase must name a phase of the model", "bad-measure")
-        phase = self.phase_infos[spec["phase"]]
-        target = spec.get("target_s")
-        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target < 60:
-            raise RequestRejected("measure: compute.target_s must be seconds in [0, 60)", "bad-measure")
-        if self.emulation is None:
-            k, slowdown = 1.0, 1.0
-        else:
-            k, slowdown = self.emulation.dilation, self.emulation.slowdown(self.name)
-        x = self.adapter.example_input(InputSpec(prompt_tokens=3, new_tokens=1, batch=1), phase.name)
-        loop = asyncio.get_running_loop()
-
-        def run() -> None:
-            state = self.adapter.new_state()          # fresh caches each pass
-            state.extra["batch"] = 1
-            with torch.no_grad():
-                self.adapter.run(phase.first, phase.last, x, phase=phase.name, position=0, state=state)
-
-        async with self._compute_slot:
-            if not self._probe_warm:
-                await loop.run_in_executor(self._executor, run)
-                self._probe_warm = True
-            t0 = time.perf_counter()
-            await loop.run_in_executor(self._executor, run)
-            real = time.perf_counter() - t0
-            if self.emulation is not None:
-                await sleep_until(t0 + max(real, k * slowdown * float(target)))
-            busy = time.perf_counter() - t0
-        return {"phase": phase.name, "first": phase.first, "last": phase.last, "real_s": real, "busy_s": busy,
-                "dilation": k}
-
+    # -- weights ---------------------------------------------------------------------------------
     def _hosted_units(self) -> set[int]:
         return {u for p in self.plans.values() for u, n in enumerate(p.assignment) if n == self.name}
 
@@ -480,70 +369,17 @@ class Worker:
         self._detached.add(task)
         task.add_done_callback(self._detached.discard)
 
-    # -- validation of data and edges -------------------------------------------------------------
+    # -- data and edges (checked by runtime.validate before the ack) ------------------------------
     def _accept_data(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
-        plan = req.plan
-        if frame.plan_version != plan.version:
-            raise RequestRejected(f"request {req.rid} runs plan v{plan.version}, frame says v{frame.plan_version}",
-                                  "wrong-plan")
-        try:
-            phase = plan.phase(frame.phase)
-            seg = plan.segment_at(frame.phase, frame.unit)
-        except KeyError:
-            raise RequestRejected(f"plan v{plan.version} has no unit {frame.unit} in phase {frame.phase!r}",
-                                  "wrong-unit") from None
-        if seg.node != self.name or seg.first != frame.unit:
-            raise RequestRejected(f"unit {frame.unit} of {frame.phase} does not start a segment of node {self.name}",
-                                  "wrong-unit")
-        self._check_input(req, phase.name, phase.first, phase.input, frame)
+        phase, seg = data_segment(req.plan, frame, self.name)
+        check_input(frame, phase, req.batch, self.shapes, self.phase_infos)
         req.touch()
         self._spawn(req, self._process(req, frame, seg.first, seg.last))
 
-    def _check_input(self, req: Request, phase: str, phase_first: int, phase_input: str, frame: Frame) -> None:
-        x, u = frame.tensor, frame.unit
-        where = f"{phase} unit {u}"
-        if u == phase_first:
-            if phase_input == "none":
-                if x is not None:
-                    raise RequestRejected(f"{where}: takes no input, got a tensor", "wrong-shape")
-                return
-            if x is None:
-                raise RequestRejected(f"{where}: input tensor missing", "wrong-shape")
-            if phase == "encode":
-                ok = x.is_floating_point() and x.dim() == 4
-                want = "float pixels [batch, channels, height, width]"
-            else:
-                ok = x.dtype == torch.int64 and x.dim() == 2 and x.shape[1] >= 1 and (phase != "decode"
-                                                                                      or x.shape[1] == 1)
-                want = "int64 token ids [batch, 1]" if phase == "decode" else "int64 token ids [batch, tokens]"
-            if not ok:
-                raise RequestRejected(f"{where}: expected {want}, got {_describe(x)}", "wrong-shape")
-        else:
-            if x is None:
-                raise RequestRejected(f"{where}: hidden state missing", "wrong-shape")
-            ref_phase = "prefill" if phase == "decode" else phase
-            ref = self.shapes[ref_phase][u - 1 - self.phase_infos[ref_phase].first]
-            ok = x.is_floating_point() and x.dim() == len(ref) and x.shape[-1] == ref[-1]
-            if ok and phase == "encode":
-                ok = tuple(x.shape[1:]) == ref[1:]
-            if ok and phase == "decode":
-                ok = x.shape[1] == 1
-            if not ok:
-                want = f"float [batch, {'1' if phase == 'decode' else '...'}, {ref[-1]}]" if len(ref) == 3 else str(ref)
-                raise RequestRejected(f"{where}: expected {want}, got {_describe(x)}", "wrong-shape")
-        if x.shape[0] != req.batch:
-            raise RequestRejected(f"{where}: batch {x.shape[0]} but the request was opened with batch {req.batch}",
-                                  "wrong-shape")
-
     def _accept_edge(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
-        if frame.tensor is None or not frame.tensor.is_floating_point():
-            raise RequestRejected("edge: expected a float tensor", "wrong-shape")
-        if frame.tensor.shape[0] != req.batch:
-            raise RequestRejected(f"edge: batch {frame.tensor.shape[0]} but the request has {req.batch}", "wrong-shape")
-        if not any(req.plan.assignment[u] == self.name for u in req.plan.reads_edge):
-            raise RequestRejected(f"edge: node {self.name} hosts no unit that reads it", "wrong-unit")
+        check_edge(frame, req.plan, self.name, req.batch)
         req.touch()
         self._spawn(req, self._deliver_edge(req, frame))
 
@@ -742,10 +578,6 @@ async def _arrival(frame: Frame) -> None:
     nb = frame.meta.get("not_before")
     if isinstance(nb, (int, float)) and not isinstance(nb, bool):
         await sleep_until(min(float(nb), time.perf_counter() + MAX_STAMP_WAIT_S))
-
-
-def _describe(x: torch.Tensor | None) -> str:
-    return "nothing" if x is None else f"{str(x.dtype).removeprefix('torch.')}{list(x.shape)}"
 
 
 # -- the worker process --------------------------------------------------------------------------------

@@ -47,9 +47,9 @@ def caption(
 
 
 def _distributed(images: list[Path], model: str, network: Path, plan: Path) -> list[str]:
-    """One caption per image, through local workers placed by the plan (runtime.client)."""
+    """One caption per image, through local workers placed by the plan (orchestrator.apply)."""
+    from orchestrator.apply import caption_distributed
     from profiler.captioner.model import MAX_NEW_TOKENS
-    from runtime.client import caption_distributed
 
     return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
                                     max_new_tokens=MAX_NEW_TOKENS))

@@ -184,9 +184,10 @@ def run(
                                            "(root only); latencies stay in the transport."),
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
+    from orchestrator.apply import load_network_and_plan
     from profiler.hardware import hardware_class
     from profiler.models import load_adapter
-    from runtime.session import load_network_and_plan, run_on_network
+    from runtime.session import run_on_network
 
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
