@@ -112,7 +112,8 @@ class Daemon:
                                                for lk in self.snapshot.links}
         self.slowdown: dict[str, float] = {n.name: n.slowdown for n in network.nodes}
         self._link_samples: dict[str, deque[tuple[float, float, float, str]]] = defaultdict(lambda: deque(maxlen=500))
-        self._load_samples: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=500))
+        # per node: (when, busy seconds, profiled seconds x K) of each segment it computed
+        self._load_samples: dict[str, deque[tuple[float, float, float]]] = defaultdict(lambda: deque(maxlen=500))
         # links a multi-hop sample put in doubt, with the lowest rate it implies: probed this round
         self._suspects: dict[str, float] = {}
         # bytes each link may still spend on active probes: it earns probe_budget of its estimated rate
@@ -457,7 +458,7 @@ class Daemon:
                 return
             target += lat
         if target > 0:
-            self._load_samples[node].append((now, busy_s / (self.dilation * target)))
+            self._load_samples[node].append((now, busy_s, self.dilation * target))
 
     async def _active_probes(self, now: float) -> None:
         """Probe, at a bounded cost, the links that carried no activation in the window; time one unit on
@@ -500,7 +501,7 @@ class Daemon:
         for name, st in self.nodes.items():
             if st.state != "up" or not st.address:
                 continue
-            if any(t >= horizon for t, _ in self._load_samples[name]):
+            if any(t >= horizon for t, _, _ in self._load_samples[name]):
                 continue
             spec = self._compute_probe(name)
             if spec is not None:
@@ -557,7 +558,8 @@ class Daemon:
         for node, samples in self._load_samples.items():
             while samples and samples[0][0] < horizon:
                 samples.popleft()
-            self.slowdown[node] = estimate_slowdown([r for _, r in samples], self.slowdown.get(node, 1.0))
+            self.slowdown[node] = estimate_slowdown([(b, e) for _, b, e in samples], self.slowdown.get(node, 1.0),
+                                                    min_expected_s=0.005)
         return shifted
 
     # -- re-solve, decide, switch ------------------------------------------------------------------

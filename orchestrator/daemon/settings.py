@@ -21,7 +21,7 @@ class DaemonSettings:
     window_s: float = 30.0               # samples older than this are forgotten
     min_request_rate_hz: float = 0.1     # the rate assumed for the payback when requests are rarer
     probe_budget: float = 0.01           # active probe bytes per interval, as a share of a link's capacity
-    probe_min_bytes: int = 2048          # the large probe's size is at least this ...
+    probe_min_bytes: int = 512           # the large probe's size is at least this ...
     probe_max_bytes: int = 262144        # ... and at most this
     health_timeout_s: float = 2.0        # a node that does not answer its health check in time is down
     # requests

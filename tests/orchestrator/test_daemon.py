@@ -104,9 +104,11 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
                     break
             plan = (await api.get("/v1/plan")).json()
             assert plan["version"] == 2, "the daemon never switched plans"
-            # noticed by probing, under load, within a few probe rounds (bench/daemon.py reports the figure)
+            # noticed by probing, under load: a request must cross the cut link (2-3 s of wall time here),
+            # then a probe round confirms it. At the default 5 s interval that is within two intervals
+            # (bench/daemon.py reports the figure); at this test's 1.5 s, a few more.
             switched_after = (datetime.fromisoformat(plan["applied_at"]) - t_cut).total_seconds()
-            assert switched_after < 4 * PROBE_S, (switched_after, [(d["at"], d["trigger"]) for d in daemon.decisions])
+            assert switched_after < 6 * PROBE_S, (switched_after, [(d["at"], d["trigger"]) for d in daemon.decisions])
             assert plan["assignment"] == ["phone"] * len(plan["assignment"])
             steady = [await ask(i) for i in range(4)]
             ratios = [s["latency_s"] / s["predicted_latency_s"] for s in steady]
