@@ -198,12 +198,16 @@ def fetch(url: str, path: str, token: str | None) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         raise InputError(f"--url: no aiflow daemon answers at {url} ({type(exc).__name__})") from None
     if r.status_code != 200:
-        try:
-            detail = r.json().get("detail")
-        except ValueError:
-            detail = r.text[:200]
-        raise InputError(f"{url}{path}: HTTP {r.status_code}: {detail}")
+        raise InputError(f"{url}{path}: HTTP {r.status_code}: {error_detail(r)}")
     return r.json()
+
+
+def error_detail(response: Any) -> str:
+    """The reason a daemon gave with an error answer (its JSON `detail`, else the start of the body)."""
+    try:
+        return str(response.json().get("detail"))
+    except ValueError:
+        return response.text[:200]
 
 
 def register(app: typer.Typer) -> None:

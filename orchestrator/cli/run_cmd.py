@@ -95,11 +95,8 @@ def _joiner(url: str, request: dict[str, Any], advertise: str | None, api_token:
         except httpx.HTTPError as exc:
             raise InputError(f"--join: no aiflow daemon answers at {url} ({type(exc).__name__})") from None
         if r.status_code != 200:
-            try:
-                detail = r.json().get("detail")
-            except ValueError:
-                detail = r.text[:200]
-            raise InputError(f"--join: {url} refused: HTTP {r.status_code}: {detail}")
+            from orchestrator.cli.daemon_cmd import error_detail
+            raise InputError(f"--join: {url} refused: HTTP {r.status_code}: {error_detail(r)}")
         print(f"JOINED {url} ({r.json().get('profile')})", flush=True)
 
     return join
