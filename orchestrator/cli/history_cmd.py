@@ -141,3 +141,15 @@ def runs_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, u
 def probes_(limit: int = LIMIT, fmt: Format = FORMAT, url: str | None = URL) -> None:
     """Link measurements: bandwidth and latency, newest first."""
     _show("probes", limit, None, fmt, url)
+
+
+@app.command("decisions")
+def decisions_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
+    """The daemon's decisions: trigger, applied or not and why, both plans' latency, gain, migration cost."""
+    _show("decisions", limit, model, fmt, url)
+
+
+@app.command("migrations")
+def migrations_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
+    """Each plan switch: version, placement before and after, how long it took, outcome, requests meanwhile."""
+    _show("migrations", limit, model, fmt, url)

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Connection, Select, func, select
+from sqlalchemy.orm import aliased
 
 from orchestrator.store.tables import (
+    DecisionRow,
     HardwareClass,
     Model,
     PlanApplication,
@@ -24,7 +26,7 @@ from orchestrator.store.tables import (
 )
 from profiler.errors import InputError
 
-HistoryKind = Literal["profiles", "plans", "solves", "runs", "probes"]
+HistoryKind = Literal["profiles", "plans", "solves", "runs", "probes", "decisions", "migrations"]
 HISTORY_KINDS: tuple[str, ...] = get_args(HistoryKind)
 Row = dict[str, Any]
 
@@ -37,6 +39,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                "solve_time_s", "gap", "predicted_latency_s"),
     "runs": ("id", "created_at", "model", "plan_id", "strategy", "measured_s", "predicted_s", "ratio", "output"),
     "probes": ("id", "measured_at", "link", "bandwidth_bps", "latency_s"),
+    "decisions": ("id", "created_at", "model", "trigger", "applied", "reason", "current_s", "candidate_s", "gain_s",
+                  "migration_s", "placement"),
+    "migrations": ("id", "applied_at", "model", "version", "placement", "previous", "finished_at", "duration_s",
+                   "outcome", "runs_during"),
 }
 
 
@@ -132,8 +138,55 @@ def probes(conn: Connection, *, limit: int | None = 20, model: str | None = None
     return [_ordered("probes", dict(r._mapping)) for r in conn.execute(_limited(q, limit))]
 
 
+def decisions(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """The daemon's decisions: each candidate plan weighed against the plan in force, applied or not, and why."""
+    q = (select(DecisionRow.id, DecisionRow.created_at, Model.name.label("model"), DecisionRow.trigger,
+                DecisionRow.applied, DecisionRow.reason, DecisionRow.current_s, DecisionRow.candidate_s,
+                DecisionRow.gain_s, DecisionRow.migration_s, PlanRow.document)
+         .join(PlanRow, PlanRow.id == DecisionRow.candidate_plan_id)
+         .join(Model, Model.id == PlanRow.model_id).order_by(DecisionRow.id.desc()))
+    if model is not None:
+        q = q.where(Model.name == model)
+    out = []
+    for r in conn.execute(_limited(q, limit)):
+        row = dict(r._mapping)
+        row["placement"] = placement_summary(row.pop("document").get("assignment", []))
+        row["applied"] = bool(row["applied"])
+        out.append(_ordered("decisions", row))
+    return out
+
+
+def migrations(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+    """Each plan switch: the versions, how long the old one lived on (until its last request finished and
+    it was freed), the outcome, and the requests served in that time."""
+    previous = aliased(PlanRow)
+    q = (select(PlanApplication.id, PlanApplication.applied_at, Model.name.label("model"), PlanApplication.version,
+                PlanRow.document, previous.document.label("previous_document"), PlanApplication.finished_at,
+                PlanApplication.outcome)
+         .join(PlanRow, PlanRow.id == PlanApplication.plan_id)
+         .outerjoin(previous, previous.id == PlanApplication.previous_plan_id)
+         .join(Model, Model.id == PlanRow.model_id)
+         .order_by(PlanApplication.applied_at.desc(), PlanApplication.id.desc()))
+    if model is not None:
+        q = q.where(Model.name == model)
+    out = []
+    for r in conn.execute(_limited(q, limit)):
+        row = dict(r._mapping)
+        row["placement"] = placement_summary(row.pop("document").get("assignment", []))
+        prev = row.pop("previous_document")
+        row["previous"] = placement_summary(prev.get("assignment", [])) if prev else None
+        start, end = row["applied_at"], row["finished_at"]
+        row["duration_s"] = (end - start).total_seconds() if end is not None else None
+        row["runs_during"] = int(conn.execute(
+            select(func.count()).select_from(RunRow)
+            .where(RunRow.created_at >= start, RunRow.created_at <= end)).scalar() or 0) if end is not None else None
+        out.append(_ordered("migrations", row))
+    return out
+
+
 QUERIES: dict[str, Callable[..., list[Row]]] = {
     "profiles": profiles, "plans": plans, "solves": solves, "runs": runs, "probes": probes,
+    "decisions": decisions, "migrations": migrations,
 }
 
 

@@ -24,7 +24,7 @@ from orchestrator.daemon.service import Daemon
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.demo import unsplit_captions, write_test_images
 from orchestrator.network import load_network
-from orchestrator.store import Store
+from orchestrator.store import Store, queries
 from profiler.models import load_adapter
 from profiler.profile import load_profile
 from runtime.stages import dilation_factor
@@ -165,7 +165,15 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
         runs = c.execute(text("SELECT COUNT(*), COUNT(DISTINCT plan_version) FROM runs")).one()
         probes = c.execute(text("SELECT COUNT(*) FROM probes WHERE kind LIKE 'estimate:%'")).scalar()
         nodes = c.execute(text("SELECT COUNT(*) FROM node_samples WHERE node = 'edge'")).scalar()
+        decisions = queries.history(c, "decisions", limit=None)
+        switches = queries.history(c, "migrations", limit=None)
     store.close()
+    # the named queries agree with the raw rows
+    assert sum(d["applied"] for d in decisions) == applied and decisions[-1]["trigger"] == "start"
+    assert [m["version"] for m in switches] == [3, 2, 1]
+    assert switches[-1]["previous"] is None and switches[1]["placement"] == "phone[0-9]"
+    assert switches[0]["previous"] == "phone[0-9]"
+    assert all(m["duration_s"] >= 0 and m["runs_during"] >= 0 for m in switches)
     assert applied == 3 and [v for v, _ in apps] == [1, 2, 3]
     assert all(o is not None and o.startswith(("switched", "applied")) for _, o in apps)
     assert runs[0] == len(outputs) and runs[1] == 3

@@ -302,6 +302,45 @@ def test_history_queries_filter_limit_and_order(store):
         history_rows(store, "lunch")
 
 
+def test_decisions_and_migrations_read_the_daemons_rows(store):
+    """Two switches written as the daemon writes them; the named queries give back what went in."""
+    t0 = datetime(2026, 12, 4, 14, 0, tzinfo=UTC)
+    pid = store.save_profile(small_profile())
+    first = store.save_plan(small_plan(), profile_id=pid, network_id=None)
+    moved = small_plan().model_copy(update={"assignment": ["phone"] * len(small_plan().assignment)})
+    second = store.save_plan(moved, profile_id=pid, network_id=None)
+    d1 = store.record_decision(candidate_plan_id=first, current_plan_id=None, network_id=None, trigger="start",
+                               applied=True, reason="first plan", current_s=None, candidate_s=0.4, gain_s=None,
+                               migration_s=0.05)
+    store.record_decision(candidate_plan_id=second, current_plan_id=first, network_id=None, trigger="scheduled",
+                          applied=False, reason="gain 2.0% is below the threshold 10%", current_s=0.4,
+                          candidate_s=0.392, gain_s=0.008, migration_s=0.1)
+    d3 = store.record_decision(candidate_plan_id=second, current_plan_id=first, network_id=None,
+                               trigger="link-change", applied=True, reason="faster", current_s=0.9,
+                               candidate_s=0.3, gain_s=0.6, migration_s=0.1)
+    a1 = store.record_plan_application(first, applied_at=t0, version=1, decision_id=d1)
+    store.finish_plan_application(a1, outcome="applied (first plan)", finished_at=t0)
+    a2 = store.record_plan_application(second, previous_plan_id=first, applied_at=t0 + timedelta(minutes=5),
+                                       version=2, decision_id=d3)
+    store.finish_plan_application(a2, outcome="switched", finished_at=t0 + timedelta(minutes=5, seconds=2))
+    for _ in range(3):          # requests recorded during the second switch, and one after it
+        store.record_run(second, strategy="daemon", output="x", measured_s=0.3, predicted_s=0.3, breakdown={},
+                         plan_version=2)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET created_at = :t WHERE id <= 2"), {"t": t0 + timedelta(minutes=5, seconds=1)})
+        conn.execute(text("UPDATE runs SET created_at = :t WHERE id = 3"), {"t": t0 + timedelta(minutes=9)})
+    decisions = history_rows(store, "decisions")
+    assert [d["trigger"] for d in decisions] == ["link-change", "scheduled", "start"]
+    assert [d["applied"] for d in decisions] == [True, False, True]
+    assert decisions[1]["gain_s"] == pytest.approx(0.008) and "threshold" in decisions[1]["reason"]
+    assert decisions[0]["placement"] == placement_summary(moved.assignment)
+    switches = history_rows(store, "migrations")
+    assert [m["version"] for m in switches] == [2, 1]
+    assert switches[0]["previous"] == placement_summary(small_plan().assignment) and switches[1]["previous"] is None
+    assert switches[0]["duration_s"] == pytest.approx(2.0) and switches[0]["outcome"] == "switched"
+    assert switches[0]["runs_during"] == 2
+
+
 def test_placement_summary():
     assert placement_summary(["a", "a", "b", "a"]) == "a[0-1] b[2] a[3]"
     assert placement_summary([]) == ""
