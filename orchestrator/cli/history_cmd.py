@@ -22,7 +22,8 @@ def _console() -> Console:
     wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
     return Console(width=160 if wide else None)
 
-app = typer.Typer(help="History queries over the store: profiles, plans, solves, runs, probes.",
+app = typer.Typer(help="History queries over the store: profiles, plans, solves, runs, probes, decisions, "
+                  "migrations; sql for anything else (read-only).",
                   no_args_is_help=True)
 
 
@@ -153,3 +154,32 @@ def decisions_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORM
 def migrations_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
     """Each plan switch: version, placement before and after, how long it took, outcome, requests meanwhile."""
     _show("migrations", limit, model, fmt, url)
+
+
+@app.command("sql")
+def sql_(statement: str = typer.Argument(..., help="One SELECT statement.", show_default=False),
+         limit: int = typer.Option(1000, "--limit", "-n", min=1, help="Show at most N rows."),
+         fmt: Format = FORMAT, url: str | None = URL) -> None:
+    """Run one read-only query (the database refuses writes: a read-only file or transaction)."""
+    from orchestrator.store import Store
+    from orchestrator.store.readonly import read_only_query
+
+    with Store.open(url) as store:
+        columns, rows = read_only_query(store.engine, statement, limit=limit)
+    records = [dict(zip(columns, r, strict=True)) for r in rows]
+    if fmt is Format.json:
+        print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in records], indent=2, default=str))
+    elif fmt is Format.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_json_value(v) for v in r] for r in rows])
+        print(buf.getvalue(), end="")
+    else:
+        table = Table(title=f"{len(rows)} row{'s' if len(rows) != 1 else ''}", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*("-" if v is None else str(v) for v in r))
+        _console().print(table)
