@@ -16,6 +16,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from profiler.errors import InputError
+
 
 def _console() -> Console:
     # Piped to a file or a pager, a table should not wrap at Rich's default of 80 columns.
@@ -183,3 +185,112 @@ def sql_(statement: str = typer.Argument(..., help="One SELECT statement.", show
         for r in rows:
             table.add_row(*("-" if v is None else str(v) for v in r))
         _console().print(table)
+
+
+# -- aggregates over time ------------------------------------------------------------------------------
+SINCE = typer.Option(None, "--since", help="From this time: ISO 8601 (UTC if no zone) or an age such as 30m, "
+                     "2h, 7d.", show_default=False)
+UNTIL = typer.Option(None, "--until", help="Before this time (same forms as --since).", show_default=False)
+WINDOW = typer.Option("1h", "--window", help="Width of each time window: 30s, 15m, 1h, 1d.")
+
+
+def parse_time(value: str | None, option: str, now: datetime | None = None) -> datetime | None:
+    """An ISO 8601 time (UTC when it has no zone) or an age before now ("90s", "30m", "2h", "7d")."""
+    if value is None:
+        return None
+    from datetime import UTC, timedelta
+
+    now = now or datetime.now(UTC)
+    age = parse_seconds(value, option, quiet=True)
+    if age is not None:
+        return now - timedelta(seconds=age)
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{option}: expected an ISO 8601 time or an age such as 30m, got {value!r}") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def parse_seconds(value: str, option: str, quiet: bool = False) -> float | None:
+    """"90s", "30m", "2h", "7d" (or a plain number of seconds) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        if quiet:
+            return None
+        raise InputError(f"{option}: expected a duration such as 30s, 15m, 1h or 1d, got {value!r}") from None
+    if not seconds > 0:
+        raise InputError(f"{option}: must be positive, got {value!r}")
+    return seconds
+
+
+def _aggregate(kind: str, rows: list[dict[str, Any]], fmt: Format, title: str) -> None:
+    from orchestrator.store.queries import AGGREGATE_COLUMNS
+
+    columns = AGGREGATE_COLUMNS[kind]
+    if fmt is Format.json:
+        print(json.dumps([{k: _json_value(r[k]) for k in columns} for r in rows], indent=2))
+        return
+    if fmt is Format.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _json_value(r[k]) for k in columns})
+        print(buf.getvalue(), end="")
+        return
+    table = Table(title=f"{title} ({len(rows)} row{'s' if len(rows) != 1 else ''})", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in columns:
+        numeric = c in NUMERIC or c.endswith(("_s", "_bps", "_share")) or c.startswith("slowdown") or c in (
+            "requests", "samples", "plan_version")
+        table.add_column(HEADERS.get(c, c), justify="right" if numeric else "left", overflow="fold")
+    for r in rows:
+        table.add_row(*(_cell(c, r[c]) for c in columns))
+    _console().print(table)
+
+
+@app.command("requests")
+def requests_(model: str | None = MODEL, since: str | None = SINCE, until: str | None = UNTIL,
+              plan: int | None = typer.Option(None, "--plan", help="Only this plan version.", show_default=False),
+              fmt: Format = FORMAT, url: str | None = URL) -> None:
+    """Request latency percentiles per plan version, and the prediction error (median measured / predicted)."""
+    from orchestrator.store import Store
+    from orchestrator.store.queries import requests_summary
+
+    lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
+    with Store.open(url) as store, store.engine.connect() as conn:
+        rows = requests_summary(conn, model=model, since=lo, until=hi, plan=plan)
+    _aggregate("requests", rows, fmt, "requests per plan version")
+
+
+@app.command("links")
+def links_(link: str | None = typer.Option(None, "--link", help="Only this link (e.g. edge~phone).",
+                                           show_default=False),
+           since: str | None = SINCE, until: str | None = UNTIL, window: str = WINDOW, fmt: Format = FORMAT,
+           url: str | None = URL) -> None:
+    """Measured bandwidth and latency per link and time window (percentiles)."""
+    from orchestrator.store import Store
+    from orchestrator.store.queries import links_summary
+
+    lo, hi, w = parse_time(since, "--since"), parse_time(until, "--until"), parse_seconds(window, "--window")
+    with Store.open(url) as store, store.engine.connect() as conn:
+        rows = links_summary(conn, window_s=w, link=link, since=lo, until=hi)
+    _aggregate("links", rows, fmt, f"links per {window}")
+
+
+@app.command("nodes")
+def nodes_(node: str | None = typer.Option(None, "--node", help="Only this node.", show_default=False),
+           since: str | None = SINCE, until: str | None = UNTIL, window: str = WINDOW, fmt: Format = FORMAT,
+           url: str | None = URL) -> None:
+    """Each node's state (share of probes it was down) and estimated slowdown per time window."""
+    from orchestrator.store import Store
+    from orchestrator.store.queries import nodes_summary
+
+    lo, hi, w = parse_time(since, "--since"), parse_time(until, "--until"), parse_seconds(window, "--window")
+    with Store.open(url) as store, store.engine.connect() as conn:
+        rows = nodes_summary(conn, window_s=w, node=node, since=lo, until=hi)
+    _aggregate("nodes", rows, fmt, f"nodes per {window}")

@@ -7,6 +7,7 @@ JSON or CSV; other code (the daemon, benchmarks) can call them directly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Connection, Select, func, select
@@ -16,6 +17,7 @@ from orchestrator.store.tables import (
     DecisionRow,
     HardwareClass,
     Model,
+    NodeSample,
     PlanApplication,
     PlanRow,
     ProbeRow,
@@ -181,6 +183,107 @@ def migrations(conn: Connection, *, limit: int | None = 20, model: str | None = 
             select(func.count()).select_from(RunRow)
             .where(RunRow.created_at >= start, RunRow.created_at <= end)).scalar() or 0) if end is not None else None
         out.append(_ordered("migrations", row))
+    return out
+
+
+# -- aggregates over time (computed here, so they are the same on SQLite and PostgreSQL) -------------------
+AGGREGATE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "requests": ("model", "plan_version", "placement", "requests", "p50_s", "p90_s", "p99_s", "mean_s",
+                 "ratio_median", "first", "last"),
+    "links": ("link", "window_start", "samples", "bandwidth_p10_bps", "bandwidth_p50_bps", "bandwidth_p90_bps",
+              "latency_p50_s", "latency_p90_s"),
+    "nodes": ("node", "window_start", "samples", "down_share", "slowdown_p50", "slowdown_p90"),
+}
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """The q-quantile by linear interpolation between order statistics (None for no values)."""
+    if not values:
+        return None
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def _window_start(t: datetime, window_s: float) -> datetime:
+    epoch = t.timestamp()
+    return datetime.fromtimestamp(epoch - epoch % window_s, tz=UTC)
+
+
+def _between(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    out = []
+    if since is not None:
+        out.append(column >= since)
+    if until is not None:
+        out.append(column < until)
+    return out
+
+
+def requests_summary(conn: Connection, *, model: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None, plan: int | None = None) -> list[Row]:
+    """Request latency percentiles per plan version (and placement), with the prediction error."""
+    q = (select(RunRow.created_at, RunRow.measured_s, RunRow.predicted_s, RunRow.plan_version,
+                Model.name.label("model"), PlanRow.document)
+         .outerjoin(Model, Model.id == RunRow.model_id).outerjoin(PlanRow, PlanRow.id == RunRow.plan_id)
+         .where(*_between(RunRow.created_at, since, until)))
+    if model is not None:
+        q = q.where(Model.name == model)
+    if plan is not None:
+        q = q.where(RunRow.plan_version == plan)
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for r in conn.execute(q):
+        where = placement_summary(r.document.get("assignment", [])) if r.document else None
+        groups.setdefault((r.model, r.plan_version, where), []).append(r)
+    out = []
+    for (name, version, where), rs in sorted(groups.items(), key=lambda kv: min(r.created_at for r in kv[1])):
+        lat = [r.measured_s for r in rs]
+        ratios = [r.measured_s / r.predicted_s for r in rs if r.predicted_s]
+        out.append({"model": name, "plan_version": version, "placement": where, "requests": len(rs),
+                    "p50_s": quantile(lat, 0.5), "p90_s": quantile(lat, 0.9), "p99_s": quantile(lat, 0.99),
+                    "mean_s": sum(lat) / len(lat), "ratio_median": quantile(ratios, 0.5),
+                    "first": min(r.created_at for r in rs), "last": max(r.created_at for r in rs)})
+    return out
+
+
+def links_summary(conn: Connection, *, window_s: float = 3600.0, link: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None) -> list[Row]:
+    """Measured bandwidth and latency per link and time window, as percentiles."""
+    q = (select(ProbeRow.link, ProbeRow.measured_at, ProbeRow.bandwidth_bps, ProbeRow.latency_s)
+         .where(*_between(ProbeRow.measured_at, since, until)).order_by(ProbeRow.measured_at))
+    if link is not None:
+        q = q.where(ProbeRow.link == link)
+    groups: dict[tuple[str, datetime], list[Any]] = {}
+    for r in conn.execute(q):
+        groups.setdefault((r.link, _window_start(r.measured_at, window_s)), []).append(r)
+    out = []
+    for (name, start), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        bw = [r.bandwidth_bps for r in rs if r.bandwidth_bps is not None]
+        lat = [r.latency_s for r in rs if r.latency_s is not None]
+        out.append({"link": name, "window_start": start, "samples": len(rs),
+                    "bandwidth_p10_bps": quantile(bw, 0.1), "bandwidth_p50_bps": quantile(bw, 0.5),
+                    "bandwidth_p90_bps": quantile(bw, 0.9), "latency_p50_s": quantile(lat, 0.5),
+                    "latency_p90_s": quantile(lat, 0.9)})
+    return out
+
+
+def nodes_summary(conn: Connection, *, window_s: float = 3600.0, node: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None) -> list[Row]:
+    """Each node's state and estimated slowdown per time window."""
+    q = (select(NodeSample.node, NodeSample.measured_at, NodeSample.state, NodeSample.slowdown)
+         .where(*_between(NodeSample.measured_at, since, until)).order_by(NodeSample.measured_at))
+    if node is not None:
+        q = q.where(NodeSample.node == node)
+    groups: dict[tuple[str, datetime], list[Any]] = {}
+    for r in conn.execute(q):
+        groups.setdefault((r.node, _window_start(r.measured_at, window_s)), []).append(r)
+    out = []
+    for (name, start), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        slow = [r.slowdown for r in rs if r.slowdown is not None]
+        out.append({"node": name, "window_start": start, "samples": len(rs),
+                    "down_share": sum(r.state == "down" for r in rs) / len(rs),
+                    "slowdown_p50": quantile(slow, 0.5), "slowdown_p90": quantile(slow, 0.9)})
     return out
 
 

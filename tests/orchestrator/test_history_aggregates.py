@@ -1,0 +1,123 @@
+"""`aiflow history requests|links|nodes`: percentiles per plan version and per time window, on SQLite and on
+PostgreSQL, checked against values computed here with numpy from the rows written."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from orchestrator.cli.history_cmd import parse_seconds, parse_time
+from orchestrator.store import Store
+from orchestrator.store.queries import links_summary, nodes_summary, requests_summary
+from profiler.errors import InputError
+from tests.helpers import aiflow_in_process
+from tests.orchestrator.store_fixtures import small_plan, small_profile
+from tests.orchestrator.test_store_postgres import pg_url, server  # noqa: F401 - fixtures
+
+T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+
+
+def fill(store: Store) -> dict:
+    """Two plan versions of requests, probes of two links over three hours, node samples; what was written."""
+    rng = random.Random(3)
+    pid = store.save_profile(small_profile())
+    plan = store.save_plan(small_plan(), profile_id=pid, network_id=None)
+    written: dict = {"runs": {1: [], 2: []}, "probes": {}, "nodes": {}}
+    for version, n in ((1, 25), (2, 40)):
+        for _ in range(n):
+            measured, predicted = rng.uniform(0.05, 0.5), rng.uniform(0.1, 0.3)
+            store.record_run(plan, strategy="daemon", output="", measured_s=measured, predicted_s=predicted,
+                             breakdown={}, plan_version=version)
+            written["runs"][version].append((measured, predicted))
+    for minute in range(0, 180, 3):
+        at = T0 + timedelta(minutes=minute)
+        for link in ("edge~phone", "cloud~edge"):
+            bw, lat = rng.uniform(1e6, 2e7), rng.uniform(0.001, 0.05)
+            store.record_probe(link, bandwidth_bps=bw, latency_s=lat, measured_at=at, kind="estimate:fit", samples=4)
+            written["probes"].setdefault((link, minute // 60), []).append((bw, lat))
+        state = "down" if minute % 30 == 0 else "up"
+        slow = rng.uniform(1, 4)
+        store.record_node_sample("phone", state=state, slowdown=slow, measured_at=at)
+        written["nodes"].setdefault(minute // 60, []).append((state, slow))
+    return written
+
+
+def check(store: Store, written: dict) -> None:
+    with store.engine.connect() as conn:
+        reqs = requests_summary(conn)
+        links = links_summary(conn, window_s=3600)
+        nodes = nodes_summary(conn, window_s=3600, node="phone")
+        only_v2 = requests_summary(conn, plan=2)
+        late = links_summary(conn, window_s=3600, since=T0 + timedelta(hours=2), link="cloud~edge")
+    assert [r["plan_version"] for r in reqs] == [1, 2] and [r["plan_version"] for r in only_v2] == [2]
+    for r in reqs:
+        m = np.array([x for x, _ in written["runs"][r["plan_version"]]])
+        ratio = np.array([x / p for x, p in written["runs"][r["plan_version"]]])
+        assert r["requests"] == len(m)
+        assert r["p50_s"] == pytest.approx(np.percentile(m, 50))
+        assert r["p90_s"] == pytest.approx(np.percentile(m, 90))
+        assert r["p99_s"] == pytest.approx(np.percentile(m, 99))
+        assert r["mean_s"] == pytest.approx(m.mean())
+        assert r["ratio_median"] == pytest.approx(np.median(ratio))
+    assert len(links) == 6
+    for r in links:
+        hour = (r["window_start"] - T0) // timedelta(hours=1)
+        bw = np.array([b for b, _ in written["probes"][(r["link"], hour)]])
+        lat = np.array([x for _, x in written["probes"][(r["link"], hour)]])
+        assert r["samples"] == len(bw) == 20
+        assert r["bandwidth_p10_bps"] == pytest.approx(np.percentile(bw, 10))
+        assert r["bandwidth_p50_bps"] == pytest.approx(np.percentile(bw, 50))
+        assert r["latency_p90_s"] == pytest.approx(np.percentile(lat, 90))
+    assert [(r["link"], r["window_start"]) for r in late] == [("cloud~edge", T0 + timedelta(hours=2))]
+    for r in nodes:
+        rows = written["nodes"][(r["window_start"] - T0) // timedelta(hours=1)]
+        assert r["down_share"] == pytest.approx(sum(s == "down" for s, _ in rows) / len(rows))
+        assert r["slowdown_p50"] == pytest.approx(np.percentile([x for _, x in rows], 50))
+
+
+def test_aggregates_on_sqlite(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        check(store, fill(store))
+
+
+@pytest.mark.postgres
+def test_aggregates_on_postgres(pg_url: str) -> None:  # noqa: F811 - the fixture
+    with Store.open(pg_url) as store:
+        check(store, fill(store))
+
+
+def test_cli_filters_and_formats(tmp_path: Path, capsys, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    with Store.open(url) as store:
+        fill(store)
+        with store.engine.begin() as c:       # runs were stamped now; put them at T0 + 10 min
+            c.execute(text("UPDATE runs SET created_at = :t"), {"t": T0 + timedelta(minutes=10)})
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "links", "--url", url, "--window", "2h",
+                                     "--since", "2026-12-04T10:00:00", "--until", "2026-12-04T12:00:00", "-f", "csv")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("link,window_start,samples") and len(lines) == 3
+    assert all(line.split(",")[2] == "40" for line in lines[1:])
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "requests", "--url", url, "--since",
+                                     "2026-12-04T10:20:00Z")
+    assert code == 0 and "0 rows" in out
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "nodes", "--url", url, "--node", "phone")
+    assert code == 0 and "phone" in out
+    code, _, err = aiflow_in_process(capsys, monkeypatch, "history", "links", "--url", url, "--since", "yesterday")
+    assert code == 2 and "--since" in err and err.count("\n") == 1
+
+
+def test_time_options() -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    assert parse_time("2h", "--since", now) == now - timedelta(hours=2)
+    assert parse_time("2026-12-04T08:00:00", "--since", now) == datetime(2026, 12, 4, 8, tzinfo=UTC)
+    assert parse_time("2026-12-04T08:00:00+01:00", "--since", now) == datetime(2026, 12, 4, 7, tzinfo=UTC)
+    assert parse_seconds("15m", "--window") == 900 and parse_seconds("90", "--window") == 90
+    with pytest.raises(InputError, match="--window"):
+        parse_seconds("0s", "--window")
+    with pytest.raises(InputError, match="--window"):
+        parse_seconds("soon", "--window")
