@@ -9,6 +9,7 @@ import os
 import sys
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -294,3 +295,66 @@ def nodes_(node: str | None = typer.Option(None, "--node", help="Only this node.
     with Store.open(url) as store, store.engine.connect() as conn:
         rows = nodes_summary(conn, window_s=w, node=node, since=lo, until=hi)
     _aggregate("nodes", rows, fmt, f"nodes per {window}")
+
+
+@app.command("at")
+def at_(time: str = typer.Argument(..., help="ISO 8601 (UTC if no zone) or an age such as 30m.", show_default=False),
+        recent: str = typer.Option("5m", "--recent", help="How far back 'recent requests' reach."),
+        fmt: Format = typer.Option(Format.table, "--format", "-f", help="table or json."),
+        url: str | None = URL) -> None:
+    """The system at a moment: the network as last measured, the plan in force, the requests just before."""
+    from orchestrator.store import Store
+    from orchestrator.store.queries import state_at
+
+    when = parse_time(time, "TIME")
+    assert when is not None
+    with Store.open(url) as store, store.engine.connect() as conn:
+        state = state_at(conn, when, recent_s=parse_seconds(recent, "--recent"))
+    if fmt is Format.json:
+        print(json.dumps(state, indent=2, default=_json_value))
+        return
+    if fmt is Format.csv:
+        raise InputError("--format: `history at` prints a table or json, not csv")
+    console = _console()
+    console.print(f"[bold]at {when.isoformat()}[/]", highlight=False)
+    plan = state["plan"]
+    console.print("plan in force: " + ("none" if plan is None else
+                                       f"v{plan['version']} (plan {plan['plan_id']}, applied "
+                                       f"{plan['applied_at']:%Y-%m-%d %H:%M:%S}): {plan['placement']}, predicted "
+                                       f"{_cell('predicted_latency_s', plan['predicted_latency_s'])}"),
+                  highlight=False)
+    net = state["network"]
+    if net is None:
+        console.print("network: no snapshot before this time")
+    else:
+        t = Table(title=f"network snapshot {net['id']} ({net['origin']}, {net['taken_at']:%H:%M:%S})",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for c in ("link", "bandwidth", "latency"):
+            t.add_column(c, justify="left" if c == "link" else "right")
+        for lk in net["links"]:
+            t.add_row(f"{lk['a']}~{lk['b']}", _cell("bandwidth_bps", float(lk["bandwidth_bps"])),
+                      _cell("latency_s", float(lk.get("latency_s", 0.0))))
+        console.print(t)
+        console.print("nodes: " + ", ".join(f"{n['name']} ({n['hardware']}, slowdown {n.get('slowdown', 1.0):.2f})"
+                                            for n in net["nodes"]), highlight=False)
+    r = state["requests"]
+    console.print(f"requests in the {recent} before: {r['count']}" + (
+        f", p50 {_cell('p50_s', r['p50_s'])}, p90 {_cell('p90_s', r['p90_s'])}, measured / predicted "
+        f"{r['ratio_median']:.3f}" if r["count"] and r["ratio_median"] is not None else ""), highlight=False)
+
+
+@app.command("plot")
+def plot_(metric: str = typer.Argument(..., help="links (bandwidth per link) or requests (latency per request)."),
+          out: Path = typer.Option(..., "--out", help="PNG file to write."),
+          since: str | None = SINCE, until: str | None = UNTIL, url: str | None = URL) -> None:
+    """Draw on one time axis what people would rather look at than read: link bandwidth or request latency,
+    with every plan switch marked."""
+    from orchestrator.store import Store
+    from orchestrator.store.plot import plot_history
+
+    if metric not in ("links", "requests"):
+        raise InputError(f"METRIC: expected links or requests, got {metric!r}")
+    lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
+    with Store.open(url) as store, store.engine.connect() as conn:
+        n = plot_history(conn, metric, out, since=lo, until=hi)
+    print(f"{out}: {n} points, plan switches marked")

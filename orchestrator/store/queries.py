@@ -17,6 +17,7 @@ from orchestrator.store.tables import (
     DecisionRow,
     HardwareClass,
     Model,
+    NetworkRow,
     NodeSample,
     PlanApplication,
     PlanRow,
@@ -314,3 +315,33 @@ def placement_summary(assignment: list[str]) -> str:
             parts.append(f"{assignment[start]}[{span}]")
             start = i
     return " ".join(parts)
+
+
+def state_at(conn: Connection, at: datetime, *, recent_s: float = 300.0) -> Row:
+    """The system at one moment: the newest network snapshot, the plan in force and the requests of the
+    `recent_s` seconds before it."""
+    from datetime import timedelta
+
+    net = conn.execute(select(NetworkRow.id, NetworkRow.created_at, NetworkRow.origin, NetworkRow.document)
+                       .where(NetworkRow.created_at <= at)
+                       .order_by(NetworkRow.created_at.desc(), NetworkRow.id.desc()).limit(1)).first()
+    app = conn.execute(select(PlanApplication.id, PlanApplication.applied_at, PlanApplication.version,
+                              PlanApplication.plan_id, PlanRow.document, PlanRow.predicted_latency_s)
+                       .join(PlanRow, PlanRow.id == PlanApplication.plan_id)
+                       .where(PlanApplication.applied_at <= at)
+                       .order_by(PlanApplication.applied_at.desc(), PlanApplication.id.desc()).limit(1)).first()
+    runs = conn.execute(select(RunRow.measured_s, RunRow.predicted_s)
+                        .where(RunRow.created_at <= at, RunRow.created_at > at - timedelta(seconds=recent_s))).all()
+    latency = [r.measured_s for r in runs]
+    ratios = [r.measured_s / r.predicted_s for r in runs if r.predicted_s]
+    return {
+        "at": at,
+        "network": None if net is None else {"id": net.id, "taken_at": net.created_at, "origin": net.origin,
+                                             "nodes": net.document.get("nodes", []),
+                                             "links": net.document.get("links", [])},
+        "plan": None if app is None else {"plan_id": app.plan_id, "version": app.version, "applied_at": app.applied_at,
+                                          "placement": placement_summary(app.document.get("assignment", [])),
+                                          "predicted_latency_s": app.predicted_latency_s},
+        "requests": {"window_s": recent_s, "count": len(runs), "p50_s": quantile(latency, 0.5),
+                     "p90_s": quantile(latency, 0.9), "ratio_median": quantile(ratios, 0.5)},
+    }

@@ -121,3 +121,36 @@ def test_time_options() -> None:
         parse_seconds("0s", "--window")
     with pytest.raises(InputError, match="--window"):
         parse_seconds("soon", "--window")
+
+
+def test_state_at_a_moment_and_plots(tmp_path: Path, capsys, monkeypatch) -> None:
+    from orchestrator.store.queries import state_at
+    from tests.orchestrator.store_fixtures import small_network
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    with Store.open(url) as store:
+        fill(store)
+        net_a = store.save_network(small_network(2e7), origin="daemon")
+        net_b = store.save_network(small_network(1e6), origin="daemon")
+        plan = store.save_plan(small_plan(), profile_id=None, network_id=net_a)
+        store.record_plan_application(plan, applied_at=T0 + timedelta(minutes=30), version=1)
+        store.record_plan_application(plan, applied_at=T0 + timedelta(minutes=70), version=2)
+        with store.engine.begin() as c:
+            c.execute(text("UPDATE networks SET created_at = :t WHERE id = :i"),
+                      {"t": T0 + timedelta(minutes=20), "i": net_a})
+            c.execute(text("UPDATE networks SET created_at = :t WHERE id = :i"),
+                      {"t": T0 + timedelta(minutes=80), "i": net_b})
+            c.execute(text("UPDATE runs SET created_at = :t WHERE id <= 5"), {"t": T0 + timedelta(minutes=74)})
+        with store.engine.connect() as conn:
+            at = state_at(conn, T0 + timedelta(minutes=75))
+            before = state_at(conn, T0 + timedelta(minutes=10))
+    assert at["plan"]["version"] == 2 and at["network"]["id"] == net_a and at["requests"]["count"] == 5
+    assert at["network"]["links"][0]["bandwidth_bps"] == 2e7
+    assert before["plan"] is None and before["network"] is None and before["requests"]["count"] == 0
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "at", "2026-12-04T11:15:00", "--url", url)
+    assert code == 0 and "plan in force: v2" in out and "requests in the 5m before: 5" in out
+    png = tmp_path / "links.png"
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "plot", "links", "--out", png, "--url", url)
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "120 points" in out
+    code, _, err = aiflow_in_process(capsys, monkeypatch, "history", "plot", "cats", "--out", png, "--url", url)
+    assert code == 2 and "METRIC" in err
