@@ -57,6 +57,11 @@ from runtime.validate import RequestRejected, check_edge, check_input, data_segm
 
 MODES = ("generate", "forward")
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
+# Bounds on what an `open` may ask for: a request's state lives on the worker until it ends or idles out.
+MAX_BATCH = 64
+MAX_NEW_TOKENS = 4096
+MAX_IDLE_S = 3600.0
+MAX_OPEN_REQUESTS = 1024
 
 
 @dataclass
@@ -326,9 +331,17 @@ class Worker:
             raise RequestRejected("open: reply must be a HOST:PORT address")
         if not isinstance(batch, int) or batch < 1 or not isinstance(max_new, int) or max_new < 1:
             raise RequestRejected("open: batch and max_new_tokens must be positive integers")
+        if batch > MAX_BATCH or max_new > MAX_NEW_TOKENS:
+            raise RequestRejected(f"open: at most batch {MAX_BATCH} and {MAX_NEW_TOKENS} new tokens", "too-large")
         if eos is not None and not isinstance(eos, int):
             raise RequestRejected("open: eos must be an integer or null")
-        idle = float(m.get("timeout_s", self.state_timeout_s))
+        idle = m.get("timeout_s", self.state_timeout_s)
+        if not isinstance(idle, (int, float)) or isinstance(idle, bool) or not 0 < idle <= MAX_IDLE_S:
+            raise RequestRejected(f"open: timeout_s must be seconds in (0, {MAX_IDLE_S:g}]")
+        idle = float(idle)
+        if len(self.requests) >= MAX_OPEN_REQUESTS:
+            raise RequestRejected(f"open: {MAX_OPEN_REQUESTS} requests are open on {self.name}; retry later",
+                                  "too-many-requests")
         state = self.adapter.new_state()
         state.extra["batch"] = batch
         self.requests[rid] = Request(rid=rid, plan=plan, reply=reply, mode=mode, batch=batch, max_new_tokens=max_new,

@@ -99,3 +99,39 @@ def test_bundles() -> None:
     for bad in (b"", pack_frames(frames)[:-1], pack_frames(frames) + b"x"):
         with pytest.raises(FrameError):
             unpack_frames(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_raise_frame_error(data: bytes) -> None:
+    """Whatever arrives, decoding gives a Frame or a FrameError: nothing else escapes."""
+    try:
+        decode_frame(data)
+    except FrameError:
+        pass
+    try:
+        decode_frame(MAGIC + struct.pack("<I", len(data)) + data)
+    except FrameError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(0, 400), flip=st.integers(0, 400), value=st.integers(0, 255),
+       header=st.dictionaries(st.sampled_from(["kind", "rid", "plan", "phase", "unit", "pos", "step", "dtype",
+                                               "shape", "comp", "orig", "scale", "meta"]),
+                              st.one_of(st.none(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                                        st.text(max_size=8), st.lists(st.integers(-3, 2**31), max_size=9)),
+                              max_size=6))
+def test_mutated_frames_decode_or_raise_frame_error(cut: int, flip: int, value: int, header: dict) -> None:
+    """Valid frames truncated, with one byte changed, or with hostile header fields (lying lengths, huge
+    shapes, wrong dtypes, NaN scales): a Frame or a FrameError, never another exception or a huge allocation."""
+    valid = encode_frame(Frame("data", "r", 1, "encode", 0, tensor=torch.randn(2, 3)))
+    at = flip % len(valid)
+    hostile = raw({"kind": "data", **header}, b"\0" * 24)
+    for data in (valid[:cut], valid[:at] + bytes([value]) + valid[at + 1:], hostile):
+        try:
+            f = decode_frame(data)
+        except FrameError:
+            continue
+        if f.tensor is not None:      # at most the payload, widened by decompression (int8 -> float64: 8x)
+            assert f.tensor.numel() * f.tensor.element_size() <= 8 * len(data)

@@ -139,3 +139,23 @@ def test_live_switch_keeps_requests_in_flight_on_their_version(folders) -> None:
                 assert all(not w.requests for w in workers.values())
 
     asyncio.run(scenario())
+
+
+def test_open_refuses_unbounded_requests(folders) -> None:
+    """No request may hold a worker's memory forever or ask for more than it bounds."""
+    ad = adapter(folders, "gpt2")
+
+    async def scenario() -> None:
+        async with running_workers(ad, ("A",)) as (workers, addresses):
+            sp = stage_plan(ad, ["A"] * 4, addresses)
+            async with Client(sp, token=TOKEN) as client:
+                base = {"reply": client.reply_address, "batch": 1, "max_new_tokens": 4}
+                for extra, words in (({"timeout_s": 1e9}, "timeout_s"), ({"timeout_s": 0}, "timeout_s"),
+                                     ({"timeout_s": "forever"}, "timeout_s"), ({"batch": 10_000}, "at most batch"),
+                                     ({"max_new_tokens": 10**6}, "new tokens")):
+                    got = await control(addresses["A"], Frame("open", "r-" + words, 1, meta={**base, **extra}))
+                    assert got.kind == "error" and words in got.meta["error"], (extra, got.meta)
+                assert not workers["A"].requests
+                assert (await client.generate(PROMPT, max_new_tokens=2)).tokens is not None   # still serving
+
+    asyncio.run(scenario())
