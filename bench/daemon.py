@@ -1,6 +1,7 @@
 """The daemon under a moving network: how fast it adapts, what it costs, whether it flaps.
 
     python -m bench.daemon [--quick] [--scenarios step,noise,trace,migration,idle] [--out bench/results]
+                           [--trace-phone-slowdown S] [--merge]
 
 Everything runs on this machine: the tiny captioner (trained), examples/daemon.network.yaml (a low-end
 phone, an edge box, a cloud GPU), local worker processes, emulated links with time dilation K, the
@@ -17,7 +18,10 @@ made by probing (it is never told the true network), not the cost model against 
    stream of requests, for the daemon and for each static plan (phone-only, offload). The trace is
    replayed faster than real time by the factor K (so the daemon's wall-clock probe interval meets the
    trace's changes as it would on a real link); an oracle's mean is the prediction of the best plan
-   for the true bandwidth at each request's start (predicted, not measured).
+   for the true bandwidth at each request's start (predicted, not measured). With the example's phone
+   (slowdown 3) offloading pays only above about 5 Mbit/s, which this trace never reaches; with
+   `--trace-phone-slowdown 6` the crossover (about 1.5 Mbit/s) lies inside the trace's range and the
+   best plan really changes (results under `trace_phone_slowdown_6`; `--merge` keeps the others).
 4. migration: the network held still, the plan switched every 10 s between two placements (the
    offload to the cloud and the same through the edge) under three concurrent streams of requests;
    p99 latency of the requests in flight across a switch against the p99 of the others.
@@ -78,6 +82,7 @@ class Setup:
         self.reference = unsplit_captions(self.adapter, self.images)
         self.bodies = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in self.images]
         self.folder = folder
+        self.trace_phone_slowdown: float | None = None
 
     def dilation(self) -> float:
         from orchestrator.demo import local_dilation
@@ -215,16 +220,20 @@ async def trace_replay(setup: Setup, quick: bool) -> dict[str, Any]:
     k = setup.dilation()
     trace_file = speed_up_trace(TRACE_3G, k, setup.folder)
     true = load_trace(trace_file)
-    net = with_trace(setup.net, trace_file)
+    base = setup.net
+    if setup.trace_phone_slowdown is not None:     # a slower phone: the crossover falls inside the trace's range
+        base = base.model_copy(update={"nodes": [n.model_copy(update={"slowdown": setup.trace_phone_slowdown})
+                                                 if n.name == "phone" else n for n in base.nodes]})
+    net = with_trace(base, trace_file)
     units = [u.name for u in setup.profile.units]
     phone_only = ["phone"] * len(units)
-    offload = solve(setup.profile, setup.net).assignment
+    offload = solve(setup.profile, base).assignment
     pinned = {"phone-only": phone_only, "offload": offload}
     rows: dict[str, Any] = {}
 
     def oracle_s(at: float) -> float:
         bw = true.rate_at(at)
-        moved = setup.net.with_link("phone", "edge", bandwidth_bps=max(bw, 1e4))
+        moved = base.with_link("phone", "edge", bandwidth_bps=max(bw, 1e4))
         return min(evaluate(setup.profile, moved, a).latency_s for a in (phone_only, offload))
 
     for name, assignment in [("daemon", None), *pinned.items()]:
@@ -249,6 +258,7 @@ async def trace_replay(setup: Setup, quick: bool) -> dict[str, Any]:
         print(f"  trace: {name}: {rows[name]}", flush=True)
     best_static = min(rows[n]["mean_s"] for n in pinned)
     return {"minutes": minutes, "trace": TRACE_3G.name, "speed_up": k, "runs": rows,
+            "phone_slowdown": base.node("phone").slowdown,
             "daemon_over_best_static": rows["daemon"]["mean_s"] / best_static,
             "daemon_over_oracle": rows["daemon"]["mean_s"] / rows["daemon"]["oracle_mean_s_predicted"]}
 
@@ -338,9 +348,10 @@ def markdown(res: dict[str, Any]) -> str:
                 "| trace | minutes | switches | decisions | served | failed | wrong |", "|---|---|---|---|---|---|---|",
                 f"| {s['trace']} | {s['minutes']:g} | {s['switches']} | {s['decisions']} | {s['served']} | "
                 f"{s['failed']} | {s['wrong']} |", ""]
-    if "trace" in res:
-        t = res["trace"]
-        out += [f"## Real 3G trace ({t['trace']}, replayed {t['speed_up']:.3g}x faster, {t['minutes']:g} min each)",
+    for key in sorted(k for k in res if k.startswith("trace")):
+        t = res[key]
+        out += [f"## Real 3G trace ({t['trace']}, replayed {t['speed_up']:.3g}x faster, {t['minutes']:g} min each; "
+                f"phone slowdown {t.get('phone_slowdown', 3):g})",
                 "", "| run | served | failed | wrong | switches | mean ms | p95 ms |", "|---|---|---|---|---|---|---|"]
         for name, r in t["runs"].items():
             out.append(f"| {name} | {r['served']} | {r['failed']} | {r['wrong']} | {r['switches']} | "
@@ -371,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="shorter runs")
     ap.add_argument("--scenarios", default="step,noise,trace,migration,idle")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--trace-phone-slowdown", type=float, default=None,
+                    help="the trace scenario with this phone slowdown instead of the network file's")
+    ap.add_argument("--merge", action="store_true", help="update the scenarios run in an existing daemon.json")
     a = ap.parse_args(argv)
     names = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     bad = [n for n in names if n not in SCENARIOS]
@@ -379,12 +393,17 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     torch.set_num_threads(1)
     setup = Setup()
-    res: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": a.quick,
-                           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "dilation": setup.dilation()}
+    setup.trace_phone_slowdown = a.trace_phone_slowdown
+    previous = a.out / "daemon.json"
+    res: dict[str, Any] = json.loads(previous.read_text()) if a.merge and previous.is_file() else {}
+    res.update({"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": a.quick,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "dilation": setup.dilation()})
     for name in names:
         print(f"bench.daemon: {name} ...", flush=True)
-        res[name] = asyncio.run(SCENARIOS[name](setup, a.quick))
-        print(json.dumps(res[name], indent=1, default=str), flush=True)
+        key = name if name != "trace" or a.trace_phone_slowdown is None else \
+            f"trace_phone_slowdown_{a.trace_phone_slowdown:g}"
+        res[key] = asyncio.run(SCENARIOS[name](setup, a.quick))
+        print(json.dumps(res[key], indent=1, default=str), flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "daemon.json").write_text(json.dumps(res, indent=1, default=str))
     md = markdown(res)

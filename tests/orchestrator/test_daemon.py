@@ -185,8 +185,10 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
     and every worker it started, exit 0."""
     env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}")
     aiflow = str(Path(sys.executable).parent / "aiflow")
+    secrets = ("api-secret-7f3a9c", "worker-secret-2b8e4d")
     proc = subprocess.Popen([aiflow, "daemon", "--model", "tiny-captioner", "--network", str(NETWORK),
-                             "--profile", str(PROFILE), "--api", "127.0.0.1:0", "--probe-interval", "2"],
+                             "--profile", str(PROFILE), "--api", "127.0.0.1:0", "--probe-interval", "2",
+                             "--token", secrets[0], "--worker-token", secrets[1], "-v"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -204,13 +206,25 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
         live = subprocess.run([aiflow, "plan", "show", "--live", "--url", url], capture_output=True, text=True,
                               env=env, timeout=60)
         assert live.returncode == 0 and "v1" in live.stdout, live.stderr
+        # state changes need the token; a wrong one is refused, and no secret is echoed back
+        assert httpx.post(f"{url}/v1/resolve", timeout=60, trust_env=False).status_code == 401
+        wrong = httpx.post(f"{url}/v1/resolve", headers={"Authorization": "Bearer nope"}, timeout=60, trust_env=False)
+        assert wrong.status_code == 403 and not any(x in wrong.text for x in secrets)
+        ok = httpx.post(f"{url}/v1/resolve", headers={"Authorization": f"Bearer {secrets[0]}"}, timeout=60,
+                        trust_env=False)
+        assert ok.status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         time.sleep(0.5)
         assert not any(alive(p) for p in pids)
         gone = subprocess.run([aiflow, "status", "--url", url], capture_output=True, text=True, env=env, timeout=60)
         assert gone.returncode == 2 and "no aiflow daemon answers" in gone.stderr
-        assert "Traceback" not in proc.stderr.read()
+        stderr = proc.stderr.read()
+        assert "Traceback" not in stderr
+        # secrets appear nowhere: not in the daemon's log, not in the history database
+        history = b"".join(f.read_bytes() for f in tmp_path.glob("h.db*"))      # the WAL file too
+        for secret in secrets:
+            assert secret not in stderr and secret.encode() not in history
     finally:
         if proc.poll() is None:
             proc.kill()
