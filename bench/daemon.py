@@ -126,6 +126,7 @@ class Stream:
             else:
                 j = r.json()
                 self.rows.append({"start": t0, "end": datetime.now(UTC), "version": j["plan_version"],
+                                  "passes": len(j["tokens"]),
                                   "latency_s": j["latency_s"], "predicted_s": j["predicted_latency_s"],
                                   "wrong": j["output"] != self.setup.reference[i % 4]})
             i += 1
@@ -211,7 +212,7 @@ async def noise(setup: Setup, quick: bool) -> dict[str, Any]:
 
 # -- 3. trace --------------------------------------------------------------------------------------------
 async def trace_replay(setup: Setup, quick: bool) -> dict[str, Any]:
-    from orchestrator.costmodel import evaluate
+    from orchestrator.costmodel import latency_for_steps
     from orchestrator.daemon.settings import DaemonSettings
     from orchestrator.planner import solve
     from runtime.links import load_trace
@@ -231,10 +232,11 @@ async def trace_replay(setup: Setup, quick: bool) -> dict[str, Any]:
     pinned = {"phone-only": phone_only, "offload": offload}
     rows: dict[str, Any] = {}
 
-    def oracle_s(at: float) -> float:
+    def oracle_s(at: float, passes: int) -> float:
+        """The best plan's prediction for the true bandwidth at `at`, for this request's decoder passes."""
         bw = true.rate_at(at)
         moved = base.with_link("phone", "edge", bandwidth_bps=max(bw, 1e4))
-        return min(evaluate(setup.profile, moved, a).latency_s for a in (phone_only, offload))
+        return min(latency_for_steps(setup.profile, moved, a, passes) for a in (phone_only, offload))
 
     for name, assignment in [("daemon", None), *pinned.items()]:
         this = net if assignment is None else net.with_constraints(pins={u: [n] for u, n in zip(units, assignment,
@@ -250,7 +252,7 @@ async def trace_replay(setup: Setup, quick: bool) -> dict[str, Any]:
             stream.stop.set()
             await task
             # the replayed file's time runs 1/K as fast as the wall clock (time dilation)
-            oracle = [oracle_s((r["start"] - origin).total_seconds() / k) for r in stream.rows]
+            oracle = [oracle_s((r["start"] - origin).total_seconds() / k, r["passes"]) for r in stream.rows]
             return {**stream.summary(), "switches": daemon.current.number - v0,
                     "oracle_mean_s_predicted": statistics.fmean(oracle) if oracle else None}
 
