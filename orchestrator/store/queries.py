@@ -213,6 +213,14 @@ def _window_start(t: datetime, window_s: float) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % window_s, tz=UTC)
 
 
+def _by_window(rows: Any, name: str, at: str, window_s: float) -> list[tuple[tuple[str, datetime], list[Any]]]:
+    """Rows grouped by (their `name` column, the window their `at` time falls in), in time order."""
+    groups: dict[tuple[str, datetime], list[Any]] = {}
+    for r in rows:
+        groups.setdefault((getattr(r, name), _window_start(getattr(r, at), window_s)), []).append(r)
+    return sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+
+
 def _between(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
     out = []
     if since is not None:
@@ -255,11 +263,8 @@ def links_summary(conn: Connection, *, window_s: float = 3600.0, link: str | Non
          .where(*_between(ProbeRow.measured_at, since, until)).order_by(ProbeRow.measured_at))
     if link is not None:
         q = q.where(ProbeRow.link == link)
-    groups: dict[tuple[str, datetime], list[Any]] = {}
-    for r in conn.execute(q):
-        groups.setdefault((r.link, _window_start(r.measured_at, window_s)), []).append(r)
     out = []
-    for (name, start), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (name, start), rs in _by_window(conn.execute(q), "link", "measured_at", window_s):
         bw = [r.bandwidth_bps for r in rs if r.bandwidth_bps is not None]
         lat = [r.latency_s for r in rs if r.latency_s is not None]
         out.append({"link": name, "window_start": start, "samples": len(rs),
@@ -276,11 +281,8 @@ def nodes_summary(conn: Connection, *, window_s: float = 3600.0, node: str | Non
          .where(*_between(NodeSample.measured_at, since, until)).order_by(NodeSample.measured_at))
     if node is not None:
         q = q.where(NodeSample.node == node)
-    groups: dict[tuple[str, datetime], list[Any]] = {}
-    for r in conn.execute(q):
-        groups.setdefault((r.node, _window_start(r.measured_at, window_s)), []).append(r)
     out = []
-    for (name, start), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (name, start), rs in _by_window(conn.execute(q), "node", "measured_at", window_s):
         slow = [r.slowdown for r in rs if r.slowdown is not None]
         out.append({"node": name, "window_start": start, "samples": len(rs),
                     "down_share": sum(r.state == "down" for r in rs) / len(rs),
