@@ -232,8 +232,9 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
 
 
 def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tuple[list[Path], list[str]]) -> None:
-    """`aiflow worker --join URL` with a hardware class the profile lacks: the worker measures every unit
-    on its own hardware, the daemon merges and stores the profile, re-solves, and uses the node."""
+    """`aiflow worker --join URL`: the daemon re-solves and uses the node (a fast class, one short link from
+    the phone); it leaves the plan when it stops answering and is used again when it returns. A hardware
+    class the profile lacks is measured by the joined worker on its own hardware and merged."""
     paths, reference = images
     profile = load_profile(PROFILE)
     net = load_network(NETWORK)
@@ -248,7 +249,7 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
     async def start_worker(url: str) -> tuple[asyncio.subprocess.Process, str]:
         proc = await asyncio.create_subprocess_exec(
             aiflow, "worker", "--name", "edge2", "--model", "tiny-captioner", "--token", "join-test-token",
-            "--join", url, "--hardware", "cpu-joined", "--mem-bytes", "4e9", "--tier", "edge",
+            "--join", url, "--hardware", "h200", "--mem-bytes", "4e9", "--tier", "edge",
             "--link", "phone=1e8,0.001", "--link", "cloud=1e8,0.02",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         lines: list[str] = []
@@ -267,7 +268,10 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
     async def scenario(url: str) -> None:
         proc, line = await start_worker(url)
         try:
-            assert line.startswith("JOINED") and "measured on edge2" in line, line
+            assert line.startswith("JOINED") and "in the profile" in line, line
+            # a class the profile lacks: the joined worker measures every unit on its own hardware
+            how = await daemon._profile_hardware("edge2", daemon.nodes["edge2"].address, "cpu-joined")
+            joined["profiled"] = how
             joined["hardware"] = "cpu-joined" in daemon.profile.hardware_classes
             joined["node"] = daemon.nodes["edge2"].state
             async with httpx.AsyncClient(base_url=url, timeout=120, trust_env=False) as api:
@@ -311,7 +315,7 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
 
     asyncio.run(main())
     store.close()
-    assert joined["hardware"] and joined["node"] == "up"
+    assert joined["profiled"] == "measured on edge2" and joined["hardware"] and joined["node"] == "up"
     assert "edge2" in joined["nodes"] and "edge2" in joined["assignment"]     # a fast, near node: used
     assert joined["caption"] == reference[0]
     assert joined["refusal"][0] == 422 and "local worker" in joined["refusal"][1]
