@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -52,7 +53,8 @@ def _show(kind: str, limit: int, model: str | None, fmt: Format, url: str | None
     if fmt is Format.json:
         print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows], indent=2))
     elif fmt is Format.csv:
-        print(_csv(kind, rows), end="")
+        from orchestrator.store.queries import COLUMNS
+        print(_csv(COLUMNS[kind], ([r[c] for c in COLUMNS[kind]] for r in rows)), end="")
     else:
         _console().print(_table(kind, rows, model))
 
@@ -61,14 +63,12 @@ def _json_value(v: Any) -> Any:
     return v.isoformat() if isinstance(v, datetime) else v
 
 
-def _csv(kind: str, rows: list[dict[str, Any]]) -> str:
-    from orchestrator.store.queries import COLUMNS
-
+def _csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A header line and one line per row (values in column order; times in ISO 8601)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS[kind]), lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: _json_value(v) for k, v in r.items()})
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_json_value(v) for v in r] for r in rows)
     return buf.getvalue()
 
 
@@ -173,11 +173,7 @@ def sql_(statement: str = typer.Argument(..., help="One SELECT statement.", show
     if fmt is Format.json:
         print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in records], indent=2, default=str))
     elif fmt is Format.csv:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_json_value(v) for v in r] for r in rows])
-        print(buf.getvalue(), end="")
+        print(_csv(columns, rows), end="")
     else:
         table = Table(title=f"{len(rows)} row{'s' if len(rows) != 1 else ''}", title_justify="left",
                       box=box.SIMPLE_HEAD, pad_edge=False)
@@ -236,12 +232,7 @@ def _aggregate(kind: str, rows: list[dict[str, Any]], fmt: Format, title: str) -
         print(json.dumps([{k: _json_value(r[k]) for k in columns} for r in rows], indent=2))
         return
     if fmt is Format.csv:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _json_value(r[k]) for k in columns})
-        print(buf.getvalue(), end="")
+        print(_csv(columns, ([r[c] for c in columns] for r in rows)), end="")
         return
     table = Table(title=f"{title} ({len(rows)} row{'s' if len(rows) != 1 else ''})", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
