@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from orchestrator.demo import (
-    DEMO_NETWORK,
+    PHONE_NETWORK,
     StrategyRun,
     cached_profile,
     local_dilation,
@@ -361,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.requests, args.llm_requests, args.images = 4, 2, 2
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    base = load_network(DEMO_NETWORK)
+    base = load_network(PHONE_NETWORK)
     pe_points = phone_edge_points(args.quick)
     ec_values = [m * MBIT for m in EDGE_CLOUD_MBIT]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"command": "python -m bench.aiflow_experiment " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s) "
                        f"per process", "date": time.strftime("%Y-%m-%d"), "wall_s": time.perf_counter() - t0,
-            "network": str(DEMO_NETWORK.relative_to(ROOT)), "trace": str(TRACE.relative_to(ROOT)),
+            "network": str(PHONE_NETWORK.relative_to(ROOT)), "trace": str(TRACE.relative_to(ROOT)),
             "llm": llm_note or "included"}
     stem = args.name + ("_quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

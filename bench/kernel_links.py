@@ -91,12 +91,12 @@ def tcp_through_tbf(rates_bps: list[float]) -> list[dict[str, float]]:
 
 
 def captioner(bandwidths: list[float], requests: int) -> list[dict[str, Any]]:
-    from orchestrator.demo import DEMO_NETWORK, cached_profile, local_dilation, run_strategy, write_test_images
+    from orchestrator.demo import PHONE_NETWORK, cached_profile, local_dilation, run_strategy, write_test_images
     from orchestrator.network import load_network
     from orchestrator.strategies import describe_assignment, strategy_plans
     from profiler.models import load_adapter
 
-    base = load_network(DEMO_NETWORK)
+    base = load_network(PHONE_NETWORK)
     adapter = load_adapter("tiny-captioner")
     profile, path, cached = cached_profile(adapter, base)
     print(f"profile: {'cached' if cached else 'measured'} {path.name}", flush=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.aiflow_experiment import md_cell
-from orchestrator.demo import DEMO_NETWORK, cached_profile
+from orchestrator.demo import PHONE_NETWORK, cached_profile
 from orchestrator.network import NetworkState, load_network
 from orchestrator.strategies import describe_assignment, strategy_plans
 from profiler.errors import InputError
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["tiny-captioner", "smollm2-135m"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
-    base = load_network(DEMO_NETWORK)
+    base = load_network(PHONE_NETWORK)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for model in args.models:

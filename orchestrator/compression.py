@@ -4,8 +4,9 @@ The runtime's per-hop compression (runtime.codec) sends floating-point activatio
 the bytes) or as int8 with one scale (a quarter). It never touches integer tensors (token ids) or the
 raw input the client sends. `compressed_profile` applies the same ratios to the activations a profile
 lists (outputs of units inside a phase and edges such as the encoder output), so the planner can weigh
-a plan's transfers as the runtime will really send them. Compute time for (de)quantising is not added:
-it is measured in the experiment, not assumed.
+a plan's transfers as the runtime will really send them. The profile is marked with `wire`, so the
+cost model adds the measured (de)quantising time of every compressed hop (the profile's
+`overheads.<hw>.codec`, zero where it was not measured).
 """
 
 from __future__ import annotations
@@ -30,4 +31,4 @@ def compressed_profile(profile: Profile, how: str) -> Profile:
         out = {ph: (b if last_of.get(ph) == i else b * ratio) for ph, b in unit.out_bytes.items()}
         units.append(unit.model_copy(update={"out_bytes": out}))
     edges = [e.model_copy(update={"bytes": e.bytes * ratio}) for e in profile.edges]
-    return profile.model_copy(update={"units": units, "edges": edges})
+    return profile.model_copy(update={"units": units, "edges": edges, "wire": how})

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from orchestrator.compression import WIRE_RATIO
 from orchestrator.network import NetworkState
 from profiler.profile import Profile
 from runtime.routes import fastest_link
 
-TermKind = Literal["input", "compute", "transfer", "loop", "edge", "result"]
+TermKind = Literal["input", "compute", "transfer", "loop", "edge", "result", "request"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Term:
     nbytes: float = 0.0
     units: tuple[int, ...] = ()
     repeat: int = 1
+    overhead_s: float = 0.0          # the part of `seconds` the runtime itself costs (hops, codec, request)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Evaluation:
     compute_s: dict[str, float]
     transfer_s: dict[str, float]          # per hop "a->b", multi-hop paths split over their hops
     violations: tuple[str, ...] = field(default=())
+    overhead_s: float = 0.0               # the runtime's own costs: per request, per hop, codec
+
 
     @property
     def feasible(self) -> bool:
@@ -54,6 +58,44 @@ def compute_time(profile: Profile, net: NetworkState, unit: int, node: str, phas
     if lat is None or phase not in lat:
         return math.inf
     return lat[phase] * n.slowdown
+
+
+def hop_overhead(profile: Profile, net: NetworkState, src: str, dst: str, nbytes: float, *,
+                 compressed: bool = False) -> float:
+    """The runtime's fixed cost of one transfer src -> dst (the sender's class's `hop_s`), plus, for a
+    compressed activation, encoding on the sender and decoding on the receiver per raw byte."""
+    if src == dst or not profile.overheads:
+        return 0.0
+    sender = profile.overheads.get(net.node(src).hardware)
+    receiver = profile.overheads.get(net.node(dst).hardware)
+    t = sender.hop_s if sender is not None else 0.0
+    if compressed and profile.wire is not None:
+        raw = nbytes / WIRE_RATIO[profile.wire]
+        enc = sender.codec.get(profile.wire) if sender is not None else None
+        dec = receiver.codec.get(profile.wire) if receiver is not None else None
+        t += (enc.enc_s_per_byte if enc is not None else 0.0) * raw
+        t += (dec.dec_s_per_byte if dec is not None else 0.0) * raw
+    return t
+
+
+def transfer_matrix(profile: Profile, net: NetworkState, nbytes: float, *,
+                    compressed: bool = False) -> list[list[float]]:
+    """tau(i, j, nbytes) for all node pairs with the runtime's overheads (inf where no path exists)."""
+    base = [list(row) for row in net.transfer_matrix(nbytes)]
+    if not profile.overheads:
+        return base
+    names = net.node_names
+    for i, row in enumerate(base):
+        for j, t in enumerate(row):
+            if i != j and math.isfinite(t):
+                row[j] = t + hop_overhead(profile, net, names[i], names[j], nbytes, compressed=compressed)
+    return base
+
+
+def request_overhead(profile: Profile, net: NetworkState) -> float:
+    """The fixed cost of one request, counted with the source node's hardware class."""
+    o = profile.overheads.get(net.node(net.source).hardware)
+    return o.request_s if o is not None else 0.0
 
 
 def check_constraints(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> list[str]:
@@ -108,8 +150,15 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
                  units: tuple[int, ...] = ()) -> None:
         if src == dst:
             return
-        t = net.transfer_time(src, dst, nbytes)
-        terms.append(Term(kind, phase, repeat * t, src=src, dst=dst, nbytes=nbytes, units=units, repeat=repeat))
+        # Activations inside a phase and shared edges travel compressed on a `wire` profile.
+        extra = hop_overhead(profile, net, src, dst, nbytes, compressed=kind in ("transfer", "edge"))
+        t = net.transfer_time(src, dst, nbytes) + extra
+        terms.append(Term(kind, phase, repeat * t, src=src, dst=dst, nbytes=nbytes, units=units, repeat=repeat,
+                          overhead_s=repeat * extra))
+
+    req = request_overhead(profile, net)
+    if req > 0:
+        terms.append(Term("request", None, req, node=net.source, overhead_s=req))
 
     for ph in profile.active_phases:
         r = ph.repeat
@@ -138,13 +187,16 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
     for t in terms:
         if t.kind == "compute":
             compute[t.node] += t.seconds  # type: ignore[index]
+        elif t.kind == "request":
+            continue
         elif math.isfinite(t.seconds):
             for a, b in net.route(t.src, t.dst, t.nbytes):  # type: ignore[arg-type]
                 hops[f"{a}->{b}"] += t.repeat * net.hop_time(a, b, t.nbytes)
     total = math.fsum(t.seconds for t in terms)
     if not math.isfinite(total):
         violations.append("some transfer has no network path or some unit has no latency on its node")
-    return Evaluation(total, tuple(terms), dict(compute), dict(hops), tuple(violations))
+    overhead = math.fsum(t.overhead_s for t in terms if math.isfinite(t.overhead_s))
+    return Evaluation(total, tuple(terms), dict(compute), dict(hops), tuple(violations), overhead)
 
 
 def with_decode_steps(profile: Profile, passes: int) -> Profile:

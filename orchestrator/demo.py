@@ -21,8 +21,15 @@ from profiler.paths import cache_root
 from profiler.profile import Profile, load_profile, save_profile
 
 DEMO_MODEL = "tiny-captioner"
-# The shipped example network (a checkout is what the README runs from).
-DEMO_NETWORK = Path(__file__).resolve().parents[1] / "examples" / "three-tier.network.yaml"
+# The shipped example network (a checkout is what the README runs from): a low-end device, where the
+# optimum moves work off it. examples/three-tier.network.yaml (a flagship phone) is the case where
+# running on the device is right.
+DEMO_NETWORK = Path(__file__).resolve().parents[1] / "examples" / "low-end.network.yaml"
+# The flagship-phone network (phone, edge, cloud) the benchmarks vary link by link.
+PHONE_NETWORK = Path(__file__).resolve().parents[1] / "examples" / "three-tier.network.yaml"
+# Profiles measured on real hardware that is not at hand here (bench/device_profiles.sh): they replace
+# the roofline estimate of their class.
+MEASURED_PROFILES = Path(__file__).resolve().parents[1] / "data" / "profiles"
 PROFILE_REPEATS = 10
 # Generation stops at EOS; the bound only has to exceed the longest caption (25 words + EOS). The profile
 # keeps InputSpec's 16 tokens, the median caption length (15 tokens + EOS), so plans are ranked for a
@@ -59,6 +66,16 @@ def demo_devices(net: NetworkState) -> list[str]:
     return sorted({n.hardware for n in net.nodes if n.hardware in shipped})
 
 
+def measured_profiles(model: str, devices: Sequence[str]) -> dict[str, Path]:
+    """Shipped profiles of `model` measured on the described classes `devices` (class -> file)."""
+    out = {}
+    for dev in devices:
+        f = MEASURED_PROFILES / dev / f"{model}.{dev}.json"
+        if f.is_file():
+            out[dev] = f
+    return out
+
+
 def cached_profile(adapter: ModelAdapter, net: NetworkState, *, refresh: bool = False, threads: int = 1,
                    progress: Callable[[int, int, str], None] | None = None) -> tuple[Profile, Path, bool]:
     """This machine's measured profile of the model plus roofline estimates for the network's
@@ -71,7 +88,9 @@ def cached_profile(adapter: ModelAdapter, net: NetworkState, *, refresh: bool = 
     from profiler.hardware import hardware_class, load_device
 
     devices = demo_devices(net)
-    path = profile_cache_path(adapter.name, hardware_class(), weights_digest(adapter), devices)
+    measured = measured_profiles(adapter.name, devices)
+    path = profile_cache_path(adapter.name, hardware_class(), weights_digest(adapter),
+                              [d + ("-measured" if d in measured else "") for d in devices])
     if path.is_file() and not refresh:
         return load_profile(path), path, True
     old_threads = torch.get_num_threads()
@@ -81,7 +100,11 @@ def cached_profile(adapter: ModelAdapter, net: NetworkState, *, refresh: bool = 
     finally:
         torch.set_num_threads(old_threads)
     for dev in devices:
-        profile = estimate_profile(profile, load_device(dev))
+        if dev not in measured:
+            profile = estimate_profile(profile, load_device(dev))
+    if measured:
+        from profiler.merge import merge_profiles
+        profile, _ = merge_profiles([profile, *(load_profile(f) for f in measured.values())])
     path.parent.mkdir(parents=True, exist_ok=True)
     save_profile(profile, path)
     return profile, path, False

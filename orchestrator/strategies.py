@@ -78,3 +78,29 @@ def describe_assignment(assignment: list[str]) -> str:
         else:
             runs.append((node, 1))
     return " | ".join(f"{n} x{k}" for n, k in runs)
+
+
+SINGLE_TIERS = ("device-only", "edge-only", "cloud-only")
+
+
+def why_optimal(strategies: list[Strategy]) -> str | None:
+    """One line on why the optimal plan wins: what it saves against the best single tier (predicted)."""
+    by_name = {s.name: s.plan for s in strategies if s.plan is not None}
+    best = by_name.get("optimal")
+    singles = {n: p for n, p in by_name.items() if n in SINGLE_TIERS}
+    if best is None or not singles:
+        return None
+    tier, tier_plan = min(singles.items(), key=lambda kv: kv[1].predicted_latency_s)
+    opt, alone = best.predicted_latency_s, tier_plan.predicted_latency_s
+    where = describe_assignment(best.assignment)
+    device = singles.get("device-only")
+    vs_device = (f"; {device.predicted_latency_s / opt:.2f}x faster than device-only"
+                 if device is not None and tier != "device-only" and opt > 0 else "")
+    if len(set(best.assignment)) == 1 and best.assignment == tier_plan.assignment:
+        if tier == "device-only":
+            return (f"why: keeping everything on the device ({opt * 1e3:.1f} ms) is best here: no other tier "
+                    "is faster once the transfers are counted")
+        return f"why: {tier} ({where}, {opt * 1e3:.1f} ms) is the fastest placement{vs_device}"
+    saved = alone - opt
+    return (f"why: for the profiled request the optimum ({where}) predicts {opt * 1e3:.1f} ms, {saved * 1e3:.1f} ms "
+            f"({saved / alone:.0%}) less than the best single tier ({tier}, {alone * 1e3:.1f} ms){vs_device}")

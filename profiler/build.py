@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter
+from profiler.adapters.common import model_device
 from profiler.errors import InputError
 from profiler.flops import count_unit
 from profiler.hardware import fingerprint, hardware_class, measure_mem_bandwidth, measure_peak_flops
@@ -85,11 +86,13 @@ def _spec_dict(spec: InputSpec, image_size: int | None, uses_prompt: bool) -> di
     return out
 
 
-def machine_info(repeats: int, warmup: int) -> dict[str, object]:
-    """The fingerprint plus this machine's own roofline (matmul peak, copy bandwidth) for calibration."""
+def machine_info(repeats: int, warmup: int, device: torch.device | None = None) -> dict[str, object]:
+    """The fingerprint plus the roofline (matmul peak, copy bandwidth) of the device the units run on."""
+    device = device or torch.device("cpu")
     info = dict(fingerprint())
-    info["peak_flops_measured"] = measure_peak_flops()
-    info["mem_bandwidth_measured"] = measure_mem_bandwidth()
+    info["device"] = device.type
+    info["peak_flops_measured"] = measure_peak_flops(device=device)
+    info["mem_bandwidth_measured"] = measure_mem_bandwidth(device=device)
     info["repeats"] = repeats
     info["warmup"] = warmup
     info["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -98,12 +101,14 @@ def machine_info(repeats: int, warmup: int) -> dict[str, object]:
 
 def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | None = None, repeats: int = 10,
                   warmup: int = 2, progress: ProgressFn | None = None) -> Profile:
-    """Profile `adapter` for requests shaped like `spec`; latencies are keyed by `hardware` (default: this
-    machine's class, e.g. "cpu-2c")."""
+    """Profile `adapter` for requests shaped like `spec` on the device its weights are on (move the
+    model first to profile a GPU); latencies are keyed by `hardware` (default: this machine's class,
+    e.g. "cpu-2c", or the GPU's, e.g. "nvidia-h200")."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    info = machine_info(repeats, warmup)
-    hw = hardware or hardware_class(info)
+    device = model_device(adapter.model)
+    info = machine_info(repeats, warmup, device)
+    hw = hardware or hardware_class(info, device.type)
     unit_infos = adapter.units()
     phase_infos = adapter.phases(spec)
     edge_infos = adapter.edges()
@@ -140,7 +145,7 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
                      pos: int = position) -> torch.Tensor:
                 return adapter.run(i, i, x, phase=phase, position=pos, state=s)  # type: ignore[arg-type]
 
-            timing = time_unit_step(step, state, warmup=warmup, repeats=repeats)
+            timing = time_unit_step(step, state, warmup=warmup, repeats=repeats, device=device)
             rec.latency[ph.name] = round(timing.median_s, 9)
             rec.spread[ph.name] = round(timing.spread, 4)
 

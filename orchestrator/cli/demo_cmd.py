@@ -20,19 +20,21 @@ def _ms(s: float) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", help="Profile, plan and run the tiny captioner on a three-tier network.")(demo)
+    app.command("demo", help="Profile, plan and run the tiny captioner on a low-end device, an edge box and "
+                "a cloud GPU.")(demo)
 
 
 def demo(
     images: int = typer.Option(4, "--images", help="Held-out test images to caption."),
     repeats: int = typer.Option(3, "--repeats", help="Times each image is captioned per strategy (timed)."),
-    network: Path | None = typer.Option(None, "--network", help="Network file (default: the shipped three-tier one)."),
+    network: Path | None = typer.Option(None, "--network",
+                                        help="Network file (default: examples/low-end.network.yaml)."),
     refresh_profile: bool = typer.Option(False, "--refresh-profile", help="Measure the profile again."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the test images and results.json."),
 ) -> None:
     from orchestrator import demo as d
     from orchestrator.network import load_network
-    from orchestrator.strategies import describe_assignment, strategy_plans
+    from orchestrator.strategies import describe_assignment, strategy_plans, why_optimal
     from profiler.models import load_adapter
     from profiler.paths import cache_root
 
@@ -86,6 +88,9 @@ def demo(
         plan = best.strategy.plan
         console.print(f"optimal plan ({plan.solver}, {plan.status}, solved in {plan.solve_time_s * 1e3:.0f} ms): "
                       f"{describe_assignment(plan.assignment)}", highlight=False)
+    why = why_optimal(strategies)
+    if why:
+        console.print(why, highlight=False)
     _record(profile, net, runs)
     results = out / "results.json"
     results.write_text(json.dumps(_summary(runs, unsplit, imgs, K), indent=2) + "\n")

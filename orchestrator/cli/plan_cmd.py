@@ -270,7 +270,12 @@ def explain_cmd(plan: Annotated[str, typer.Argument(help="a plan file or a store
         table.add_row("-", "shared edge", f"{e['from']}->{e['to']}", _seconds(e["seconds"]))
     if ex.result_s:
         table.add_row("-", "result", f"-> {net.sink_node}", _seconds(ex.result_s))
+    if ex.request_s:
+        table.add_row("-", "runtime, per request", net.source, _seconds(ex.request_s))
     console.print(table)
+    if ex.overhead_s:
+        console.print(f"of which the runtime's own costs (per request, per hop, codec): {_seconds(ex.overhead_s)}",
+                      highlight=False)
     if ex.constraints:
         ct = Table(title="constraints", title_justify="left")
         for col in ("constraint", "state", "full", "binds", "gain if dropped"):

@@ -139,6 +139,21 @@ def _check_out(out: Path) -> None:
         raise InputError(f"--out: {out.parent}: no such folder")
 
 
+def _with_overheads(profile: Profile) -> Profile:
+    """The profile with this host's runtime overheads under its measured class."""
+    from profiler.profile import parse_profile
+    from runtime.overheads import measure_overheads
+
+    hw = profile.hardware_classes[0]
+    with console.status("measuring the runtime's overheads on this host"):
+        o = measure_overheads()
+    console.print(f"runtime overheads on {hw}: {o.hop_s * 1e3:.2f} ms per hop, {o.request_s * 1e3:.2f} ms per "
+                  "request", highlight=False)
+    data = profile.model_dump(by_alias=True, exclude_none=True)
+    data["overheads"] = {**data.get("overheads", {}), hw: o.as_profile_entry()}
+    return parse_profile(data, "profile")
+
+
 # -- commands ----------------------------------------------------------------------------------
 @app.command("model", help="Profile MODEL (a built-in name or a Hugging Face folder) on this machine.")
 def profile_model(
@@ -151,6 +166,10 @@ def profile_model(
     repeats: int = typer.Option(10, "--repeats", help="Timed runs per unit and phase (the median is kept)."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed runs before timing."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's own choice)."),
+    device: str = typer.Option("cpu", "--device", help="Where the units run: cpu, or cuda (this machine's GPU; "
+                               "the class is then named after it, e.g. nvidia-h200)."),
+    overheads: bool = typer.Option(True, "--overheads/--no-overheads", help="Also measure the runtime's own "
+                                   "costs on this host (per request, per hop, codec; about 6 s) into the profile."),
     store: bool = typer.Option(True, "--store/--no-store", help="Save the profile in the history database."),
 ) -> None:
     from profiler.build import parse_input_spec
@@ -164,8 +183,9 @@ def profile_model(
         raise InputError(f"--threads: must be at least 1, got {threads}")
     if hardware is not None and not hardware.strip():
         raise InputError("--hardware: empty name")
-    from profiler.hardware import load_device
+    from profiler.hardware import check_device, load_device
 
+    torch_device = check_device(device)
     devices = [load_device(e) for e in estimate]   # bad device files fail before minutes of profiling
     if out is not None:
         _check_out(out)
@@ -181,6 +201,7 @@ def profile_model(
         torch.set_num_threads(threads)
     with console.status(f"loading {model}"):
         adapter = load_adapter(model)
+        adapter.model.to(torch_device)
     columns = (TextColumn("[bold]profiling[/] {task.fields[what]:<28}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
@@ -190,6 +211,8 @@ def profile_model(
             bar.update(task, completed=done, total=total, what=what)
 
         profile = build_profile(adapter, spec, hardware=hardware, repeats=repeats, warmup=warmup, progress=progress)
+    if overheads and device == "cpu":
+        profile = _with_overheads(profile)
     for dev in devices:
         profile = estimate_profile(profile, dev)
     path = out or default_out(profile.model)

@@ -49,6 +49,8 @@ class Explanation:
     result_s: float
     constraints: list[ConstraintUse]
     optimum_s: float | None    # the best L under every constraint (None: not solved)
+    request_s: float = 0.0     # the runtime's fixed cost per request (profile overheads)
+    overhead_s: float = 0.0    # all the runtime's own costs in L: per request, per hop, codec
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,13 +66,16 @@ def explain_plan(profile: Profile, net: NetworkState, assignment: list[str], *, 
     phases: dict[str, PhaseTerms] = {}
     for ph in profile.active_phases:
         phases[ph.name] = PhaseTerms(ph.name, ph.repeat)
-    edges, result = [], 0.0
+    edges, result, request = [], 0.0, 0.0
     for t in ev.terms:
         if t.kind == "edge":
             edges.append({"from": t.src, "to": t.dst, "bytes": t.nbytes, "seconds": t.seconds})
             continue
         if t.kind == "result":
             result += t.seconds
+            continue
+        if t.kind == "request":
+            request += t.seconds
             continue
         pt = phases[t.phase]  # type: ignore[index]
         if t.kind == "compute":
@@ -93,7 +98,8 @@ def explain_plan(profile: Profile, net: NetworkState, assignment: list[str], *, 
         except InfeasibleError:
             optimum = None
     return Explanation(ev.latency_s, list(phases.values()), edges, result,
-                       _constraints(profile, net, assignment, optimum, opts, price), optimum)
+                       _constraints(profile, net, assignment, optimum, opts, price), optimum,
+                       request_s=request, overhead_s=ev.overhead_s)
 
 
 def _constraints(profile: Profile, net: NetworkState, assignment: list[str], optimum: float | None,

@@ -23,7 +23,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from orchestrator.costmodel import serialisation_s
+from orchestrator.costmodel import request_overhead, serialisation_s, transfer_matrix
 from orchestrator.network import NetworkState
 from profiler.errors import InputError
 from profiler.profile import Profile
@@ -165,7 +165,7 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
                 unary[u][n] += c
                 node_load[u][n] += c
         if ph.input == "source":
-            tau = net.transfer_matrix(ph.in_bytes)
+            tau = transfer_matrix(profile, net, ph.in_bytes)
             for n in range(N):
                 unary[ph.first][n] += r * tau[src][n]
                 if math.isfinite(tau[src][n]):
@@ -173,9 +173,10 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
     active = profile.active_phases
     if active:
         last = active[-1].last
-        tau = net.transfer_matrix(profile.result_bytes)
+        tau = transfer_matrix(profile, net, profile.result_bytes)
+        request = request_overhead(profile, net)   # the same on every node: kept so that L is exact
         for n in range(N):
-            unary[last][n] += tau[n][sink]
+            unary[last][n] += tau[n][sink] + request
             if math.isfinite(tau[n][sink]):
                 _merge_loads(unary_loads[last], n, loads_of(n, sink, profile.result_bytes), 1.0)
     for u in range(U):
@@ -187,7 +188,7 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
     # Pairwise costs, merged per unordered pair of units.
     pair_map: dict[tuple[int, int], Pair] = {}
 
-    def add_pair(a: int, b: int, nbytes: float, scale: float) -> None:
+    def add_pair(a: int, b: int, nbytes: float, scale: float, compressed: bool) -> None:
         """A transfer of nbytes from the node of a to the node of b, `scale` times."""
         if a == b:
             return
@@ -195,7 +196,7 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
         p = pair_map.get(key)
         if p is None:
             p = pair_map[key] = Pair(key[0], key[1], [[0.0] * N for _ in range(N)])
-        tau = net.transfer_matrix(nbytes)
+        tau = transfer_matrix(profile, net, nbytes, compressed=compressed)
         flip = a > b  # the pair's rows are the nodes of the lower unit, here the receiver
         for i in range(N):          # node of the sender a
             for j in range(N):      # node of the receiver b
@@ -207,9 +208,9 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
     for ph in active:
         r = ph.repeat
         for u in range(ph.first, ph.last):
-            add_pair(u, u + 1, profile.units[u].out_bytes.get(ph.name, 0.0), r)
+            add_pair(u, u + 1, profile.units[u].out_bytes.get(ph.name, 0.0), r, True)
         if ph.input == "loop":
-            add_pair(ph.last, ph.first, ph.in_bytes, r)
+            add_pair(ph.last, ph.first, ph.in_bytes, r, False)
 
     # Shared edges: one receiving unit is a pair; several are merged per (src, receivers).
     edge_map: dict[tuple[int, tuple[int, ...]], SharedEdge] = {}
@@ -218,9 +219,9 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
         if not dsts:
             continue
         if len(dsts) == 1:
-            add_pair(e.from_, dsts[0], e.bytes, 1.0)
+            add_pair(e.from_, dsts[0], e.bytes, 1.0, True)
             continue
-        tau = net.transfer_matrix(e.bytes)
+        tau = transfer_matrix(profile, net, e.bytes, compressed=True)
         se = edge_map.get((e.from_, dsts))
         if se is None:
             se = edge_map[(e.from_, dsts)] = SharedEdge(e.from_, dsts, [[0.0] * N for _ in range(N)])

@@ -140,7 +140,10 @@ def test_demo_runs_every_strategy_and_records_history(tmp_path: Path, capsys: py
     for name in STRATEGIES:
         assert name in done.stdout
     assert "Traceback" not in done.stderr
-    assert list((tmp_path / "cache" / "profiles").glob("tiny-captioner-*.profile.json"))   # the cached profile
+    (cached,) = (tmp_path / "cache" / "profiles").glob("tiny-captioner-*.profile.json")   # the cached profile
+    # The cloud's latencies are the ones measured on an H200 (shipped data), not a roofline estimate.
+    assert json.loads(cached.read_text())["units"][0]["source"]["h200"] == "measured"
+    assert "why: " in done.stdout
 
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     (image,) = results["images"]
@@ -150,6 +153,8 @@ def test_demo_runs_every_strategy_and_records_history(tmp_path: Path, capsys: py
         assert s["assignment"] is not None, s["why_not"]
         assert s["captions"] == {image["file"]: image["unsplit"]}, s["name"]
         assert s["requests_differing_from_unsplit"] == 0
+        if s["name"] == "optimal":   # on the default low-end network the optimum moves work off the device
+            assert set(s["assignment"]) != {"device"}
         assert len(s["measured_s"]) == 1 and s["measured_s"][0] > 0 and s["predicted_s"][0] > 0
     assert parse(image["unsplit"])          # the unsplit caption is a real caption
 

@@ -106,3 +106,22 @@ def test_bad_options_exit_2(env: dict[str, str]) -> None:
         assert res.returncode == 2 and needle in res.stderr, res.stderr
     res = aiflow("plan", "explain", "nope.json", "--profile", LLM[0], "--network", LLM[1], env=env)
     assert res.returncode == 2 and "no such file" in res.stderr
+
+
+def test_explain_shows_the_runtimes_own_costs(env: dict[str, str], tmp_path: Path) -> None:
+    prof = load_profile(CAPTIONER[0])
+    doc = prof.model_dump(by_alias=True, exclude_none=True)
+    doc["overheads"] = {"phone-a78": {"hop_s": 0.004, "request_s": 0.003}, "jetson-orin-nano": {"hop_s": 0.002}}
+    pfile = tmp_path / "with-overheads.profile.json"
+    pfile.write_text(json.dumps(doc))
+    out = tmp_path / "plan.json"
+    assert aiflow("plan", "--profile", pfile, "--network", CAPTIONER[1], "--out", out, "--no-store",
+                  env=env).returncode == 0
+    res = aiflow("plan", "explain", out, "--profile", pfile, "--network", CAPTIONER[1], "--json", "--no-price", env=env)
+    assert res.returncode == 0, res.stderr
+    ex = json.loads(res.stdout)
+    assert ex["request_s"] == pytest.approx(0.003)
+    plain = evaluate(prof, load_network(CAPTIONER[1]), load_plan(out).assignment).latency_s
+    assert ex["latency_s"] == pytest.approx(plain + ex["overhead_s"], rel=1e-12)
+    res = aiflow("plan", "explain", out, "--profile", pfile, "--network", CAPTIONER[1], "--no-price", env=env)
+    assert "runtime, per request" in res.stdout and "runtime's own costs" in res.stdout

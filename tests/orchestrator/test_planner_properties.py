@@ -63,8 +63,16 @@ def instances(draw: st.DrawFn) -> tuple[Profile, NetworkState]:
         dec = list(range(k, n_units))
         to = draw(st.lists(st.sampled_from(dec), min_size=1, max_size=len(dec), unique=True))
         edges.append({"from": k - 1, "to": to, "bytes": draw(small)})
-    profile = parse_profile({"format": "aiflow.profile/v1", "model": "random", "units": units, "phases": phases,
-                             "edges": edges, "result_bytes": draw(small)})
+    doc = {"format": "aiflow.profile/v1", "model": "random", "units": units, "phases": phases,
+           "edges": edges, "result_bytes": draw(small)}
+    if draw(st.booleans()):   # the runtime's own costs: per hop (by sender), per request, codec per byte
+        doc["overheads"] = {hw: {"hop_s": draw(st.sampled_from([0.0, 0.02, 0.4])),
+                                 "request_s": draw(st.sampled_from([0.0, 0.1])),
+                                 "codec": {"int8": {"enc_s_per_byte": draw(st.sampled_from([0.0, 1e-3])),
+                                                    "dec_s_per_byte": draw(st.sampled_from([0.0, 2e-4]))}}}
+                            for hw in HW if draw(st.booleans())}
+        doc["wire"] = draw(st.sampled_from([None, "int8"]))
+    profile = parse_profile(doc)
 
     n_nodes = draw(st.integers(1, 3))
     total = sum(u["mem_bytes"] for u in units)

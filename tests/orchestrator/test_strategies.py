@@ -142,3 +142,28 @@ def test_best_cut_keeps_units_on_both_sides_even_where_not_cutting_wins(profile:
 def test_unknown_strategy_names_are_refused(profile: Profile) -> None:
     with pytest.raises(ValueError, match="best-cut"):
         strategy_plans(profile, shipped(), names=("fastest",))
+
+
+def _plan(assignment: list[str], latency: float):  # noqa: ANN202 - a Plan
+    from orchestrator.plan import Plan
+    return Plan(model="m", assignment=assignment, predicted_latency_s=latency, status="optimal", solver="test")
+
+
+def test_why_optimal_names_the_saving_against_the_best_single_tier() -> None:
+    from orchestrator.strategies import why_optimal
+    strategies = [Strategy("optimal", _plan(["phone", "edge", "edge"], 0.080)),
+                  Strategy("device-only", _plan(["phone"] * 3, 0.200)),
+                  Strategy("edge-only", _plan(["edge"] * 3, 0.100)),
+                  Strategy("cloud-only", None, "no cloud")]
+    line = why_optimal(strategies)
+    assert line is not None
+    assert "20.0 ms (20%) less than the best single tier (edge-only, 100.0 ms)" in line
+    assert "2.50x faster than device-only" in line
+
+
+def test_why_optimal_when_the_device_alone_is_best() -> None:
+    from orchestrator.strategies import why_optimal
+    strategies = [Strategy("optimal", _plan(["phone"] * 3, 0.05)), Strategy("device-only", _plan(["phone"] * 3, 0.05)),
+                  Strategy("cloud-only", _plan(["cloud"] * 3, 0.09))]
+    assert "keeping everything on the device" in (why_optimal(strategies) or "")
+    assert why_optimal([Strategy("optimal", None, "infeasible")]) is None

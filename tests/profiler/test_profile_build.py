@@ -146,10 +146,24 @@ def test_shipped_devices_estimate(gpt2_profile: Profile) -> None:
         p = estimate_profile(p, d)
     cal = calibrate(gpt2_profile, "test-cpu")
     assert cal.slowdown >= 1 and cal.op_overhead_s >= 0 and cal.entries == 8
-    # Per op, a phone's slower host costs more than the H200's; with per-op costs alike, the H200 is never slower.
+    # Every shipped description fixes its per-operation cost, so an estimate is a * roofline + that cost
+    # times the unit's operations, whatever this host's own fitted per-operation cost.
+    from profiler.estimate import bytes_moved, op_count, roofline, unit_inputs
+    inputs = unit_inputs(gpt2_profile)
+    for d in devices.values():
+        assert d.op_overhead_s is not None, d.name
+        for i, u in enumerate(p.units):
+            for ph, t in u.latency_s[d.name].items():
+                roof = roofline(u.flops.get(ph, 0.0), bytes_moved(u, ph, inputs[(i, ph)]),
+                                d.peak_flops * d.efficiency, d.mem_bandwidth_bytes_per_s)
+                assert t == pytest.approx(cal.slowdown * roof + d.op_overhead_s * op_count(u, ph), rel=1e-9)
+    # With the same operations and a higher roofline, the H200 is faster than the phone wherever the
+    # per-operation part is alike: compare the roofline parts alone.
     for u in p.units:
-        for ph, t in u.latency_s["h200"].items():
-            assert 0 < t <= u.latency_s["phone-a78"][ph]
+        for ph in u.latency_s["h200"]:
+            h = u.latency_s["h200"][ph] - devices["h200"].op_overhead_s * op_count(u, ph)
+            ph_ = u.latency_s["phone-a78"][ph] - devices["phone-a78"].op_overhead_s * op_count(u, ph)
+            assert 0 <= h <= ph_
     assert load_device("h200") == devices["h200"]
 
 

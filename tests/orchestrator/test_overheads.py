@@ -1,0 +1,78 @@
+"""The runtime's own costs in L: per hop (sender's class), per request (source's class), codec per byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.compression import compressed_profile
+from orchestrator.costmodel import evaluate
+from orchestrator.planner import PlanOptions, solve
+from profiler.profile import parse_profile
+from tests.orchestrator.test_costmodel import _network, _profile
+from tests.orchestrator.test_planner_properties import brute_force
+
+OVERHEADS = {"slow": {"hop_s": 0.03, "request_s": 0.2,
+                      "codec": {"fp16": {"enc_s_per_byte": 1e-5, "dec_s_per_byte": 2e-5}}},
+             "fast": {"hop_s": 0.007, "codec": {"fp16": {"enc_s_per_byte": 3e-5, "dec_s_per_byte": 4e-5}}}}
+
+
+def _with_overheads(profile):  # noqa: ANN001, ANN202
+    return parse_profile(profile.model_dump(by_alias=True, exclude_none=True) | {"overheads": OVERHEADS})
+
+
+def test_hop_and_request_overheads_are_added_per_transfer_by_the_sender_class() -> None:
+    plain, costly = _profile(), _with_overheads(_profile())
+    assignment = ["a", "a", "b", "c"]          # a, b: class slow; c: class fast
+    base = evaluate(plain, _network(), assignment).latency_s
+    ev = evaluate(costly, _network(), assignment)
+    # Transfers between distinct nodes, counted by hand from the profile (see test_costmodel):
+    # pre b->c once, dec b->c 3x, loop c->b 3x, edge a->b and a->c, result c->a.
+    hops_from_slow = 1 + 3 + 2                  # b->c (pre), b->c (dec), the edge twice from a
+    hops_from_fast = 3 + 1                      # c->b (loop), c->a (result)
+    expected = base + 0.2 + 0.03 * hops_from_slow + 0.007 * hops_from_fast
+    assert ev.latency_s == pytest.approx(expected, rel=1e-12)
+    assert ev.overhead_s == pytest.approx(expected - base, rel=1e-12)
+
+
+def test_all_on_one_node_pays_only_the_request() -> None:
+    ev = evaluate(_with_overheads(_profile()), _network(), ["a"] * 4)
+    assert ev.latency_s == pytest.approx(evaluate(_profile(), _network(), ["a"] * 4).latency_s + 0.2)
+
+
+def test_a_compressed_hop_pays_encoding_on_the_sender_and_decoding_on_the_receiver() -> None:
+    wire = compressed_profile(_with_overheads(_profile()), "fp16")
+    no_codec = wire.model_copy(update={"wire": None})
+    assignment = ["a", "b", "b", "b"]          # one activation a->b in enc (1000 raw bytes), the edge stays on b
+    extra = evaluate(wire, _network(), assignment).latency_s - evaluate(no_codec, _network(), assignment).latency_s
+    assert extra == pytest.approx(1000 * (1e-5 + 2e-5), rel=1e-9)
+
+
+@pytest.mark.parametrize("hop_s", [0.0, 0.05, 5.0])
+def test_the_planner_minimises_l_with_overheads(hop_s: float) -> None:
+    doc = _profile().model_dump(by_alias=True, exclude_none=True)
+    doc["overheads"] = {"slow": {"hop_s": hop_s, "request_s": 0.1}, "fast": {"hop_s": hop_s}}
+    prof = parse_profile(doc)
+    net = _network()
+    plan = solve(prof, net, PlanOptions())
+    assert plan.predicted_latency_s == pytest.approx(brute_force(prof, net), rel=1e-9)
+    assert plan.predicted_latency_s == pytest.approx(evaluate(prof, net, plan.assignment).latency_s, rel=1e-12)
+
+
+def test_large_hop_overheads_keep_the_plan_on_fewer_nodes() -> None:
+    doc = _profile().model_dump(by_alias=True, exclude_none=True)
+    cheap = solve(parse_profile(doc), _network(), PlanOptions())
+    doc["overheads"] = {"slow": {"hop_s": 50.0}, "fast": {"hop_s": 50.0}}
+    costly = solve(parse_profile(doc), _network(), PlanOptions())
+    assert len(set(cheap.assignment)) > 1            # without overheads this instance splits
+    assert len(set(costly.assignment)) == 1
+
+
+def test_measured_overheads_on_this_host_are_positive_and_below_a_second() -> None:
+    from runtime.overheads import measure_overheads
+
+    o = measure_overheads(repeats=30)
+    assert 0 < o.hop_s < 1.0
+    assert 0 < o.request_s < 1.0
+    assert o.detail["alternating_s"] > o.detail["single_s"] > o.detail["compute_s"]
+    for how in ("fp16", "int8"):
+        assert set(o.codec[how]) == {"enc_s_per_byte", "dec_s_per_byte"}
