@@ -60,7 +60,8 @@ def prepare_input(adapter: ModelAdapter, item: str) -> torch.Tensor:
 
 def make_stage_plan(adapter: ModelAdapter, network: Any, plan: Any, *, addresses: dict[str, str],
                     profile: Any | None = None, emulate: bool = True, dilation: float = 1.0,
-                    compression: str | None = None, trace_base: Path | None = None, version: int = 1) -> StagePlan:
+                    compression: str | None = None, trace_base: Path | None = None, version: int = 1,
+                    native_hardware: str | None = None) -> StagePlan:
     """The StagePlan of `plan` on `network`, with each node's address (given or from the network file)."""
     units = adapter.units()
     if len(plan.assignment) != len(units):
@@ -72,7 +73,8 @@ def make_stage_plan(adapter: ModelAdapter, network: Any, plan: Any, *, addresses
                               edges=adapter.edges(), assignment=plan.assignment, network=network, profile=profile,
                               emulate=emulate, dilation=dilation,
                               compression=compression or getattr(plan, "compression", None),
-                              traces=network_traces(network, trace_base) if emulate else None)
+                              traces=network_traces(network, trace_base) if emulate else None,
+                              native_hardware=native_hardware)
     except ValueError as exc:
         raise InputError(f"plan: {exc}") from None
     nodes = tuple(type(n)(n.name, n.hardware, n.slowdown, addresses.get(n.name, n.address)) for n in sp.nodes)
@@ -83,7 +85,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                    emulate: bool = True, profile: Any | None = None, dilation: float = 1.0,
                    compression: str | None = None, trace_base: Path | None = None, token: str | None = None,
                    concurrency: int = 1, threads: int | None = None, adapter: ModelAdapter | None = None,
-                   timeout_s: float = 300.0, kernel_links: bool = False) -> list[InputResult]:
+                   timeout_s: float = 300.0, kernel_links: bool = False,
+                   native_hardware: str | None = None) -> list[InputResult]:
     """Start local workers as needed, run every input, stop the workers; results in input order.
     With `kernel_links` every node runs in its own network namespace and the kernel shapes the links'
     rates (runtime.netns); the transport then adds each link's latency only."""
@@ -107,7 +110,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
         if workers is not None:
             addresses.update(workers.start())
         sp = make_stage_plan(adapter, network, plan, addresses=addresses, profile=profile, emulate=emulate,
-                             dilation=dilation, compression=compression, trace_base=trace_base)
+                             dilation=dilation, compression=compression, trace_base=trace_base,
+                             native_hardware=native_hardware)
         if kernel is not None:
             sp = replace(sp, links=tuple(replace(lk, kernel_rate=True) for lk in sp.links))
         mode = "generate" if is_generative(adapter) else "forward"

@@ -202,12 +202,15 @@ def links_from_network(network: Any, traces: dict[str, tuple[tuple[float, float]
                           float(getattr(lk, "trace_start_s", 0.0))) for lk in network.links)
 
 
-def unit_latencies(profile: Any, network: Any, assignment: Sequence[str]) -> tuple[dict[str, float] | None, ...]:
-    """Per unit: the profile's per-phase latency on the hardware class of the unit's node."""
+def unit_latencies(profile: Any, network: Any, assignment: Sequence[str],
+                   native_hardware: str | None = None) -> tuple[dict[str, float] | None, ...]:
+    """Per unit: the profile's per-phase latency on the hardware class of the unit's node (None for a
+    node of `native_hardware`, this machine's own class: its compute runs at native speed)."""
     hw = {n.name: n.hardware for n in network.nodes}
     out = []
     for u, node in enumerate(assignment):
-        lat = profile.units[u].latency_s.get(hw[node]) if u < len(profile.units) else None
+        native = native_hardware is not None and hw[node] == native_hardware
+        lat = profile.units[u].latency_s.get(hw[node]) if u < len(profile.units) and not native else None
         out.append(dict(lat) if lat is not None else None)
     return tuple(out)
 
@@ -216,8 +219,11 @@ def build_stage_plan(*, version: int, model: str, units: Sequence[UnitInfo], pha
                      edges: Sequence[EdgeInfo], assignment: Sequence[str], network: Any,
                      profile: Any | None = None, emulate: bool = False, dilation: float = 1.0,
                      compression: str | None = None,
-                     traces: dict[str, tuple[tuple[float, float], ...]] | None = None) -> StagePlan:
-    """A StagePlan for an adapter's structure placed by `assignment` on a NetworkState-like `network`."""
+                     traces: dict[str, tuple[tuple[float, float], ...]] | None = None,
+                     native_hardware: str | None = None) -> StagePlan:
+    """A StagePlan for an adapter's structure placed by `assignment` on a NetworkState-like `network`.
+    Units on nodes of `native_hardware` get no compute target: under emulation they run at this
+    machine's own speed (times the node's slowdown and K), while links are still played."""
     if len(assignment) != len(units):
         raise ValueError(f"the plan assigns {len(assignment)} units but the model has {len(units)}")
     names = {n.name for n in network.nodes}
@@ -226,7 +232,7 @@ def build_stage_plan(*, version: int, model: str, units: Sequence[UnitInfo], pha
             raise ValueError(f"unit {units[u].name} is assigned to {node!r}, which the network does not have")
     routes = tuple(PhaseRoute(p.name, p.first, p.last, p.input, contiguous_segments(assignment, p.first, p.last))
                    for p in phases)
-    lat = unit_latencies(profile, network, assignment) if profile is not None else ()
+    lat = unit_latencies(profile, network, assignment, native_hardware) if profile is not None else ()
     return StagePlan(
         version=version, model=model, assignment=tuple(assignment), phases=routes,
         edges=tuple((e.src, tuple(e.dst)) for e in edges),

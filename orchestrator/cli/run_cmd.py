@@ -16,6 +16,7 @@ from rich.table import Table
 from profiler.errors import InputError
 
 console = Console()
+err_console = Console(stderr=True)
 
 
 def worker(
@@ -196,10 +197,21 @@ def run(
     net, pl, base = load_network_and_plan(network, plan, adapter)
     prof, prof_source = _find_profile(profile, model, len(adapter.units()))
     emulate = not no_emulation
-    k = _dilation(dilation, prof, net, local_hardware or hardware_class()) if emulate else 1.0
+    local_hw = local_hardware or hardware_class()
+    native = emulate and all(n.hardware == local_hw for n in net.nodes)
+    if native:
+        # Every node is this machine's class: compute runs at native speed (no stretching to the
+        # profile, no dilation) and only the links are played, so measured/predicted tests the
+        # profile, the transfer model and the runtime's overheads together.
+        k = 1.0
+        err_console.print(f"native run: every node is of this machine's class ({local_hw}): compute at native "
+                          "speed, no dilation; links emulated", highlight=False)
+    else:
+        k = _dilation(dilation, prof, net, local_hw) if emulate else 1.0
     results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate, profile=prof,
                              dilation=k, compression=compression, trace_base=base, adapter=adapter,
-                             concurrency=concurrency, kernel_links=kernel_links)
+                             concurrency=concurrency, kernel_links=kernel_links,
+                             native_hardware=local_hw if native else None)
     rows = []
     for r in results:
         res = r.result

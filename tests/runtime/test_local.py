@@ -116,3 +116,30 @@ def test_workers_stop_when_their_parent_dies(folders) -> None:
     while alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(), f"worker {pid} outlived its parent"
+
+
+def test_aiflow_run_is_native_when_every_node_is_this_machines_class(folders, tmp_path: Path) -> None:
+    """No stretching to the profile and no dilation, but links still played."""
+    ad = adapter(folders, "gpt2")
+    net = {"format": "aiflow.network/v1", "source": "a", "nodes": [
+        {"name": "a", "hardware": "cpu", "mem_bytes": 4e9}, {"name": "b", "hardware": "cpu", "mem_bytes": 4e9}],
+        "links": [{"a": "a", "b": "b", "bandwidth_bps": 1e8, "latency_s": 0.05}]}
+    prof = profile_doc(ad.name)
+    for u in prof["units"]:              # a profile claiming 1 s per pass: an emulated run would take >20 s
+        u["latency_s"]["cpu"] = {"prefill": 1.0, "decode": 1.0}
+    plan = plan_doc(ad.name) | {"assignment": ["a", "a", "b", "b"]}
+    for name, doc in (("net", net), ("plan", plan), ("profile", prof)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-c", "from orchestrator.cli import main; main()", "run", "--model", str(folders["gpt2"]),
+           "--network", str(tmp_path / "net.json"), "--plan", str(tmp_path / "plan.json"), "--profile",
+           str(tmp_path / "profile.json"), "--local-hardware", "cpu", "--max-new-tokens", "3", "--json", "abc"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "native run: every node is of this machine's class (cpu)" in proc.stderr
+    (row,) = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert row["dilation"] == 1.0
+    assert row["measured_s"] < 2.0 < row["predicted_s"]          # compute was not stretched to the profile
+    # Links were played: the loop token b -> a and the prefill's a -> b each wait 50 ms per pass.
+    assert row["breakdown"]["transfer_s"]["a->b"] >= 3 * 0.05 and row["measured_s"] > 6 * 0.05

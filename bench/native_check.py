@@ -1,0 +1,129 @@
+"""The cost model against reality: native runs on networks of this machine's own class.
+
+    python -m bench.native_check [--requests 20] [--models tiny-captioner,tiny-gpt2] [--quick]
+
+Every node is of this machine's hardware class, so compute runs at native speed (no stretching to
+the profile, no time dilation) and only the links are played (bandwidth and latency). The profile is
+measured here first, with the runtime's overheads (`aiflow profile model --overheads`), so the
+prediction L holds the profile, the transfer model and the runtime's own costs, and nothing of it is
+enacted by a sleep. Per network point (phone-edge bandwidth x link latency; edge-cloud 100 Mbit/s)
+and strategy (the optimal plan; a split pinned across all three nodes), the median of
+measured / predicted over the requests is reported. Writes bench/results/native_check.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BANDWIDTHS_MBIT = (1, 5, 20, 100)
+LATENCIES_S = (0.002, 0.010)
+
+
+def network(hw: str, mbit: float, latency: float, pins: dict[str, list[str]] | None = None) -> Any:
+    from orchestrator.network import parse_network
+    doc: dict[str, Any] = {"format": "aiflow.network/v1", "source": "phone", "nodes": [
+        {"name": n, "hardware": hw, "mem_bytes": 1e10} for n in ("phone", "edge", "cloud")], "links": [
+        {"a": "phone", "b": "edge", "bandwidth_bps": mbit * 1e6, "latency_s": latency},
+        {"a": "edge", "b": "cloud", "bandwidth_bps": 1e8, "latency_s": latency}]}
+    if pins:
+        doc["constraints"] = {"pins": pins}
+    return parse_network(doc)
+
+
+def split_pins(profile: Any) -> dict[str, list[str]]:
+    """First unit on the phone, a middle unit on the edge, the last on the cloud: a three-way split."""
+    names = [u.name for u in profile.units]
+    return {names[0]: ["phone"], names[len(names) // 2]: ["edge"], names[-1]: ["cloud"]}
+
+
+def inputs_for(adapter: Any, tmp: Path, n: int) -> list[str]:
+    from runtime.session import takes_images
+    if not takes_images(adapter):
+        return ["the quick brown fox"] * n
+    from orchestrator.demo import write_test_images
+    return [str(i.path) for i in write_test_images(tmp, n)]
+
+
+def run_model(model: str, requests: int, quick: bool) -> list[dict[str, Any]]:
+    import tempfile
+
+    from orchestrator.cli.profile_cmd import _with_overheads
+    from orchestrator.costmodel import latency_for_steps
+    from orchestrator.planner import PlanOptions, solve
+    from profiler.adapters.base import InputSpec
+    from profiler.build import build_profile
+    from profiler.hardware import hardware_class
+    from profiler.models import load_adapter
+    from runtime.session import run_on_network
+
+    adapter = load_adapter(model)
+    hw = hardware_class()
+    print(f"profiling {model} on {hw} (with the runtime's overheads)", file=sys.stderr, flush=True)
+    profile = _with_overheads(build_profile(adapter, InputSpec(), repeats=20))
+    rows = []
+    points = [(m, lat) for m in BANDWIDTHS_MBIT for lat in LATENCIES_S]
+    if quick:
+        points = points[::3]
+    with tempfile.TemporaryDirectory() as tmp:
+        items = inputs_for(adapter, Path(tmp), requests + 1)
+        for mbit, lat in points:
+            for strategy in ("optimal", "three-way split"):
+                pins = split_pins(profile) if strategy != "optimal" else None
+                net = network(hw, mbit, lat, pins)
+                plan = solve(profile, net, PlanOptions())
+                results = run_on_network(model, net, plan, items, max_new_tokens=16, emulate=True, profile=profile,
+                                         dilation=1.0, adapter=adapter, native_hardware=hw)
+                ratios, measured = [], []
+                for r in results[1:]:                   # the first request warms the workers up
+                    predicted = latency_for_steps(profile, net, plan.assignment, r.result.steps)
+                    ratios.append(r.result.measured_s / predicted)
+                    measured.append(r.result.measured_s)
+                row = {"model": model, "phone_edge_mbit": mbit, "latency_s": lat, "strategy": strategy,
+                       "assignment": plan.assignment, "predicted_s": plan.predicted_latency_s,
+                       "measured_median_s": statistics.median(measured), "ratio_median": statistics.median(ratios),
+                       "requests": len(ratios)}
+                rows.append(row)
+                print(f"  {mbit:>4} Mbit/s {lat * 1e3:>3.0f} ms {strategy:<16} ratio {row['ratio_median']:.3f}",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    from orchestrator.strategies import describe_assignment
+    out = ["### Native runs: measured / predicted (median per point)", "",
+           "| model | phone-edge | latency | strategy | plan | predicted | measured | ratio |",
+           "|---|---:|---:|---|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['phone_edge_mbit']} Mbit/s | {r['latency_s'] * 1e3:.0f} ms | {r['strategy']} | "
+                   f"{describe_assignment(r['assignment'])} | {r['predicted_s'] * 1e3:.1f} ms | "
+                   f"{r['measured_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.3f} |")
+    inside = sum(1 for r in rows if 0.9 <= r["ratio_median"] <= 1.1)
+    out += ["", f"{inside} of {len(rows)} points within 0.90-1.10."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--models", default="tiny-captioner,tiny-gpt2")
+    ap.add_argument("--quick", action="store_true", help="every third network point")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args(argv)
+    rows = [r for m in a.models.split(",") for r in run_model(m.strip(), a.requests, a.quick)]
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "native_check.json").write_text(json.dumps(rows, indent=2) + "\n")
+    md = markdown(rows)
+    (a.out / "native_check.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
