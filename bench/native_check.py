@@ -101,8 +101,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
            "| model | phone-edge | latency | strategy | plan | predicted | measured | ratio |",
            "|---|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['model']} | {r['phone_edge_mbit']} Mbit/s | {r['latency_s'] * 1e3:.0f} ms | {r['strategy']} | "
-                   f"{describe_assignment(r['assignment'])} | {r['predicted_s'] * 1e3:.1f} ms | "
+        out.append(f"| {r['model']} | {r['phone_edge_mbit']} Mbit/s | {r['latency_s'] * 1e3:.0f} ms | "
+                   f"{r['strategy']} | {describe_assignment(r['assignment'])} | {r['predicted_s'] * 1e3:.1f} ms | "
                    f"{r['measured_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.3f} |")
     inside = sum(1 for r in rows if 0.9 <= r["ratio_median"] <= 1.1)
     out += ["", f"{inside} of {len(rows)} points within 0.90-1.10."]
