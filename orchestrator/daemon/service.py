@@ -133,6 +133,7 @@ class Daemon:
         self._solve_lock = asyncio.Lock()
         self._scheduler: Any = None
         self._background: set[asyncio.Task] = set()
+        self._writes: set[asyncio.Task] = set()          # history writes close() waits for
         self.probes_sent_bytes: dict[str, int] = defaultdict(int)
         self._stored_profile_id: int | None = None
 
@@ -197,6 +198,10 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        # History writes of finished requests are data: let them land (bounded) before cancelling the rest.
+        writes = [t for t in self._background if t in self._writes]
+        if writes:
+            await asyncio.wait(writes, timeout=10.0)
         for task in list(self._background):
             task.cancel()
         if self.client is not None:
@@ -209,10 +214,13 @@ class Daemon:
             await asyncio.to_thread(self.workers.stop)
             self.workers = None
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, *, write: bool = False) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        if write:
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
     # -- the emulated network ----------------------------------------------------------------------
     def _initial_truth(self) -> Emulation:
@@ -681,7 +689,7 @@ class Daemon:
         return res, version, predicted if predicted is not None else version.plan.predicted_latency_s
 
     def record_request(self, output: str, res: RequestResult, version: Version, predicted: float) -> None:
-        self._spawn(self._record(self._save_run, output, res, version, predicted))
+        self._spawn(self._record(self._save_run, output, res, version, predicted), write=True)
 
     # -- history (every store call runs in a thread: SQLAlchemy is synchronous) ----------------------
     async def _record(self, fn: Callable[..., Any], *args: Any) -> Any:
