@@ -73,40 +73,11 @@ async def rpc_round_trip(n: int) -> dict[str, float]:
 
 
 async def pipeline_hops(n: int) -> dict[str, float]:
-    from types import SimpleNamespace
+    from runtime.overheads import pipeline_costs
 
-    from profiler.adapters.base import InputSpec
-    from profiler.models import load_adapter
-    from runtime.client import Client
-    from runtime.stages import build_stage_plan
-    from runtime.worker import Worker
-
-    ad = load_adapter("tiny-gpt2")
-    units = len(ad.units())
-    workers = {n_: Worker(n_, adapter=ad, token="t") for n_ in ("A", "B")}
-    addresses = {k: await w.start() for k, w in workers.items()}
-    net = SimpleNamespace(nodes=[SimpleNamespace(name=k, hardware="cpu", slowdown=1.0, address=v)
-                                 for k, v in addresses.items()],
-                          links=[SimpleNamespace(a="A", b="B", bandwidth_bps=1e10, latency_s=0.0, directed=False,
-                                                 trace=None)], source="A", sink=None)
-    ids = torch.tensor([[1, 2, 3, 4]])
-    out = {}
-    for version, asg in ((1, ["A"] * units), (2, ["AB"[u % 2] for u in range(units)])):
-        sp = build_stage_plan(version=version, model=ad.name, units=ad.units(), phases=ad.phases(InputSpec()),
-                              edges=ad.edges(), assignment=asg, network=net)
-        times = []
-        async with Client(sp, token="t") as client:
-            for i in range(n + 20):
-                r = await client.forward(ids)
-                if i >= 20:
-                    times.append(r.measured_s)
-        hops = sum(1 for u in range(units - 1) if asg[u] != asg[u + 1]) + (asg[-1] != "A")
-        out["single" if version == 1 else "alternating"] = (statistics.median(times), hops)
-    for w in workers.values():
-        await w.stop()
-    (t1, h1), (t2, h2) = out["single"], out["alternating"]
-    return {"single_ms": 1e3 * t1, "alternating_ms": 1e3 * t2, "extra_hops": h2 - h1,
-            "per_hop_ms": 1e3 * (t2 - t1) / (h2 - h1)}
+    c = await pipeline_costs(n)
+    t1, t2, hops = c["single_s"], c["alternating_s"], c["extra_hops"]
+    return {"single_ms": 1e3 * t1, "alternating_ms": 1e3 * t2, "extra_hops": hops, "per_hop_ms": 1e3 * (t2 - t1) / hops}
 
 
 # -- 2. throughput of a large activation ------------------------------------------------------------------

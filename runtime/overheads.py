@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -45,11 +46,11 @@ class RuntimeOverheads:
         return {"hop_s": self.hop_s, "request_s": self.request_s, "codec": self.codec}
 
 
-def _median_time(fn: object, repeats: int) -> float:
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for k in range(WARMUP + repeats):
         t0 = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         if k >= WARMUP:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -73,7 +74,8 @@ def codec_costs(repeats: int = 30) -> dict[str, dict[str, float]]:
     return out
 
 
-async def _pipeline(repeats: int) -> dict[str, float]:
+async def pipeline_costs(repeats: int) -> dict[str, float]:
+    """Medians of compute alone, a one-worker request and an alternating one, and the extra hops."""
     from profiler.adapters.base import InputSpec
     from profiler.models import load_adapter
     from runtime.client import Client
@@ -117,7 +119,7 @@ async def _pipeline(repeats: int) -> dict[str, float]:
 
 def measure_overheads(repeats: int = 100) -> RuntimeOverheads:
     """Measure this host's runtime overheads (about 5 s)."""
-    pipe = asyncio.run(_pipeline(repeats))
+    pipe = asyncio.run(pipeline_costs(repeats))
     hop = max(0.0, (pipe["alternating_s"] - pipe["single_s"]) / pipe["extra_hops"])
     request = max(0.0, pipe["single_s"] - pipe["compute_s"])
     return RuntimeOverheads(hop_s=round(hop, 7), request_s=round(request, 7), codec=codec_costs(),
