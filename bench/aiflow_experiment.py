@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from bench.results_io import write_results
 from orchestrator.demo import (
     PHONE_NETWORK,
     StrategyRun,
@@ -402,8 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "network": str(PHONE_NETWORK.relative_to(ROOT)), "trace": str(TRACE.relative_to(ROOT)),
             "llm": llm_note or "included"}
     stem = args.name + ("_quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(rows, meta))
+    write_results(args.out, stem, {"meta": meta, "rows": rows}, markdown(rows, meta))
     plot(rows, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json, .md, .png in {meta['wall_s'] / 60:.1f} min")
     return 0

@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.results_io import write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NETWORK = ROOT / "examples" / "daemon.network.yaml"
@@ -406,10 +408,8 @@ def main(argv: list[str] | None = None) -> None:
             f"trace_phone_slowdown_{a.trace_phone_slowdown:g}"
         res[key] = asyncio.run(SCENARIOS[name](setup, a.quick))
         print(json.dumps(res[key], indent=1, default=str), flush=True)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "daemon.json").write_text(json.dumps(res, indent=1, default=str))
     md = markdown(res)
-    (a.out / "daemon.md").write_text(md)
+    write_results(a.out, "daemon", res, md)
     print(md)
 
 

@@ -19,7 +19,6 @@ Writes OUT/kernel_links.json and OUT/kernel_links.md.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from bench.aiflow_experiment import md_cell
+from bench.results_io import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 MBIT = 1e6
@@ -161,10 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"command": "python -m bench.kernel_links " + " ".join(given)}
     res["tbf"] = tcp_through_tbf([1 * MBIT, 20 * MBIT, 100 * MBIT, 1000 * MBIT])
     res["captioner"] = captioner([float(b) * MBIT for b in args.bandwidths.split(",")], args.requests)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernel_links.json").write_text(json.dumps(res, indent=1) + "\n")
     text = markdown(res)
-    (args.out / "kernel_links.md").write_text(text)
+    write_results(args.out, "kernel_links", res, text)
     print(text)
     return 0
 

@@ -14,11 +14,12 @@ measured / predicted over the requests is reported. Writes bench/results/native_
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from bench.results_io import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -117,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     rows = [r for m in a.models.split(",") for r in run_model(m.strip(), a.requests, a.quick)]
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "native_check.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = markdown(rows)
-    (a.out / "native_check.md").write_text(md)
+    write_results(a.out, "native_check", rows, md, indent=2)
     print(md)
     return 0
 

@@ -16,7 +16,6 @@ Writes bench/results/planner_speed.json and .md; prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -26,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.results_io import write_results
 from orchestrator.network import NetworkState, parse_network
 from orchestrator.planner import PlanOptions, solve_report
 from profiler.profile import Profile, parse_profile
@@ -194,10 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"command": "python -m bench.planner_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
             "seeds": seeds, "cpus": os.cpu_count(), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
             "python": platform.python_version(), "time_limit_s": args.limit, "naive_limit_s": args.naive_limit}
-    RESULTS.mkdir(exist_ok=True)
     stem = "planner_speed" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(_markdown(rows, meta))
+    write_results(RESULTS, stem, {"meta": meta, "rows": rows}, _markdown(rows, meta), indent=2)
     print(f"\nwrote {RESULTS / stem}.json and .md")
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import platform
 import statistics
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bench.results_io import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -249,10 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         local_hw = a.local_hardware or hardware_class()
         bws = [float(b) * 1e6 for b in a.bandwidths.split(",")]
         res["end_to_end"] = end_to_end(a.profile, bws, a.requests, local_hw)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "runtime_overhead.json").write_text(json.dumps(res, indent=2))
     md = markdown(res)
-    (RESULTS / "runtime_overhead.md").write_text(md)
+    write_results(RESULTS, "runtime_overhead", res, md, indent=2)
     print(md)
 
 

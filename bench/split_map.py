@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.aiflow_experiment import md_cell
+from bench.results_io import write_results
 from orchestrator.demo import PHONE_NETWORK, cached_profile
 from orchestrator.network import NetworkState, load_network
 from orchestrator.strategies import describe_assignment, strategy_plans
@@ -107,10 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except InputError as exc:           # e.g. the smollm2 extra is not installed
             print(f"{model}: skipped ({exc})", flush=True)
     command = "python -m bench.split_map " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "split_map.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
     text = markdown(rows, command)
-    (args.out / "split_map.md").write_text(text)
+    write_results(args.out, "split_map", {"command": command, "rows": rows}, text)
     print(text)
     print(f"wrote {args.out / 'split_map'}.json, .md in {time.perf_counter() - t0:.1f} s")
     return 0

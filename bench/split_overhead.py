@@ -20,7 +20,6 @@ warm-up request). Writes bench/results/split_overhead.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from bench.results_io import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -101,10 +102,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     a = ap.parse_args()
     res = run(a.model, a.requests, a.tokens)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "split_overhead.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
-    (RESULTS / "split_overhead.md").write_text(md)
+    write_results(RESULTS, "split_overhead", res, md, indent=2)
     print(md)
 
 
