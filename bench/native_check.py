@@ -55,19 +55,19 @@ def inputs_for(adapter: Any, tmp: Path, n: int) -> list[str]:
 def run_model(model: str, requests: int, quick: bool) -> list[dict[str, Any]]:
     import tempfile
 
-    from orchestrator.cli.profile_cmd import _with_overheads
     from orchestrator.costmodel import latency_for_steps
     from orchestrator.planner import PlanOptions, solve
     from profiler.adapters.base import InputSpec
     from profiler.build import build_profile
     from profiler.hardware import hardware_class
     from profiler.models import load_adapter
+    from runtime.overheads import measure_overheads, with_overheads
     from runtime.session import run_on_network
 
     adapter = load_adapter(model)
     hw = hardware_class()
     print(f"profiling {model} on {hw} (with the runtime's overheads)", file=sys.stderr, flush=True)
-    profile = _with_overheads(build_profile(adapter, InputSpec(), repeats=20))
+    profile = with_overheads(build_profile(adapter, InputSpec(), repeats=20), measure_overheads())
     rows = []
     points = [(m, lat) for m in BANDWIDTHS_MBIT for lat in LATENCIES_S]
     if quick:

@@ -45,7 +45,6 @@ class Evaluation:
     violations: tuple[str, ...] = field(default=())
     overhead_s: float = 0.0               # the runtime's own costs: per request, per hop, codec
 
-
     @property
     def feasible(self) -> bool:
         return not self.violations and math.isfinite(self.latency_s)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -115,6 +116,16 @@ async def pipeline_costs(repeats: int) -> dict[str, float]:
             await w.stop()
     (single, h1), (alternating, h2) = medians["single"], medians["alternating"]
     return {"compute_s": compute, "single_s": single, "alternating_s": alternating, "extra_hops": float(h2 - h1)}
+
+
+def with_overheads(profile: Any, measured: RuntimeOverheads, hardware: str | None = None) -> Any:
+    """The profile with `measured` as the overheads of `hardware` (default: its first, measured class)."""
+    from profiler.profile import parse_profile
+
+    hw = hardware or profile.hardware_classes[0]
+    data = profile.model_dump(by_alias=True, exclude_none=True)
+    data["overheads"] = {**data.get("overheads", {}), hw: measured.as_profile_entry()}
+    return parse_profile(data, "profile")
 
 
 def measure_overheads(repeats: int = 100) -> RuntimeOverheads:

@@ -140,18 +140,14 @@ def _check_out(out: Path) -> None:
 
 
 def _with_overheads(profile: Profile) -> Profile:
-    """The profile with this host's runtime overheads under its measured class."""
-    from profiler.profile import parse_profile
-    from runtime.overheads import measure_overheads
+    """The profile with this host's runtime overheads under its measured class, with progress shown."""
+    from runtime.overheads import measure_overheads, with_overheads
 
-    hw = profile.hardware_classes[0]
     with console.status("measuring the runtime's overheads on this host"):
         o = measure_overheads()
-    console.print(f"runtime overheads on {hw}: {o.hop_s * 1e3:.2f} ms per hop, {o.request_s * 1e3:.2f} ms per "
-                  "request", highlight=False)
-    data = profile.model_dump(by_alias=True, exclude_none=True)
-    data["overheads"] = {**data.get("overheads", {}), hw: o.as_profile_entry()}
-    return parse_profile(data, "profile")
+    console.print(f"runtime overheads on {profile.hardware_classes[0]}: {o.hop_s * 1e3:.2f} ms per hop, "
+                  f"{o.request_s * 1e3:.2f} ms per request", highlight=False)
+    return with_overheads(profile, o)
 
 
 # -- commands ----------------------------------------------------------------------------------

@@ -76,3 +76,7 @@ def test_measured_overheads_on_this_host_are_positive_and_below_a_second() -> No
     assert o.detail["alternating_s"] > o.detail["single_s"] > o.detail["compute_s"]
     for how in ("fp16", "int8"):
         assert set(o.codec[how]) == {"enc_s_per_byte", "dec_s_per_byte"}
+    from runtime.overheads import with_overheads
+    stored = with_overheads(_profile(), o).overheads["slow"]      # "slow": the profile's first class
+    assert stored.hop_s == o.hop_s and stored.request_s == o.request_s
+    assert stored.codec["int8"].enc_s_per_byte == o.codec["int8"]["enc_s_per_byte"]
