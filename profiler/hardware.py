@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -97,24 +98,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def best_time(op: Callable[[], object], device: torch.device, seconds: float) -> float:
+    """The fastest run of `op` (GPU work finished) over `seconds` of repeats, after one warm-up run."""
+    best = float("inf")
+    with torch.inference_mode():
+        op()  # warm-up: thread pool, caches, kernels
+        synchronize(device)
+        deadline = time.perf_counter() + seconds
+        while True:
+            t0 = time.perf_counter()
+            op()
+            synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() > deadline:
+                return best
+
+
 def measure_peak_flops(n: int = 512, seconds: float = 0.3, device: torch.device | None = None) -> float:
     """FLOP/s of fp32 n x n matrix products on this machine with the current torch threads (best run)."""
     device = device or torch.device("cpu")
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    best = float("inf")
-    with torch.inference_mode():
-        torch.mm(a, b)  # warm-up: thread pool, caches
-        synchronize(device)
-        deadline = time.perf_counter() + seconds
-        while True:
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-            if time.perf_counter() > deadline:
-                break
-    return 2.0 * n**3 / best
+    return 2.0 * n**3 / best_time(lambda: torch.mm(a, b), device, seconds)
 
 
 def measure_mem_bandwidth(nbytes: int = 64 * 2**20, seconds: float = 0.3, device: torch.device | None = None) -> float:
@@ -122,19 +127,7 @@ def measure_mem_bandwidth(nbytes: int = 64 * 2**20, seconds: float = 0.3, device
     device = device or torch.device("cpu")
     src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    best = float("inf")
-    with torch.inference_mode():
-        dst.copy_(src)
-        synchronize(device)
-        deadline = time.perf_counter() + seconds
-        while True:
-            t0 = time.perf_counter()
-            dst.copy_(src)
-            synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-            if time.perf_counter() > deadline:
-                break
-    return 2.0 * nbytes / best
+    return 2.0 * nbytes / best_time(lambda: dst.copy_(src), device, seconds)
 
 
 # -- described devices -------------------------------------------------------------------------
