@@ -44,10 +44,22 @@ def split_pins(profile: Any) -> dict[str, list[str]]:
     return {names[0]: ["phone"], names[len(names) // 2]: ["edge"], names[-1]: ["cloud"]}
 
 
-def inputs_for(adapter: Any, tmp: Path, n: int) -> list[str]:
+PROMPT = "the quick brown fox jumps over the lazy dog and runs far away into the green hills beyond the river"
+
+
+def prompt_of(adapter: Any, tokens: int) -> str:
+    """A prompt that encodes to exactly `tokens` ids: the profile's request shape (a shorter prompt
+    would make the prefill cheaper than profiled)."""
+    text = adapter.decode_tokens(adapter.encode_text(PROMPT)[:tokens])
+    if len(adapter.encode_text(text)) != tokens:
+        raise SystemExit(f"native_check: no {tokens}-token prompt for {adapter.name}")
+    return text
+
+
+def inputs_for(adapter: Any, tmp: Path, n: int, prompt_tokens: int = 16) -> list[str]:
     from runtime.session import takes_images
     if not takes_images(adapter):
-        return ["the quick brown fox"] * n
+        return [prompt_of(adapter, prompt_tokens)] * n
     from orchestrator.demo import write_test_images
     return [str(i.path) for i in write_test_images(tmp, n)]
 
@@ -73,7 +85,7 @@ def run_model(model: str, requests: int, quick: bool) -> list[dict[str, Any]]:
     if quick:
         points = points[::3]
     with tempfile.TemporaryDirectory() as tmp:
-        items = inputs_for(adapter, Path(tmp), requests + 1)
+        items = inputs_for(adapter, Path(tmp), requests + 1, int(profile.input.get("prompt_tokens", 16)))
         for mbit, lat in points:
             for strategy in ("optimal", "three-way split"):
                 pins = split_pins(profile) if strategy != "optimal" else None

@@ -77,7 +77,7 @@ async def pipeline_hops(n: int) -> dict[str, float]:
     from runtime.overheads import pipeline_costs
 
     c = await pipeline_costs(n)
-    t1, t2, hops = c["single_s"], c["alternating_s"], c["extra_hops"]
+    t1, t2, hops = c["single_s"], c["alternating_s"], c["cuts"] + c["result_hops"]
     return {"single_ms": 1e3 * t1, "alternating_ms": 1e3 * t2, "extra_hops": hops, "per_hop_ms": 1e3 * (t2 - t1) / hops}
 
 

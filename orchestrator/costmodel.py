@@ -17,7 +17,8 @@ from orchestrator.network import NetworkState
 from profiler.profile import Profile
 from runtime.routes import fastest_link
 
-TermKind = Literal["input", "compute", "transfer", "loop", "edge", "result", "request"]
+TermKind = Literal["input", "compute", "transfer", "loop", "edge", "result", "request", "pass"]
+OVERHEAD_KINDS = ("request", "pass")     # terms that are the runtime's own cost and move no bytes
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,12 @@ def transfer_matrix(profile: Profile, net: NetworkState, nbytes: float, *,
             if i != j and math.isfinite(t):
                 row[j] = t + hop_overhead(profile, net, names[i], names[j], nbytes, compressed=compressed)
     return base
+
+
+def pass_overhead(profile: Profile, net: NetworkState, node: str) -> float:
+    """The fixed cost of one pass on `node` (a segment of a phase: receive, dispatch, hand on)."""
+    o = profile.overheads.get(net.node(node).hardware) if profile.overheads else None
+    return o.pass_s if o is not None else 0.0
 
 
 def request_overhead(profile: Profile, net: NetworkState) -> float:
@@ -167,6 +174,11 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
         elif ph.input == "loop":
             transfer("loop", ph.name, assignment[ph.last], first_node, ph.in_bytes, r, (ph.last, ph.first))
         for u in range(ph.first, ph.last + 1):
+            if u == ph.first or assignment[u] != assignment[u - 1]:     # a segment starts: one pass there
+                ps = pass_overhead(profile, net, assignment[u])
+                if ps > 0:
+                    terms.append(Term("pass", ph.name, r * ps, node=assignment[u], units=(u,), repeat=r,
+                                      overhead_s=r * ps))
             c = compute_time(profile, net, u, assignment[u], ph.name)
             terms.append(Term("compute", ph.name, r * c, node=assignment[u], units=(u,), repeat=r))
             if u < ph.last:
@@ -186,7 +198,7 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
     for t in terms:
         if t.kind == "compute":
             compute[t.node] += t.seconds  # type: ignore[index]
-        elif t.kind == "request":
+        elif t.kind in OVERHEAD_KINDS:
             continue
         elif math.isfinite(t.seconds):
             for a, b in net.route(t.src, t.dst, t.nbytes):  # type: ignore[arg-type]

@@ -77,6 +77,7 @@ class Overheads(_Frozen):
 
     hop_s: NonNegativeFloat = 0.0              # fixed cost of a transfer between two distinct nodes
     request_s: NonNegativeFloat = 0.0          # fixed cost of one request (open it, return the result)
+    pass_s: NonNegativeFloat = 0.0             # fixed cost of every pass a node runs (one segment of a phase)
     codec: dict[str, CodecCost] = Field(default_factory=dict)   # "fp16", "int8"
 
 

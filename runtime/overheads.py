@@ -3,11 +3,14 @@
 These are the `overheads` of a profile (docs/planning-model.md, runtime overheads), measured, not
 assumed:
 
-- request_s: one request of a small model (tiny-gpt2, a 4-token forward pass) with every unit on one
-  worker, minus the same units run directly in this process (their compute). What is left is
-  opening the request, the client -> worker and worker -> client frames, and returning the result.
-- hop_s: the same request with units alternating between two workers, minus the one-worker request,
-  per extra transfer between distinct nodes (framing, gRPC over loopback, the hand-off).
+- request_s and pass_s: a small model (tiny-gpt2) with every unit on one worker, once for a 4-token
+  forward pass (one pass) and once generating 16 tokens (16 passes), each minus the same passes run
+  directly in this process (their compute). The per-pass part (receiving a frame, dispatching the
+  units from the worker's event loop to its compute thread, handing the output on) grows with the
+  passes; what does not is the request's (opening it, the client's frames, returning the result).
+- hop_s: the forward pass with units alternating between two workers, minus the one-worker pass,
+  per extra transfer between distinct nodes (framing, gRPC over loopback, the hand-off), less the
+  new pass each cut starts on its receiver.
 - codec: encoding a float32 activation as fp16 or int8 (sender) and decoding it (receiver), per byte
   of the float32 tensor, timed on a 1 MiB activation beside the uncompressed path (whose cost is in
   hop_s already).
@@ -33,18 +36,20 @@ from runtime.codec import Frame, decode_frame, encode_frame
 PROBE_MODEL = "tiny-gpt2"
 CODEC_TENSOR_FLOATS = 256 * 1024         # a 1 MiB float32 activation
 WARMUP = 20
+GEN_PASSES = 16                          # decoder passes of the generation that isolates the per-pass cost
 
 
 @dataclass(frozen=True)
 class RuntimeOverheads:
     hop_s: float
     request_s: float
+    pass_s: float
     codec: dict[str, dict[str, float]]   # "fp16" -> {"enc_s_per_byte": ..., "dec_s_per_byte": ...}
     detail: dict[str, float]             # the raw medians the numbers were derived from
 
     def as_profile_entry(self) -> dict[str, object]:
         """The value of `overheads.<hw>` in a profile."""
-        return {"hop_s": self.hop_s, "request_s": self.request_s, "codec": self.codec}
+        return {"hop_s": self.hop_s, "request_s": self.request_s, "pass_s": self.pass_s, "codec": self.codec}
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -76,7 +81,8 @@ def codec_costs(repeats: int = 30) -> dict[str, dict[str, float]]:
 
 
 async def pipeline_costs(repeats: int) -> dict[str, float]:
-    """Medians of compute alone, a one-worker request and an alternating one, and the extra hops."""
+    """Medians of: compute alone (one pass; a generation of GEN_PASSES passes), the same through one
+    worker, a forward pass alternating between two workers; and how many cuts and result hops that has."""
     from profiler.adapters.base import InputSpec
     from profiler.models import load_adapter
     from runtime.client import Client
@@ -87,11 +93,17 @@ async def pipeline_costs(repeats: int) -> dict[str, float]:
     n_units = len(ad.units())
     ids = torch.tensor([[1, 2, 3, 4]])
 
-    def direct() -> None:
+    def direct(passes: int) -> None:
         with torch.inference_mode():
-            ad.run(0, n_units - 1, ids, phase="prefill", position=0, state=ad.new_state())
+            state = ad.new_state()
+            out = ad.run(0, n_units - 1, ids, phase="prefill", position=0, state=state)
+            for k in range(passes - 1):
+                out = ad.run(0, n_units - 1, out.argmax(-1, keepdim=True), phase="decode",
+                             position=ids.shape[1] + k, state=state)
 
-    compute = _median_time(direct, repeats)
+    out = {"compute_s": _median_time(lambda: direct(1), repeats),
+           "gen_compute_s": _median_time(lambda: direct(GEN_PASSES), repeats // 4 + 1)}
+    single, alternating = ["A"] * n_units, ["AB"[u % 2] for u in range(n_units)]
     workers = {name: Worker(name, adapter=ad, token="overheads") for name in ("A", "B")}
     try:
         addresses = {k: await w.start() for k, w in workers.items()}
@@ -99,23 +111,38 @@ async def pipeline_costs(repeats: int) -> dict[str, float]:
             nodes=[SimpleNamespace(name=k, hardware="local", slowdown=1.0, address=v) for k, v in addresses.items()],
             links=[SimpleNamespace(a="A", b="B", bandwidth_bps=1e12, latency_s=0.0, directed=False, trace=None)],
             source="A", sink=None)
-        medians: dict[str, tuple[float, int]] = {}
-        for version, asg in ((1, ["A"] * n_units), (2, ["AB"[u % 2] for u in range(n_units)])):
+        runs = (("single_s", single, "forward", repeats), ("alternating_s", alternating, "forward", repeats),
+                ("gen_single_s", single, "generate", repeats // 4 + 1))
+        for version, (key, asg, mode, n) in enumerate(runs, start=1):
             sp = build_stage_plan(version=version, model=ad.name, units=ad.units(), phases=ad.phases(InputSpec()),
                                   edges=ad.edges(), assignment=asg, network=net)
             times = []
             async with Client(sp, token="overheads") as client:
-                for k in range(WARMUP + repeats):
-                    r = await client.forward(ids)
+                for k in range(WARMUP + n):
+                    r = await (client.forward(ids) if mode == "forward"
+                               else client.generate(ids, max_new_tokens=GEN_PASSES))
                     if k >= WARMUP:
                         times.append(r.measured_s)
-            hops = sum(1 for u in range(n_units - 1) if asg[u] != asg[u + 1]) + (asg[-1] != "A")
-            medians["single" if version == 1 else "alternating"] = (statistics.median(times), hops)
+            out[key] = statistics.median(times)
     finally:
         for w in workers.values():
             await w.stop()
-    (single, h1), (alternating, h2) = medians["single"], medians["alternating"]
-    return {"compute_s": compute, "single_s": single, "alternating_s": alternating, "extra_hops": float(h2 - h1)}
+    out["cuts"] = float(sum(1 for u in range(n_units - 1) if alternating[u] != alternating[u + 1]))
+    out["result_hops"] = float(alternating[-1] != "A")
+    return out
+
+
+def derive(c: dict[str, float]) -> tuple[float, float, float]:
+    """(hop_s, request_s, pass_s) from pipeline_costs' medians, by the cost model's own terms:
+    one worker, one pass:        request + pass                 = single - compute
+    one worker, P passes:        request + P * pass             = gen_single - gen_compute
+    alternating, one pass:       cuts * (hop + pass) + result_hops * hop = alternating - single"""
+    once = c["single_s"] - c["compute_s"]
+    many = c["gen_single_s"] - c["gen_compute_s"]
+    pass_s = max(0.0, (many - once) / (GEN_PASSES - 1))
+    request_s = max(0.0, once - pass_s)
+    hop_s = max(0.0, (c["alternating_s"] - c["single_s"] - c["cuts"] * pass_s) / (c["cuts"] + c["result_hops"]))
+    return hop_s, request_s, pass_s
 
 
 def with_overheads(profile: Any, measured: RuntimeOverheads, hardware: str | None = None) -> Any:
@@ -131,7 +158,6 @@ def with_overheads(profile: Any, measured: RuntimeOverheads, hardware: str | Non
 def measure_overheads(repeats: int = 100) -> RuntimeOverheads:
     """Measure this host's runtime overheads (about 5 s)."""
     pipe = asyncio.run(pipeline_costs(repeats))
-    hop = max(0.0, (pipe["alternating_s"] - pipe["single_s"]) / pipe["extra_hops"])
-    request = max(0.0, pipe["single_s"] - pipe["compute_s"])
-    return RuntimeOverheads(hop_s=round(hop, 7), request_s=round(request, 7), codec=codec_costs(),
-                            detail=pipe)
+    hop, request, per_pass = derive(pipe)
+    return RuntimeOverheads(hop_s=round(hop, 7), request_s=round(request, 7), pass_s=round(per_pass, 7),
+                            codec=codec_costs(), detail=pipe)

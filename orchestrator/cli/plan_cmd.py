@@ -265,6 +265,8 @@ def explain_cmd(plan: Annotated[str, typer.Argument(help="a plan file or a store
             table.add_row(name, "transfer", hop, _seconds(s))
         if pt.loop_s:
             table.add_row(name, "loop (last -> first)", "", _seconds(pt.loop_s))
+        if pt.passes_s:
+            table.add_row(name, "runtime, per pass", "", _seconds(pt.passes_s))
         table.add_row(name, "[bold]phase total[/bold]", "", f"[bold]{_seconds(pt.total_s)}[/bold]")
     for e in ex.edges:
         table.add_row("-", "shared edge", f"{e['from']}->{e['to']}", _seconds(e["seconds"]))

@@ -146,7 +146,7 @@ def _with_overheads(profile: Profile) -> Profile:
     with console.status("measuring the runtime's overheads on this host"):
         o = measure_overheads()
     console.print(f"runtime overheads on {profile.hardware_classes[0]}: {o.hop_s * 1e3:.2f} ms per hop, "
-                  f"{o.request_s * 1e3:.2f} ms per request", highlight=False)
+                  f"{o.pass_s * 1e3:.2f} ms per pass, {o.request_s * 1e3:.2f} ms per request", highlight=False)
     return with_overheads(profile, o)
 
 

@@ -29,6 +29,7 @@ class PhaseTerms:
     loop_s: float = 0.0
     compute_s: dict[str, float] = field(default_factory=dict)      # node -> seconds (all passes)
     transfer_s: dict[str, float] = field(default_factory=dict)     # "a->b" (end to end) -> seconds
+    passes_s: float = 0.0      # the runtime's fixed cost of every pass (segment) of the phase
     total_s: float = 0.0
 
 
@@ -84,11 +85,14 @@ def explain_plan(profile: Profile, net: NetworkState, assignment: list[str], *, 
             pt.input_s += t.seconds
         elif t.kind == "loop":
             pt.loop_s += t.seconds
+        elif t.kind == "pass":
+            pt.passes_s += t.seconds
         else:
             key = f"{t.src}->{t.dst}"
             pt.transfer_s[key] = pt.transfer_s.get(key, 0.0) + t.seconds
     for pt in phases.values():
-        pt.total_s = pt.input_s + pt.loop_s + math.fsum(pt.compute_s.values()) + math.fsum(pt.transfer_s.values())
+        pt.total_s = (pt.input_s + pt.loop_s + pt.passes_s + math.fsum(pt.compute_s.values())
+                      + math.fsum(pt.transfer_s.values()))
 
     opts = options or PlanOptions()
     optimum = None

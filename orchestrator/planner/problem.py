@@ -23,7 +23,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from orchestrator.costmodel import request_overhead, serialisation_s, transfer_matrix
+from orchestrator.costmodel import pass_overhead, request_overhead, serialisation_s, transfer_matrix
 from orchestrator.network import NetworkState
 from profiler.errors import InputError
 from profiler.profile import Profile
@@ -164,6 +164,8 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
                 c = r * lat[ph.name] * node.slowdown if lat is not None and ph.name in lat else inf
                 unary[u][n] += c
                 node_load[u][n] += c
+                if u == ph.first:          # every phase pass starts a segment on the first unit's node
+                    unary[u][n] += r * pass_overhead(profile, net, node.name)
         if ph.input == "source":
             tau = transfer_matrix(profile, net, ph.in_bytes)
             for n in range(N):
@@ -188,8 +190,9 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
     # Pairwise costs, merged per unordered pair of units.
     pair_map: dict[tuple[int, int], Pair] = {}
 
-    def add_pair(a: int, b: int, nbytes: float, scale: float, compressed: bool) -> None:
-        """A transfer of nbytes from the node of a to the node of b, `scale` times."""
+    def add_pair(a: int, b: int, nbytes: float, scale: float, compressed: bool, starts_pass: bool = False) -> None:
+        """A transfer of nbytes from the node of a to the node of b, `scale` times; with `starts_pass`
+        the receiving node runs a new pass (a segment boundary inside a phase) when the nodes differ."""
         if a == b:
             return
         key = (min(a, b), max(a, b))
@@ -197,6 +200,9 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
         if p is None:
             p = pair_map[key] = Pair(key[0], key[1], [[0.0] * N for _ in range(N)])
         tau = transfer_matrix(profile, net, nbytes, compressed=compressed)
+        if starts_pass:
+            tau = [[t + (pass_overhead(profile, net, nodes[j]) if i != j else 0.0) for j, t in enumerate(row)]
+                   for i, row in enumerate(tau)]
         flip = a > b  # the pair's rows are the nodes of the lower unit, here the receiver
         for i in range(N):          # node of the sender a
             for j in range(N):      # node of the receiver b
@@ -208,7 +214,7 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
     for ph in active:
         r = ph.repeat
         for u in range(ph.first, ph.last):
-            add_pair(u, u + 1, profile.units[u].out_bytes.get(ph.name, 0.0), r, True)
+            add_pair(u, u + 1, profile.units[u].out_bytes.get(ph.name, 0.0), r, True, starts_pass=True)
         if ph.input == "loop":
             add_pair(ph.last, ph.first, ph.in_bytes, r, False)
 

@@ -39,6 +39,29 @@ def test_all_on_one_node_pays_only_the_request() -> None:
     assert ev.latency_s == pytest.approx(evaluate(_profile(), _network(), ["a"] * 4).latency_s + 0.2)
 
 
+def test_every_pass_a_node_runs_costs_its_pass_overhead() -> None:
+    doc = _profile().model_dump(by_alias=True, exclude_none=True)
+    doc["overheads"] = {"slow": {"pass_s": 0.01}, "fast": {"pass_s": 0.002}}
+    costly = parse_profile(doc)
+    assignment = ["a", "a", "b", "c"]          # a, b: class slow; c: class fast
+    extra = evaluate(costly, _network(), assignment).latency_s - evaluate(_profile(), _network(), assignment).latency_s
+    # Segments per pass, counted by hand: enc (x1) runs on a alone; pre (x1) and dec (x3) run on b then c.
+    expected = 1 * 0.01 + 1 * (0.01 + 0.002) + 3 * (0.01 + 0.002)
+    assert extra == pytest.approx(expected, rel=1e-12)
+    plan = solve(costly, _network(), PlanOptions())
+    assert plan.predicted_latency_s == pytest.approx(brute_force(costly, _network()), rel=1e-9)
+
+
+def test_overheads_are_derived_from_the_measured_medians_by_the_cost_models_terms() -> None:
+    from runtime.overheads import GEN_PASSES, derive
+    request, per_pass, hop = 0.003, 0.0005, 0.001
+    c = {"compute_s": 0.001, "gen_compute_s": 0.012, "cuts": 4.0, "result_hops": 1.0}
+    c["single_s"] = c["compute_s"] + request + per_pass
+    c["gen_single_s"] = c["gen_compute_s"] + request + GEN_PASSES * per_pass
+    c["alternating_s"] = c["single_s"] + 4 * (hop + per_pass) + 1 * hop
+    assert derive(c) == pytest.approx((hop, request, per_pass), rel=1e-9)
+
+
 def test_a_compressed_hop_pays_encoding_on_the_sender_and_decoding_on_the_receiver() -> None:
     wire = compressed_profile(_with_overheads(_profile()), "fp16")
     no_codec = wire.model_copy(update={"wire": None})
@@ -74,6 +97,7 @@ def test_measured_overheads_on_this_host_are_positive_and_below_a_second() -> No
     assert 0 < o.hop_s < 1.0
     assert 0 < o.request_s < 1.0
     assert o.detail["alternating_s"] > o.detail["single_s"] > o.detail["compute_s"]
+    assert o.detail["gen_single_s"] > o.detail["gen_compute_s"] and o.pass_s >= 0
     for how in ("fp16", "int8"):
         assert set(o.codec[how]) == {"enc_s_per_byte", "dec_s_per_byte"}
     from runtime.overheads import with_overheads

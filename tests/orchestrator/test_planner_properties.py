@@ -68,6 +68,7 @@ def instances(draw: st.DrawFn) -> tuple[Profile, NetworkState]:
     if draw(st.booleans()):   # the runtime's own costs: per hop (by sender), per request, codec per byte
         doc["overheads"] = {hw: {"hop_s": draw(st.sampled_from([0.0, 0.02, 0.4])),
                                  "request_s": draw(st.sampled_from([0.0, 0.1])),
+                                 "pass_s": draw(st.sampled_from([0.0, 0.05, 0.3])),
                                  "codec": {"int8": {"enc_s_per_byte": draw(st.sampled_from([0.0, 1e-3])),
                                                     "dec_s_per_byte": draw(st.sampled_from([0.0, 2e-4]))}}}
                             for hw in HW if draw(st.booleans())}
