@@ -201,6 +201,22 @@ def end_to_end(profile_path: Path, bandwidths: list[float], requests: int, local
     return rows
 
 
+def stretch_class(profile_path: Path) -> str:
+    """The class K is computed from: this machine's class in the profile, else (a profile measured on
+    another CPU, as the shipped example is) its first measured class, said on stderr."""
+    from profiler.hardware import hardware_class, local_key
+    from profiler.profile import load_profile
+
+    profile = load_profile(profile_path)
+    here = local_key(profile.hardware, profile.hardware_classes, hardware_class())
+    if here in profile.hardware_classes:
+        return here
+    measured = [hw for hw in profile.hardware_classes if profile.units[0].source.get(hw, "measured") == "measured"]
+    print(f"runtime_overhead: {profile_path.name} has no latencies for this machine's class {here}; "
+          f"K is computed from {measured[0]} (give --local-hardware to choose)", file=sys.stderr)
+    return measured[0]
+
+
 def markdown(res: dict[str, Any]) -> str:
     o = res["overhead"]
     p = res["pipeline"]
@@ -246,8 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     res["pipeline"] = asyncio.run(pipeline_hops(50 if a.quick else 200))
     res["throughput"] = asyncio.run(link_throughput([1e8, 1e9], 8 << 20))
     if not a.quick:
-        from profiler.hardware import hardware_class
-        local_hw = a.local_hardware or hardware_class()
+        local_hw = a.local_hardware or stretch_class(a.profile)
         bws = [float(b) * 1e6 for b in a.bandwidths.split(",")]
         res["end_to_end"] = end_to_end(a.profile, bws, a.requests, local_hw)
     md = markdown(res)

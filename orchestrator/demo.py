@@ -31,6 +31,7 @@ PHONE_NETWORK = Path(__file__).resolve().parents[1] / "examples" / "three-tier.n
 # the roofline estimate of their class.
 MEASURED_PROFILES = Path(__file__).resolve().parents[1] / "data" / "profiles"
 PROFILE_REPEATS = 10
+WORKER_THREADS = 1          # torch threads of each demo worker; the profile is measured with as many
 # Generation stops at EOS; the bound only has to exceed the longest caption (25 words + EOS). The profile
 # keeps InputSpec's 16 tokens, the median caption length (15 tokens + EOS), so plans are ranked for a
 # typical request and each request's prediction is recomputed for its own length.
@@ -76,7 +77,7 @@ def measured_profiles(model: str, devices: Sequence[str]) -> dict[str, Path]:
     return out
 
 
-def cached_profile(adapter: ModelAdapter, net: NetworkState, *, refresh: bool = False, threads: int = 1,
+def cached_profile(adapter: ModelAdapter, net: NetworkState, *, refresh: bool = False, threads: int = WORKER_THREADS,
                    progress: Callable[[int, int, str], None] | None = None) -> tuple[Profile, Path, bool]:
     """This machine's measured profile of the model plus roofline estimates for the network's
     described devices; measured once and cached per (model, machine class, weights, devices).
@@ -89,7 +90,7 @@ def cached_profile(adapter: ModelAdapter, net: NetworkState, *, refresh: bool = 
 
     devices = demo_devices(net)
     measured = measured_profiles(adapter.name, devices)
-    path = profile_cache_path(adapter.name, hardware_class(), weights_digest(adapter),
+    path = profile_cache_path(adapter.name, hardware_class(threads=threads), weights_digest(adapter),
                               [d + ("-measured" if d in measured else "") for d in devices])
     if path.is_file() and not refresh:
         return load_profile(path), path, True
@@ -207,7 +208,8 @@ def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Pro
         return run
     inputs = [str(images[0])] * warmup + [str(p) for _ in range(repeats) for p in images]
     results = run_on_network(model, net, strategy.plan, inputs, profile=profile, dilation=dilation,
-                             compression=compression, adapter=adapter, threads=1, max_new_tokens=max_new_tokens,
+                             compression=compression, adapter=adapter, threads=WORKER_THREADS,
+                             max_new_tokens=max_new_tokens,
                              kernel_links=kernel_links)
     how = compression or strategy.plan.compression
     planned = compressed_profile(profile, how) if how else profile   # the bytes as they will be sent
@@ -221,10 +223,17 @@ def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Pro
 
 def local_dilation(profile: Profile, net: NetworkState) -> float:
     """K for this machine: the fastest node's profiled time stretched to this machine's own speed."""
-    from profiler.hardware import hardware_class
     from runtime.stages import dilation_factor
 
-    return dilation_factor(profile, net, hardware_class())
+    return dilation_factor(profile, net, local_class(profile))
+
+
+def local_class(profile: Profile, threads: int = WORKER_THREADS) -> str:
+    """This machine's class as `profile` keys it, for workers of `threads` torch threads (the demo's run
+    one each, and profile with one); a legacy "cpu-<N>c" key counts when its fingerprint matches."""
+    from profiler.hardware import hardware_class, local_key
+
+    return local_key(profile.hardware, profile.hardware_classes, hardware_class(threads=threads))
 
 
 def unsplit_captions(adapter: ModelAdapter, images: Sequence[Path], max_new_tokens: int = CAPTION_TOKENS) -> list[str]:

@@ -103,7 +103,7 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
                   warmup: int = 2, progress: ProgressFn | None = None) -> Profile:
     """Profile `adapter` for requests shaped like `spec` on the device its weights are on (move the
     model first to profile a GPU); latencies are keyed by `hardware` (default: this machine's class,
-    e.g. "cpu-2c", or the GPU's, e.g. "nvidia-h200")."""
+    e.g. "cpu-epyc-7b13-2t", or the GPU's, e.g. "nvidia-h200")."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     device = model_device(adapter.model)

@@ -1,9 +1,16 @@
 """Hardware classes: the one this process runs on (name + fingerprint), and described ones (YAML).
 
-A hardware class is the key of `latency_s` in a profile. This machine's class is named after its
-CPU cores ("cpu-2c"); its fingerprint records what the latencies depend on (CPU model, cores,
-torch threads and version, the CUDA device if any) plus this machine's measured peak matmul FLOP/s
-and copy bandwidth, which the roofline estimator calibrates against.
+A hardware class is the key of `latency_s` in a profile. This machine's class is named after what
+decides its speed: the CPU model and the torch threads ("cpu-epyc-7b13-2t"), or the GPU's name
+("nvidia-h200"). Two hosts with the same core count but different CPUs are different classes. Its
+fingerprint records what the latencies depend on (CPU model, cores, torch threads and version, the
+CUDA device if any) plus this machine's measured peak matmul FLOP/s and copy bandwidth, which the
+roofline estimator calibrates against.
+
+Profiles written before this scheme key a CPU host by its core count ("cpu-2c"). Such a legacy key
+is read unchanged (a class name is opaque to the planner); `current_class_name` says which class it
+is today from the fingerprint recorded beside it, and `local_key` finds this machine's class in a
+profile under either name.
 
 Described classes (profiler/devices/*.yaml, or any file in that shape) are devices not at hand:
 datasheet peak FLOP/s, memory bandwidth and memory, from which `profiler.estimate` derives latencies.
@@ -15,7 +22,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -74,13 +81,60 @@ def fingerprint() -> dict[str, object]:
     return fp
 
 
-def hardware_class(fp: dict[str, object] | None = None, device: str = "cpu") -> str:
-    """The class name of this machine, e.g. "cpu-2c": profiles measured here key latencies by it.
-    With device "cuda" it is the GPU's name as a slug ("nvidia-h200")."""
+# Words of a CPU's marketing name that say nothing about its speed class.
+_CPU_NOISE = re.compile(r"\((?:r|tm|c)\)|@.*$|\b\d+-core\b|\bwith\b.*$|\b(?:processor|cpu|intel|amd|genuine)\b")
+_LEGACY_CPU_CLASS = re.compile(r"cpu-\d+c")
+_SLUG_MAX = 32
+
+
+def slug(text: str) -> str:
+    """Lower-case letters and digits joined by single hyphens ("NVIDIA H200" -> "nvidia-h200")."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def cpu_slug(model: str) -> str:
+    """A short name for a CPU model: vendor words, trademarks, core counts and the clock dropped
+    ("AMD EPYC 7B13 64-Core Processor" -> "epyc-7b13", "Intel(R) Xeon(R) Processor" -> "xeon")."""
+    s = slug(_CPU_NOISE.sub(" ", model.lower()))
+    return s[:_SLUG_MAX].rstrip("-") or "unknown"
+
+
+def hardware_class(fp: dict[str, object] | None = None, device: str = "cpu", threads: int | None = None) -> str:
+    """The class name of this machine (or of fingerprint `fp`): profiles measured here key latencies
+    by it. On a CPU: "cpu-<model>-<threads>t", the torch threads being `threads` if given (what the
+    workers will run with), else the fingerprint's. With device "cuda": the GPU's name ("nvidia-h200")."""
     fp = fp if fp is not None else fingerprint()
     if device == "cuda" and fp.get("cuda_device"):
-        return re.sub(r"[^a-z0-9]+", "-", str(fp["cuda_device"]).lower()).strip("-")
-    return f"cpu-{fp['cores']}c"
+        return slug(str(fp["cuda_device"]))
+    n = threads if threads is not None else fp.get("torch_threads", 1)
+    return f"cpu-{cpu_slug(str(fp.get('cpu_model', 'unknown')))}-{n}t"
+
+
+def is_legacy_class(name: str) -> bool:
+    """A key of the old scheme, by core count only ("cpu-2c")."""
+    return _LEGACY_CPU_CLASS.fullmatch(name) is not None
+
+
+def current_class_name(name: str, info: Mapping[str, object] | None) -> str:
+    """The class a profile's key names under today's scheme. A legacy "cpu-<N>c" key whose recorded
+    fingerprint (`info`: the profile's `hardware[name]`) has the CPU model and torch threads maps to
+    "cpu-<model>-<threads>t"; any other key, or a legacy key without them, is itself."""
+    if is_legacy_class(name) and info and info.get("cpu_model") and info.get("torch_threads"):
+        return hardware_class(dict(info), "cpu")
+    return name
+
+
+def local_key(hardware: Mapping[str, Mapping[str, object]], classes: Iterable[str], local: str) -> str:
+    """The key under which a profile holds the class `local`: `local` itself when it is one of
+    `classes` (the profile's keys), else a legacy key whose recorded fingerprint (`hardware`, the
+    profile's `hardware` field) maps to `local`, else `local` (the profile lacks this class)."""
+    keys = list(classes)
+    if local in keys:
+        return local
+    for key in keys:
+        if is_legacy_class(key) and current_class_name(key, hardware.get(key)) == local:
+            return key
+    return local
 
 
 def check_device(device: str) -> torch.device:

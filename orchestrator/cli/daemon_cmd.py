@@ -53,9 +53,9 @@ def daemon(
     from orchestrator.daemon.run import parse_listen, serve
     from orchestrator.daemon.service import Daemon
     from orchestrator.daemon.settings import DaemonSettings
+    from orchestrator.demo import local_class
     from orchestrator.network import load_network
     from orchestrator.store import Store
-    from profiler.hardware import hardware_class
     from profiler.models import load_adapter
 
     host, port = parse_listen(api)
@@ -79,7 +79,7 @@ def daemon(
         prof = _profile(profile, adapter, net, store, say)
         emulated = not any(n.address for n in net.nodes)
         from orchestrator.cli.run_cmd import _dilation
-        k = _dilation(dilation, prof, net, hardware_class()) if emulated else 1.0
+        k = _dilation(dilation, prof, net, local_class(prof)) if emulated else 1.0
         api_token = token
         if api_token is None and not _loopback(host):
             api_token = secrets.token_urlsafe(24)
@@ -111,7 +111,7 @@ def _loopback(host: str) -> bool:
 def _profile(path: Path | None, adapter: Any, net: Any, store: Any, say: Any) -> Any:
     """--profile, else the newest stored profile covering every hardware class of the network (and this
     machine's, which emulation needs), else measure one now (cached per machine and weights) and store it."""
-    from orchestrator.demo import cached_profile
+    from orchestrator.demo import WORKER_THREADS, cached_profile
     from profiler.hardware import hardware_class
     from profiler.profile import load_profile
 
@@ -123,12 +123,13 @@ def _profile(path: Path | None, adapter: Any, net: Any, store: Any, say: Any) ->
         return prof
     need = {n.hardware for n in net.nodes}
     if not any(n.address for n in net.nodes):
-        need.add(hardware_class())
+        need.add(hardware_class(threads=WORKER_THREADS))   # the daemon's local workers run one thread each
     for row in store.list_profiles(model=adapter.name):
         if len(row.hardware) and need <= set(row.hardware) and row.units == n_units:
             say(f"using stored profile #{row.id} ({', '.join(row.hardware)})")
             return store.get_profile(row.id)
-    say(f"profiling {adapter.name} on this machine ({hardware_class()}) and estimating the network's devices")
+    here = hardware_class(threads=WORKER_THREADS)
+    say(f"profiling {adapter.name} on this machine ({here}) and estimating the network's devices")
 
     def progress(i: int, n: int, name: str) -> None:
         err.print(f"  unit {i + 1}/{n}: {name}", highlight=False)

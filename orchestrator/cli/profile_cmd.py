@@ -155,7 +155,8 @@ def _with_overheads(profile: Profile) -> Profile:
 def profile_model(
     model: str = typer.Argument(..., help="Built-in name (tiny-captioner, tiny-gpt2, ...) or a model folder."),
     input_spec: str | None = typer.Option(None, "--input", help="Request shape: image=PX,prompt=N,new=N,batch=N."),
-    hardware: str | None = typer.Option(None, "--hardware", help="This machine's class name (default cpu-<cores>c)."),
+    hardware: str | None = typer.Option(None, "--hardware", help="This machine's class name (default "
+                                          "cpu-<model>-<threads>t, e.g. cpu-epyc-7b13-2t)."),
     estimate: list[str] = typer.Option([], "--estimate", help="Device YAML (or a shipped name: h200, "
                                        "jetson-orin-nano, phone-a78) to add roofline estimates for; repeatable."),
     out: Path | None = typer.Option(None, "--out", help="Profile file to write (default MODEL.profile.json)."),

@@ -30,7 +30,7 @@ def worker(
                                         help="Drop the weights of units no applied plan gives this node."),
     join: str | None = typer.Option(None, "--join", help="URL of a running daemon to join once serving."),
     hardware: str | None = typer.Option(None, "--hardware", help="With --join: this node's hardware class "
-                                        "(default: this machine's, e.g. cpu-2c)."),
+                                        "(default: this machine's, e.g. cpu-epyc-7b13-2t)."),
     mem_bytes: float | None = typer.Option(None, "--mem-bytes", help="With --join: memory units may use "
                                            "(default: this machine's total)."),
     advertise: str | None = typer.Option(None, "--advertise", help="With --join: HOST:PORT the daemon and the "
@@ -183,7 +183,7 @@ def run(
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
     from orchestrator.apply import load_network_and_plan
-    from profiler.hardware import hardware_class
+    from profiler.hardware import hardware_class, local_key
     from profiler.models import load_adapter
     from runtime.session import run_on_network
 
@@ -197,7 +197,9 @@ def run(
     net, pl, base = load_network_and_plan(network, plan, adapter)
     prof, prof_source = _find_profile(profile, model, len(adapter.units()))
     emulate = not no_emulation
-    local_hw = local_hardware or hardware_class()
+    # this machine's class as the profile names it (a legacy "cpu-<N>c" key counts when its fingerprint matches)
+    local_hw = local_hardware or (local_key(prof.hardware, prof.hardware_classes, hardware_class()) if prof
+                                  else hardware_class())
     native = emulate and all(n.hardware == local_hw for n in net.nodes)
     if native:
         # Every node is this machine's class: compute runs at native speed (no stretching to the

@@ -66,7 +66,7 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
     net = load_network(NETWORK)
     # K as low as this machine can play the phone and the edge: the cloud's tiny units may overrun their
     # stretched time (counted in overrun_s); no assertion below depends on the cloud's compute time
-    k = min(dilation_factor(profile, net, "cpu-2c"), 6.0)
+    k = min(dilation_factor(profile, net, profile.hardware_classes[0]), 6.0)
     store = Store.open(f"sqlite:///{tmp_path / 'history.db'}")
     settings = DaemonSettings(probe_interval_s=PROBE_S, solve_interval_s=5.0, drain_s=20.0)
     daemon = Daemon("tiny-captioner", net, profile, load_adapter("tiny-captioner"), settings=settings,
@@ -243,7 +243,8 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
     store = Store.open(f"sqlite:///{tmp_path / 'history.db'}")
     settings = DaemonSettings(probe_interval_s=2.0, solve_interval_s=60.0)
     daemon = Daemon("tiny-captioner", net, profile, load_adapter("tiny-captioner"), settings=settings, store=store,
-                    dilation=min(dilation_factor(profile, net, "cpu-2c"), 6.0), token="join-test-token")
+                    dilation=min(dilation_factor(profile, net, profile.hardware_classes[0]), 6.0),
+                    token="join-test-token")
     aiflow = str(Path(sys.executable).parent / "aiflow")
     stop = asyncio.Event()
     joined: dict[str, object] = {}

@@ -90,14 +90,14 @@ def test_strategy_run_statistics_with_few_requests() -> None:
 
 def test_profile_cache_path_depends_on_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIFLOW_CACHE_DIR", str(tmp_path))
-    base = profile_cache_path("tiny-captioner", "cpu-2c", "abc123", ["h200", "phone-a78"])
+    base = profile_cache_path("tiny-captioner", "cpu-epyc-1t", "abc123", ["h200", "phone-a78"])
     assert base.parent == tmp_path / "profiles" and base.name.endswith(".profile.json")
-    assert base == profile_cache_path("tiny-captioner", "cpu-2c", "abc123", ["h200", "phone-a78"])
-    others = {profile_cache_path("tiny-captioner", "cpu-2c", "abc124", ["h200", "phone-a78"]),
-              profile_cache_path("tiny-captioner", "cpu-2c", "abc123", ["h200"]),
-              profile_cache_path("tiny-captioner", "cpu-2c", "abc123", ["h200", "jetson-orin-nano"]),
-              profile_cache_path("tiny-captioner", "cpu-4c", "abc123", ["h200", "phone-a78"]),
-              profile_cache_path("tiny-gpt2", "cpu-2c", "abc123", ["h200", "phone-a78"])}
+    assert base == profile_cache_path("tiny-captioner", "cpu-epyc-1t", "abc123", ["h200", "phone-a78"])
+    others = {profile_cache_path("tiny-captioner", "cpu-epyc-1t", "abc124", ["h200", "phone-a78"]),
+              profile_cache_path("tiny-captioner", "cpu-epyc-1t", "abc123", ["h200"]),
+              profile_cache_path("tiny-captioner", "cpu-epyc-1t", "abc123", ["h200", "jetson-orin-nano"]),
+              profile_cache_path("tiny-captioner", "cpu-xeon-1t", "abc123", ["h200", "phone-a78"]),
+              profile_cache_path("tiny-gpt2", "cpu-epyc-1t", "abc123", ["h200", "phone-a78"])}
     assert base not in others and len(others) == 5
 
 
