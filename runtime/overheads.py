@@ -17,12 +17,17 @@ assumed:
 
 Workers run in this process on loopback, so the numbers hold the runtime's work and none of a
 network's (the links are modelled apart). Medians of many repetitions after a warm-up.
+
+Beside them, `socket_round_trip` measures the floor any transport on this host stands on: a plain TCP
+socket round trip on loopback (an echo thread, TCP_NODELAY) of a message of a frame's size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +64,42 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         if k >= WARMUP:
             times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def socket_round_trip(nbytes: int, repeats: int = 2000) -> float:
+    """Median seconds for `nbytes` to go to an echo thread over a loopback TCP socket and back: the
+    floor under a hop's transport (no framing, no RPC, no event loop)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+
+    thread = threading.Thread(target=echo, name="aiflow-echo", daemon=True)
+    thread.start()
+    message = bytes(nbytes)
+    times = []
+    try:
+        with socket.create_connection(server.getsockname()) as client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for k in range(WARMUP + repeats):
+                t0 = time.perf_counter()
+                client.sendall(message)
+                got = 0
+                while got < nbytes:
+                    chunk = client.recv(1 << 16)
+                    if not chunk:
+                        raise ConnectionError("the echo thread closed the socket")
+                    got += len(chunk)
+                if k >= WARMUP:
+                    times.append(time.perf_counter() - t0)
+    finally:
+        server.close()
+        thread.join(timeout=5)          # the echo thread ends when the client closes
     return statistics.median(times)
 
 

@@ -104,3 +104,16 @@ def test_measured_overheads_on_this_host_are_positive_and_below_a_second() -> No
     stored = with_overheads(_profile(), o).overheads["slow"]      # "slow": the profile's first class
     assert stored.hop_s == o.hop_s and stored.request_s == o.request_s
     assert stored.codec["int8"].enc_s_per_byte == o.codec["int8"]["enc_s_per_byte"]
+
+
+def test_the_raw_socket_floor_is_a_real_round_trip_below_the_hop() -> None:
+    """The floor measured beside hop_s: a loopback TCP echo of a frame's size, in well under a millisecond
+    and well above nothing (a round trip through the kernel)."""
+    import threading
+
+    from runtime.overheads import socket_round_trip
+    before = threading.active_count()
+    floor = socket_round_trip(400, repeats=200)
+    assert 1e-6 < floor < 5e-3
+    assert socket_round_trip(1 << 20, repeats=5) > floor        # a MiB takes longer than 400 bytes
+    assert threading.active_count() == before                  # the echo thread is gone
