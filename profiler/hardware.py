@@ -124,6 +124,13 @@ def current_class_name(name: str, info: Mapping[str, object] | None) -> str:
     return name
 
 
+def measured_cpu_classes(hardware: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """The keys of a profile's `hardware` that were measured on a CPU (a fingerprint with a CPU model,
+    neither estimated nor run on a GPU), in the profile's order."""
+    return [k for k, info in hardware.items()
+            if info.get("cpu_model") and not info.get("estimated") and info.get("device", "cpu") == "cpu"]
+
+
 def local_key(hardware: Mapping[str, Mapping[str, object]], classes: Iterable[str], local: str) -> str:
     """The key under which a profile holds the class `local`: `local` itself when it is one of
     `classes` (the profile's keys), else a legacy key whose recorded fingerprint (`hardware`, the

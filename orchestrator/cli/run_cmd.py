@@ -109,10 +109,7 @@ def _dilation(value: str, profile: Any, network: Any, local_hw: str) -> float:
     if value == "auto":
         if profile is None:
             return 1.0
-        if not any(local_hw in u.latency_s for u in profile.units):
-            raise InputError(f"--dilation auto: the profile has no latencies for this machine's class {local_hw!r} "
-                             "(give --local-hardware or a number)")
-        return dilation_factor(profile, network, local_hw)
+        return dilation_factor(profile, network, _stand_in(profile, local_hw))
     try:
         k = float(value)
     except ValueError:
@@ -120,6 +117,24 @@ def _dilation(value: str, profile: Any, network: Any, local_hw: str) -> float:
     if not math.isfinite(k) or k < 1:
         raise InputError(f"--dilation: must be >= 1, got {value}")
     return k
+
+
+def _stand_in(profile: Any, local_hw: str) -> str:
+    """The class whose latencies say how fast this machine is: its own, else (a profile measured on
+    another CPU, as the shipped example is) the profile's first class measured on a CPU, with a note."""
+    from profiler.hardware import measured_cpu_classes
+
+    classes = profile.hardware_classes
+    if local_hw in classes:
+        return local_hw
+    others = [k for k in measured_cpu_classes(profile.hardware) if k in classes]
+    if not others:
+        raise InputError(f"--dilation auto: the profile has no latencies for this machine's class {local_hw!r} "
+                         "(give --local-hardware or a number)")
+    err_console.print(f"aiflow: note: the profile has no latencies for this machine's class {local_hw}; time "
+                      f"dilation K is computed from {others[0]} ({profile.hardware[others[0]]['cpu_model']}, another "
+                      "CPU): give --local-hardware or --dilation to choose", highlight=False)
+    return others[0]
 
 
 def _find_profile(path: Path | None, model: str, n_units: int) -> tuple[Any, str | None]:

@@ -122,3 +122,26 @@ def test_the_demo_finds_this_machine_under_a_legacy_key(tmp_path: Path) -> None:
     legacy["hardware"]["cpu-2c"]["cpu_model"] = "Some Other CPU 9000"
     path.write_text(json.dumps(legacy))
     assert local_class(load_profile(path)) == hardware_class(threads=1)     # another CPU is not this one
+
+
+def test_measured_cpu_classes_leave_out_gpus_and_estimates() -> None:
+    from profiler.hardware import measured_cpu_classes
+
+    cpuhost = load_profile(ROOT / "data" / "profiles" / "h200" / "tiny-captioner.cpuhost.json")
+    gpu = load_profile(ROOT / "data" / "profiles" / "h200" / "tiny-captioner.h200.json")
+    assert measured_cpu_classes(cpuhost.hardware) == ["cpu-host2"]
+    assert measured_cpu_classes(gpu.hardware) == []
+
+
+def test_dilation_auto_stands_in_a_measured_cpu_class_for_another_cpu() -> None:
+    """A profile measured on another CPU (the shipped example, here or anywhere) still gives a K, from its
+    measured CPU class, with a note; a profile with no measured CPU class is a one-line error."""
+    from orchestrator.cli.run_cmd import _stand_in
+    from profiler.errors import InputError
+
+    profile = load_profile(ROOT / "examples" / "tiny-captioner.profile.json")
+    assert _stand_in(profile, "cpu-xeon-1t") == "cpu-xeon-1t"
+    assert _stand_in(profile, "cpu-some-other-9t") == "cpu-xeon-1t"
+    gpu_only = load_profile(ROOT / "data" / "profiles" / "h200" / "tiny-captioner.h200.json")
+    with pytest.raises(InputError, match="no latencies for this machine's class"):
+        _stand_in(gpu_only, "cpu-some-other-9t")
