@@ -165,7 +165,7 @@ class Client:
                 raise RequestFailed(f"{node}: {r.meta.get('error')}")
         return replies
 
-    async def _on_reply(self, data: bytes) -> list[bytes]:
+    async def _on_reply(self, data: bytes | memoryview) -> list[bytes]:
         received_at = time.perf_counter()
         frame = decode_frame(data)
         fut = self._pending.get(frame.request_id)

@@ -5,18 +5,30 @@
 protoc code generation). Another way of reaching stages (Ray actors, say) is another subclass.
 
 Service `aiflow.Stage`:
-- `Push(frame bytes) -> bundle of frames` (codec.pack_frames): the receiver validates the frame and
-  answers at once with `ack` or `error` frames; work it starts runs after the reply.
+- `Stream(stream of frames) -> stream of bundles`: what `GrpcTransport.send` uses. One long-lived
+  call per destination carries every frame sent there, each message `frame bytes + u64 sequence
+  number` (little-endian, at the end so the frame is read in place); the receiver answers each
+  frame, in any order, with `bundle + the same sequence number`. A new unary call per frame costs
+  three times a message on an open stream with grpc.aio (0.42 against 0.14 ms on loopback here:
+  HTTP/2 stream setup, headers, the deadline, more event-loop turns), and a hop is mostly that.
+- `Push(frame bytes) -> bundle of frames` (codec.pack_frames): the same for one frame, as a unary
+  call (kept for other clients; `send_unary` uses it).
 - `Health(b"") -> JSON bytes`.
-Every call carries the shared token in the `x-aiflow-token` metadata; a server with a token rejects
-calls without it (UNAUTHENTICATED). Deadlines: every call has a timeout. Message size limits are
-raised to `max_message_bytes` (activations of large models are tens of MiB).
+The receiver validates a frame and answers at once with `ack` or `error` frames; work it starts runs
+after the reply. Every call carries the shared token in the `x-aiflow-token` metadata; a server with
+a token rejects calls without it (UNAUTHENTICATED; a stream is refused before any frame is read).
+Deadlines: every send has a timeout. Message size limits are raised to `max_message_bytes`
+(activations of large models are tens of MiB).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import itertools
 import json
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,12 +39,15 @@ from runtime.codec import pack_frames, unpack_frames
 
 SERVICE = "aiflow.Stage"
 PUSH = f"/{SERVICE}/Push"
+STREAM = f"/{SERVICE}/Stream"
 HEALTH = f"/{SERVICE}/Health"
 TOKEN_KEY = "x-aiflow-token"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30     # gRPC's own default (4 MiB) is far below one activation
 DEFAULT_TIMEOUT_S = 30.0
 
-FrameHandler = Callable[[bytes], Awaitable[list[bytes]]]
+_SEQ = struct.Struct("<Q")
+
+FrameHandler = Callable[[bytes | memoryview], Awaitable[list[bytes]]]
 HealthHandler = Callable[[], dict[str, Any]]
 
 
@@ -63,13 +78,83 @@ def _options(max_message_bytes: int) -> list[tuple[str, int]]:
             ("grpc.enable_http_proxy", 0)]          # workers are reached directly, never through a proxy
 
 
+class _FrameStream:
+    """One open `Stream` call to an address. Frames go out through one writer task (a send that is
+    cancelled must not cancel a write half done: grpc.aio would cancel the whole call); replies come
+    back through one reader task and are matched to their senders by sequence number."""
+
+    def __init__(self, address: str, call: Any) -> None:
+        self.address = address
+        self.call = call
+        self.failed: TransportError | None = None
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._seq = itertools.count()
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._tasks = (asyncio.create_task(self._write_loop()), asyncio.create_task(self._read_loop()))
+
+    async def send(self, frame: bytes, timeout: float) -> bytes:
+        if self.failed is not None:
+            raise self.failed
+        seq = next(self._seq)
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = reply
+        self._outbox.put_nowait(b"".join((frame, _SEQ.pack(seq))))
+        try:
+            async with asyncio.timeout(timeout):
+                return await reply
+        except TimeoutError:
+            raise TransportError(self.address, "DEADLINE_EXCEEDED", f"no reply within {timeout:g} s") from None
+        finally:
+            self._pending.pop(seq, None)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self.call.write(await self._outbox.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass                                 # the reader sees the call end and says why
+
+    async def _read_loop(self) -> None:
+        error = TransportError(self.address, "UNAVAILABLE", "the stage ended the stream")
+        try:
+            while (message := await self.call.read()) is not grpc.aio.EOF:
+                (seq,) = _SEQ.unpack_from(message, len(message) - _SEQ.size)
+                reply = self._pending.pop(seq, None)
+                if reply is not None and not reply.done():
+                    reply.set_result(message[:-_SEQ.size])
+        except grpc.aio.AioRpcError as exc:
+            error = TransportError(self.address, exc.code().name, exc.details() or "")
+        except (asyncio.InvalidStateError, struct.error) as exc:
+            error = TransportError(self.address, "INTERNAL", str(exc) or type(exc).__name__)
+        finally:
+            self._fail(error if not self.failed else self.failed)
+
+    def _fail(self, error: TransportError) -> None:
+        self.failed = error
+        pending, self._pending = self._pending, {}
+        for reply in pending.values():
+            if not reply.done():
+                reply.set_exception(error)
+
+    async def close(self) -> None:
+        self._fail(TransportError(self.address, "CANCELLED", "the transport was closed"))
+        self.call.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class GrpcTransport(Transport):
-    """One channel per address, created on first use; calls carry the shared token."""
+    """One channel per address, created on first use, and one `Stream` call on it that every frame
+    to that address travels (reopened when it ends); calls carry the shared token."""
 
     def __init__(self, token: str | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.token = token
         self.max_message_bytes = max_message_bytes
         self._channels: dict[str, tuple[grpc.aio.Channel, Any, Any]] = {}
+        self._streams: dict[str, _FrameStream] = {}
 
     def _stubs(self, address: str) -> tuple[Any, Any]:
         entry = self._channels.get(address)
@@ -84,7 +169,23 @@ class GrpcTransport(Transport):
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return ((TOKEN_KEY, self.token),) if self.token else ()
 
+    def _stream(self, address: str) -> _FrameStream:
+        stream = self._streams.get(address)
+        if stream is None or stream.failed is not None:
+            if stream is not None:
+                stream.call.cancel()
+            self._stubs(address)
+            channel = self._channels[address][0]
+            call = channel.stream_stream(STREAM, request_serializer=None,
+                                         response_deserializer=None)(metadata=self._metadata())
+            stream = self._streams[address] = _FrameStream(address, call)
+        return stream
+
     async def send(self, address: str, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT_S) -> list[bytes]:
+        return unpack_frames(await self._stream(address).send(frame, timeout))
+
+    async def send_unary(self, address: str, frame: bytes, *, timeout: float = DEFAULT_TIMEOUT_S) -> list[bytes]:
+        """`send` as one unary `Push` call (no stream kept open)."""
         push, _ = self._stubs(address)
         try:
             reply = await push(frame, timeout=timeout, metadata=self._metadata())
@@ -101,9 +202,22 @@ class GrpcTransport(Transport):
         return json.loads(reply.decode("utf-8"))
 
     async def close(self) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            await stream.close()
         channels, self._channels = self._channels, {}
         for channel, _, _ in channels.values():
             await channel.close()
+
+
+def _settled(tasks: set[asyncio.Task]) -> Callable[[asyncio.Task], None]:
+    """A done-callback: forget the task and take its exception (a write to a stream that ended; the
+    caller learns of that from the call's status, not from here)."""
+    def done(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+    return done
 
 
 class FrameServer:
@@ -116,6 +230,7 @@ class FrameServer:
         self._token = token
         self._max = max_message_bytes
         self._server: grpc.aio.Server | None = None
+        self._streams: set[asyncio.Task] = set()      # open Stream calls, ended at stop
         self.address: str | None = None
 
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
@@ -132,6 +247,45 @@ class FrameServer:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
         return pack_frames(await self._handler(request))
 
+    async def _stream_call(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        if not self._authorised(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
+        # In a task of its own, so that stop() can end the stream (grpc's task around a handler
+        # ignores a cancel); the call then ends with OK and the sender reopens or learns it is gone.
+        serving = asyncio.create_task(self._answer_stream(requests, context))
+        self._streams.add(serving)
+        try:
+            await serving
+        except asyncio.CancelledError:
+            if not serving.cancelled():
+                raise                                        # the call itself was cancelled
+        finally:
+            self._streams.discard(serving)
+
+    async def _answer_stream(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """Answer every frame of a stream as it comes, each in its own task (a probe's answer waits for
+        its emulated arrival and must not hold up the frames behind it)."""
+        write = asyncio.Lock()
+        answers: set[asyncio.Task] = set()
+
+        async def answer(message: bytes) -> None:
+            cut = len(message) - _SEQ.size
+            bundle = pack_frames(await self._handler(memoryview(message)[:cut]))      # the frame, not copied
+            async with write:
+                await context.write(b"".join((bundle, message[cut:])))
+
+        try:
+            async for message in requests:
+                if len(message) < _SEQ.size:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a stream message ends in a sequence number")
+                task = asyncio.create_task(answer(message))
+                answers.add(task)
+                task.add_done_callback(_settled(answers))
+            await asyncio.gather(*answers, return_exceptions=True)
+        finally:
+            for task in list(answers):
+                task.cancel()
+
     async def _health_call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if not self._authorised(context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
@@ -145,6 +299,7 @@ class FrameServer:
         server = grpc.aio.server(options=_options(self._max))
         handlers = {
             "Push": grpc.unary_unary_rpc_method_handler(self._push),
+            "Stream": grpc.stream_stream_rpc_method_handler(self._stream_call),
             "Health": grpc.unary_unary_rpc_method_handler(self._health_call),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -157,6 +312,8 @@ class FrameServer:
         return self.address
 
     async def stop(self, grace: float | None = 0.5) -> None:
+        for task in list(self._streams):      # open streams would hold the grace period to its end
+            task.cancel()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

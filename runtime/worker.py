@@ -153,7 +153,7 @@ class Worker:
                 "units": len(self.units), "plans": sorted(self.plans), "requests": len(self.requests),
                 "freed": self.freed, "errors": self.errors, "released_units": sorted(self.released)}
 
-    async def handle(self, data: bytes) -> list[bytes]:
+    async def handle(self, data: bytes | memoryview) -> list[bytes]:
         """The Push handler: one frame in, ack/error/stats frames out. Never raises."""
         rid = ""
         received_at = time.perf_counter()

@@ -1,0 +1,114 @@
+"""The frame transport: one gRPC stream per destination carries every frame, replies matched by sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from runtime.codec import Frame, ack_frame, decode_frame, encode_frame
+from runtime.transport import FrameServer, GrpcTransport, TransportError
+
+TOKEN = "transport-test"
+
+
+def frame(rid: str, step: int = 0) -> bytes:
+    return encode_frame(Frame("data", rid, 1, "decode", 1, 0, step))
+
+
+async def serve(delays: dict[str, float]) -> FrameServer:
+    """A server that acks each frame after `delays[request id]` seconds (0 when not named)."""
+    async def handler(data: bytes | memoryview) -> list[bytes]:
+        f = decode_frame(data)
+        await asyncio.sleep(delays.get(f.request_id, 0.0))
+        return [ack_frame(f.request_id, step=f.step)]
+
+    server = FrameServer(handler, lambda: {"ok": True}, token=TOKEN)
+    await server.start("127.0.0.1:0")
+    return server
+
+
+def test_concurrent_sends_on_one_stream_get_their_own_replies_in_any_order() -> None:
+    async def scenario() -> None:
+        server = await serve({"slow": 0.3})
+        t = GrpcTransport(TOKEN)
+        try:
+            slow = asyncio.create_task(t.send(server.address, frame("slow", 7)))
+            await asyncio.sleep(0.05)
+            t0 = time.perf_counter()
+            fast = [decode_frame(r) for r in await t.send(server.address, frame("fast", 3))]
+            # the slow frame's answer does not hold up the one behind it on the same stream
+            assert time.perf_counter() - t0 < 0.25
+            assert fast[0].request_id == "fast" and fast[0].meta["step"] == 3
+            many = await asyncio.gather(*(t.send(server.address, frame(f"r{i}", i)) for i in range(50)))
+            assert [decode_frame(r[0]).meta["step"] for r in many] == list(range(50))
+            (s,) = [decode_frame(r) for r in await slow]
+            assert s.request_id == "slow" and s.meta["step"] == 7
+            assert len(t._streams) == 1                      # all of it on one stream
+        finally:
+            await t.close()
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_timeout_or_a_cancelled_send_leaves_the_stream_working() -> None:
+    async def scenario() -> None:
+        server = await serve({"stuck": 5.0})
+        t = GrpcTransport(TOKEN)
+        try:
+            with pytest.raises(TransportError) as err:
+                await t.send(server.address, frame("stuck"), timeout=0.1)
+            assert err.value.code == "DEADLINE_EXCEEDED"
+            waiting = asyncio.create_task(t.send(server.address, frame("stuck")))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            (ok,) = await t.send(server.address, frame("after"))
+            assert decode_frame(ok).request_id == "after"
+        finally:
+            await t.close()
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_stopped_server_fails_pending_sends_and_stops_at_once() -> None:
+    async def scenario() -> None:
+        server = await serve({"stuck": 30.0})
+        address = server.address
+        t = GrpcTransport(TOKEN)
+        try:
+            await t.send(address, frame("warm"))
+            pending = asyncio.create_task(t.send(address, frame("stuck")))
+            await asyncio.sleep(0.05)
+            t0 = time.perf_counter()
+            await server.stop(grace=5.0)
+            assert time.perf_counter() - t0 < 2.0           # the open stream does not hold the grace period
+            with pytest.raises(TransportError):
+                await asyncio.wait_for(pending, 5.0)
+            with pytest.raises(TransportError):             # nobody listens there any more
+                await t.send(address, frame("later"), timeout=2.0)
+        finally:
+            await t.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_unary_push_still_answers() -> None:
+    async def scenario() -> None:
+        server = await serve({})
+        t = GrpcTransport(TOKEN)
+        try:
+            (ok,) = await t.send_unary(server.address, frame("unary"))
+            assert decode_frame(ok).request_id == "unary"
+            with pytest.raises(TransportError) as err:
+                await GrpcTransport("wrong").send_unary(server.address, frame("x"))
+            assert err.value.code == "UNAUTHENTICATED"
+        finally:
+            await t.close()
+            await server.stop()
+
+    asyncio.run(scenario())
