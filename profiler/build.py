@@ -77,12 +77,15 @@ def parse_input_spec(text: str | None, where: str = "--input") -> InputSpec:
     return InputSpec(**values)
 
 
-def _spec_dict(spec: InputSpec, image_size: int | None, uses_prompt: bool) -> dict[str, object]:
+def _spec_dict(spec: InputSpec, image_size: int | None, uses_prompt: bool,
+               image_format: str | None = None) -> dict[str, object]:
     out: dict[str, object] = {"new_tokens": spec.new_tokens, "batch": spec.batch}
     if uses_prompt:
         out["prompt_tokens"] = spec.prompt_tokens
     if image_size is not None or spec.image_size is not None:
         out["image_size"] = spec.image_size or image_size
+    if image_format is not None:
+        out["image_format"] = image_format     # the request input is an image file of this format
     return out
 
 
@@ -131,8 +134,8 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
         x = adapter.example_input(spec, ph.name)
         if x is not None and x.dim() == 4 and image_size is None:
             image_size = int(x.shape[-1])
-        if x is not None and ph.input == "source" and not x.is_floating_point():
-            uses_prompt = True
+        if x is not None and ph.input == "source" and x.dtype in (torch.int64, torch.int32):
+            uses_prompt = True                 # token ids; uint8 is an image file's bytes
         phase_in[ph.name] = float(held_bytes(x)) if (x is not None and ph.input != "none") else 0.0
         for i in range(ph.first, ph.last + 1):
             if progress is not None:
@@ -165,6 +168,8 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
             if i in edge_src and i not in edge_bytes:
                 state.encoder_out = out
                 edge_bytes[i] = float(out_b)
+            if image_size is None and ph.name == "encode" and out.dim() == 4:
+                image_size = int(out.shape[-1])    # pixels a decode unit made from the image file
             if i == ph.first and out.dim() == 3:
                 tokens_seen[ph.first] = tokens_seen.get(ph.first, 0) + int(out.shape[1])
             x = out
@@ -185,7 +190,8 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
              for e in edge_infos]
     return Profile(model=adapter.name, units=units, phases=phases, edges=edges,
                    result_bytes=result_bytes(phase_infos, recs, spec),
-                   hardware={hw: info}, input=_spec_dict(spec, image_size, uses_prompt), weights=adapter.weights,
+                   hardware={hw: info}, weights=adapter.weights,
+                   input=_spec_dict(spec, image_size, uses_prompt, getattr(adapter, "image_format", None)),
                    family=adapter.family)
 
 

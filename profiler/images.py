@@ -3,6 +3,7 @@ caption never depends on which path loaded the picture."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,55 @@ def image_to_pixel_values(image: Image.Image | np.ndarray, size: int) -> torch.T
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
     return ((x - MEAN) / STD).contiguous()
+
+
+# -- image files as bytes (a request's input as captured) --------------------------------------------
+IMAGE_FORMATS = ("png", "jpeg")
+
+
+def encode_image(image: Image.Image, fmt: str) -> bytes:
+    """The image as a PNG or JPEG file's bytes (JPEG at quality 90, as a camera would write it)."""
+    if fmt not in IMAGE_FORMATS:
+        raise InputError(f"image format: {fmt!r} (known: {', '.join(IMAGE_FORMATS)})")
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format=fmt.upper(), **({"quality": 90} if fmt == "jpeg" else {}))
+    return buf.getvalue()
+
+
+def bytes_tensor(data: bytes) -> torch.Tensor:
+    """A file's bytes as a [1, N] uint8 tensor: how an encoded image travels in a frame (never pickled)."""
+    if not data:
+        raise InputError("image bytes: empty")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(1, -1)
+
+
+def decode_image_bytes(data: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, N] uint8 rows, each a PNG or JPEG file -> [B, 3, size, size] pixels, as image_to_pixel_values
+    makes them from the same file on disk (so a caption is the same either way)."""
+    if data.dtype != torch.uint8 or data.dim() != 2 or data.shape[1] == 0:
+        raise InputError(f"image bytes: expected uint8 [batch, bytes], got {str(data.dtype)[6:]}{list(data.shape)}")
+    rows = []
+    for row in data.cpu():
+        try:
+            with Image.open(io.BytesIO(row.numpy().tobytes())) as im:
+                rows.append(image_to_pixel_values(im.convert("RGB"), size))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"image bytes: not a readable PNG or JPEG file: {exc}") from None
+    return torch.cat(rows)
+
+
+def example_image(size: int) -> Image.Image:
+    """A deterministic picture to profile with: a gradient sky, a ground and two shapes (compresses like
+    a simple photograph, not like noise)."""
+    from PIL import ImageDraw
+
+    y = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+    sky = (np.array([90, 140, 220], np.float32) * (1 - y) + np.array([200, 220, 250], np.float32) * y)
+    arr = np.broadcast_to(sky, (size, size, 3)).astype(np.uint8).copy()
+    arr[size * 2 // 3:] = (70, 130, 60)
+    im = Image.fromarray(arr)
+    draw = ImageDraw.Draw(im)
+    s = size
+    draw.ellipse((s // 8, s // 2, s // 8 + s // 4, s // 2 + s // 4), fill=(220, 40, 40))
+    draw.rectangle((s // 2, s // 3, s // 2 + s // 3, s * 5 // 6), fill=(240, 200, 30))
+    return im

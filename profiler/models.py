@@ -41,7 +41,9 @@ def builtin_names() -> list[str]:
 
 
 def resolve_folder(name_or_folder: str) -> tuple[Path, str]:
-    """The folder a name refers to, and the display name for the model."""
+    """The folder a name refers to, and the display name for the model (a "+png" variant's folder is
+    its model's)."""
+    name_or_folder, _ = split_variant(name_or_folder)
     if name_or_folder == "smollm2-135m":
         from profiler.smollm2 import converted_folder
         return converted_folder(), name_or_folder
@@ -181,8 +183,26 @@ def _eos(config: Any, tokenizer: Any | None, vocab_size: int) -> int | None:
     return eos
 
 
+def split_variant(name_or_folder: str) -> tuple[str, str | None]:
+    """("tiny-captioner", "png") from "tiny-captioner+png": the model, and the image file format its
+    requests start from (profiler.adapters.raw_image); (name, None) without a known suffix."""
+    from profiler.images import IMAGE_FORMATS
+
+    base, plus, fmt = str(name_or_folder).rpartition("+")
+    return (base, fmt) if plus and base and fmt in IMAGE_FORMATS else (str(name_or_folder), None)
+
+
 def load_adapter(name_or_folder: str, *, eager_attention: bool = False) -> ModelAdapter:
-    """A built-in name or a local Hugging Face folder -> the adapter of its family."""
+    """A built-in name or a local Hugging Face folder -> the adapter of its family. A "+png" or
+    "+jpeg" suffix: the same model with its image file's decoding as a first unit."""
+    base, image_format = split_variant(name_or_folder)
+    if image_format is not None:
+        from profiler.adapters.raw_image import RawImageAdapter
+        inner = load_adapter(base, eager_attention=eager_attention)
+        try:
+            return RawImageAdapter(inner, image_format)
+        except ValueError as exc:
+            raise InputError(f"{name_or_folder}: {exc}") from None
     from profiler.adapters.encoder_decoder import EncoderDecoderAdapter
     from profiler.adapters.gpt2 import GPT2Adapter
     from profiler.adapters.llama import LlamaAdapter, is_llama_shaped

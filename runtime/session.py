@@ -46,11 +46,14 @@ def takes_images(adapter: ModelAdapter) -> bool:
 
 
 def prepare_input(adapter: ModelAdapter, item: str) -> torch.Tensor:
-    """An image path -> pixels [1, C, H, W] for a model with an encoder; prompt text -> ids [1, S]."""
+    """An image path -> pixels [1, C, H, W] for a model with an encoder (the file's bytes [1, N] for one
+    that decodes them in a first unit); prompt text -> ids [1, S]."""
     if takes_images(adapter):
         if not Path(item).is_file():
             raise InputError(f"{item}: no such image file (model {adapter.name} takes images)")
         px = adapter.prepare_image(item)
+        if px.dtype == torch.uint8:
+            return px.reshape(1, -1)
         return px if px.dim() == 4 else px.unsqueeze(0)
     ids = adapter.encode_text(item)
     if not ids:

@@ -71,8 +71,9 @@ def data_segment(plan: StagePlan, frame: Frame, node: str) -> tuple[PhaseRoute, 
 
 
 def check_input(frame: Frame, phase: PhaseRoute, batch: int, shapes: Shapes,
-                phase_infos: Mapping[str, PhaseInfo]) -> None:
-    """The data frame's tensor is what unit `frame.unit` of `phase` takes, for a request of `batch` rows."""
+                phase_infos: Mapping[str, PhaseInfo], image_input: str = "pixels") -> None:
+    """The data frame's tensor is what unit `frame.unit` of `phase` takes, for a request of `batch` rows;
+    `image_input` "bytes": an encode phase starts from an image file's bytes (a decode unit)."""
     x, u = frame.tensor, frame.unit
     where = f"{phase.name} unit {u}"
     if u == phase.first:
@@ -82,7 +83,10 @@ def check_input(frame: Frame, phase: PhaseRoute, batch: int, shapes: Shapes,
             return
         if x is None:
             raise RequestRejected(f"{where}: input tensor missing", "wrong-shape")
-        if phase.name == "encode":
+        if phase.name == "encode" and image_input == "bytes":
+            ok = x.dtype == torch.uint8 and x.dim() == 2 and x.shape[1] >= 1
+            want = "uint8 image file bytes [batch, bytes]"
+        elif phase.name == "encode":
             ok = x.is_floating_point() and x.dim() == 4
             want = "float pixels [batch, channels, height, width]"
         else:

@@ -386,7 +386,7 @@ class Worker:
     def _accept_data(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
         phase, seg = data_segment(req.plan, frame, self.name)
-        check_input(frame, phase, req.batch, self.shapes, self.phase_infos)
+        check_input(frame, phase, req.batch, self.shapes, self.phase_infos, self.adapter.image_input)
         req.touch()
         self._spawn(req, self._process(req, frame, seg.first, seg.last))
 

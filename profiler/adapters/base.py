@@ -68,6 +68,7 @@ class ModelAdapter(ABC):
     """A loaded model, cut into units. Subclasses: one per family."""
 
     family: str = "base"
+    image_input: str = "pixels"        # what an encode phase's first unit takes: "pixels", or "bytes" (a file)
 
     def __init__(self, model: nn.Module, name: str, weights: str) -> None:
         self.model = model.eval()

@@ -24,7 +24,11 @@ DEFAULT_MODEL = "tiny-captioner"
 
 
 def model_folder(name_or_folder: str) -> Path:
-    """A built-in captioner name or a folder holding config.json, model.safetensors and tokenizer files."""
+    """A built-in captioner name or a folder holding config.json, model.safetensors and tokenizer files
+    (a "+png" / "+jpeg" variant captions with its model: decoding the file is the same either way)."""
+    from profiler.models import split_variant
+
+    name_or_folder, _ = split_variant(name_or_folder)
     builtin = BUILTIN_DIR / name_or_folder
     folder = builtin if "/" not in name_or_folder and builtin.is_dir() else Path(name_or_folder).expanduser()
     if not (folder / "config.json").is_file():

@@ -1,0 +1,123 @@
+"""A captioner whose request input is the image file: a `vision.decode` unit turns PNG or JPEG bytes
+into pixels; it is profiled like any unit, and split runs caption exactly as the unsplit model does on
+the same bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from profiler.adapters.base import InputSpec
+from profiler.build import build_profile
+from profiler.captioner.data import fixed_examples
+from profiler.captioner.scenes import render
+from profiler.errors import InputError
+from profiler.generate import greedy_generate
+from profiler.images import decode_image_bytes, encode_image, image_to_pixel_values
+from profiler.models import load_adapter, split_variant
+from runtime.client import Client
+from runtime.codec import Frame, decode_frame, encode_frame
+from runtime.transport import GrpcTransport
+from tests.runtime.conftest import TOKEN, running_workers, stage_plan
+
+NEW = 8
+
+
+@pytest.fixture(scope="module")
+def raw() -> object:
+    return load_adapter("tiny-captioner+png")
+
+
+def scene_bytes(i: int, fmt: str = "png") -> bytes:
+    return encode_image(render(fixed_examples("test", i + 1)[i].scene), fmt)
+
+
+def test_the_variant_name_wraps_the_model_with_a_decode_unit(raw) -> None:  # noqa: ANN001
+    plain = load_adapter("tiny-captioner")
+    assert split_variant("tiny-captioner+png") == ("tiny-captioner", "png")
+    assert split_variant("a+b") == ("a+b", None) and split_variant("tiny-captioner") == ("tiny-captioner", None)
+    assert [u.name for u in raw.units()] == ["vision.decode"] + [u.name for u in plain.units()]
+    assert raw.unit_modules(0) == [] and raw.image_input == "bytes" and raw.name == "tiny-captioner+png"
+    enc = {p.name: p for p in raw.phases(InputSpec())}["encode"]
+    assert (enc.first, enc.last, enc.input) == (0, 5, "source")
+    assert [e.src for e in raw.edges()] == [e.src + 1 for e in plain.edges()]
+    with pytest.raises(InputError, match="takes no image"):
+        load_adapter("tiny-gpt2+png")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_decoding_the_bytes_equals_loading_the_file(raw, fmt: str, tmp_path) -> None:  # noqa: ANN001
+    data = scene_bytes(0, fmt)
+    path = tmp_path / f"scene.{fmt}"
+    path.write_bytes(data)
+    from_file = load_adapter("tiny-captioner").prepare_image(str(path))
+    x = raw.prepare_image(str(path))
+    assert x.dtype == torch.uint8 and x.shape == (1, len(data))
+    assert torch.equal(raw.run(0, 0, x, phase="encode", position=0, state=raw.new_state()), from_file)
+    with Image.open(io.BytesIO(data)) as im:
+        assert torch.equal(decode_image_bytes(x, 64), image_to_pixel_values(im.convert("RGB"), 64))
+
+
+def test_bad_bytes_are_one_line_errors(raw) -> None:  # noqa: ANN001
+    with pytest.raises(InputError, match="not a readable PNG or JPEG"):
+        decode_image_bytes(torch.tensor([[1, 2, 3]], dtype=torch.uint8), 64)
+    with pytest.raises(InputError, match="expected uint8"):
+        decode_image_bytes(torch.zeros(1, 3, 8, 8), 64)
+    with pytest.raises(InputError, match="empty"):
+        raw.prepare_image(b"")
+
+
+def test_the_decode_unit_is_profiled_and_in_bytes_is_the_encoded_size(raw) -> None:  # noqa: ANN001
+    profile = build_profile(raw, InputSpec(new_tokens=4), repeats=2, warmup=1)
+    example = raw.example_input(InputSpec(), "encode")
+    decode = profile.units[0]
+    assert decode.name == "vision.decode" and decode.param_bytes == 0
+    hw = profile.hardware_classes[0]
+    assert decode.latency_s[hw]["encode"] > 0
+    assert decode.out_bytes["encode"] == 3 * 64 * 64 * 4              # float32 pixels handed on
+    encode = profile.phases[0]
+    assert encode.in_bytes == example.numel() < 2000                   # the PNG, not 48 KiB of pixels
+    assert profile.input["image_format"] == "png" and profile.input["image_size"] == 64
+    assert "prompt_tokens" not in profile.input
+
+
+@pytest.mark.parametrize("assignment", [
+    ["A"] + ["B"] * 10,                   # decoded on the source, pixels cross
+    ["B"] + ["A"] * 10,                   # the bytes cross, decoded on arrival
+    ["A", "B", "B", "C", "C", "C", "A", "B", "C", "A", "B"],
+])
+def test_split_runs_caption_exactly_as_the_unsplit_model_on_the_same_bytes(raw, assignment: list[str]) -> None:  # noqa: ANN001
+    sources = [raw.prepare_image(scene_bytes(i)) for i in range(2)]
+    expect = [greedy_generate(raw, s, new_tokens=NEW).tokens for s in sources]
+
+    async def scenario() -> None:
+        async with running_workers(raw) as (_, addresses):
+            async with Client(stage_plan(raw, assignment, addresses), token=TOKEN) as client:
+                for s, e in zip(sources, expect, strict=True):
+                    got = await client.generate(s, max_new_tokens=NEW, eos=raw.eos_token_id)
+                    assert torch.equal(got.tokens, e)
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_refuses_pixels_where_the_file_belongs(raw) -> None:  # noqa: ANN001
+    async def scenario() -> None:
+        async with running_workers(raw, ("A",)) as (_, addresses):
+            sp = stage_plan(raw, ["A"] * 11, addresses)
+            t = GrpcTransport(TOKEN)
+            try:
+                await t.send(addresses["A"], encode_frame(Frame("plan", meta={"plan": sp.to_dict()})))
+                await t.send(addresses["A"], encode_frame(Frame("open", "r", 1, meta={"reply": "127.0.0.1:1"})))
+                (reply,) = await t.send(addresses["A"], encode_frame(Frame("data", "r", 1, "encode", 0, 0, 0,
+                                                                            torch.zeros(1, 3, 64, 64))))
+                err = decode_frame(reply)
+                assert err.kind == "error" and err.meta["code"] == "wrong-shape"
+                assert "uint8 image file bytes" in err.meta["error"]
+            finally:
+                await t.close()
+
+    asyncio.run(scenario())
