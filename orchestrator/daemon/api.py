@@ -217,6 +217,8 @@ def _pixels(adapter: Any, raw: bytes) -> torch.Tensor:
             im.load()
             if im.width * im.height > 50_000_000:
                 raise HTTPException(413, "image: more than 50 megapixels")
+            if getattr(adapter, "image_input", "pixels") == "bytes":
+                return adapter.prepare_image(raw)      # the file as sent: a first unit decodes it
             px = adapter.prepare_image(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, InputError) as exc:
         raise HTTPException(422, f"image: not a readable PNG or JPEG ({type(exc).__name__})") from None

@@ -121,3 +121,15 @@ def test_a_worker_refuses_pixels_where_the_file_belongs(raw) -> None:  # noqa: A
                 await t.close()
 
     asyncio.run(scenario())
+
+
+def test_the_daemon_api_passes_the_file_as_sent(raw) -> None:  # noqa: ANN001
+    from fastapi import HTTPException
+
+    from orchestrator.daemon.api import _pixels
+    data = scene_bytes(1)
+    x = _pixels(raw, data)
+    assert x.dtype == torch.uint8 and x.shape == (1, len(data)) and bytes(x.numpy().tobytes()) == data
+    assert _pixels(load_adapter("tiny-captioner"), data).shape == (1, 3, 64, 64)
+    with pytest.raises(HTTPException):
+        _pixels(raw, b"not an image")
