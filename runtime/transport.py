@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from runtime.codec import pack_frames, unpack_frames
+from runtime.codec import error_frame, pack_frames, unpack_frames
 
 SERVICE = "aiflow.Stage"
 PUSH = f"/{SERVICE}/Push"
@@ -44,6 +44,12 @@ HEALTH = f"/{SERVICE}/Health"
 TOKEN_KEY = "x-aiflow-token"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30     # gRPC's own default (4 MiB) is far below one activation
 DEFAULT_TIMEOUT_S = 30.0
+# A stream stays open while idle: the sender pings the connection every KEEPALIVE_MS when no data
+# flows and gives it KEEPALIVE_TIMEOUT_MS to answer, so a connection that died silently (a NAT or a
+# peer gone) ends the stream (UNAVAILABLE) and the next send opens a new one, instead of every send
+# on it waiting out its deadline. Servers accept pings that often.
+KEEPALIVE_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
 
 _SEQ = struct.Struct("<Q")
 
@@ -76,6 +82,16 @@ def _options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_http_proxy", 0)]          # workers are reached directly, never through a proxy
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [*_options(max_message_bytes), ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS)]
+
+
+def _server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [*_options(max_message_bytes), ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
+            ("grpc.http2.max_ping_strikes", 0)]
 
 
 class _FrameStream:
@@ -159,7 +175,7 @@ class GrpcTransport(Transport):
     def _stubs(self, address: str) -> tuple[Any, Any]:
         entry = self._channels.get(address)
         if entry is None:
-            channel = grpc.aio.insecure_channel(address, options=_options(self.max_message_bytes))
+            channel = grpc.aio.insecure_channel(address, options=_channel_options(self.max_message_bytes))
             push = channel.unary_unary(PUSH, request_serializer=None, response_deserializer=None)
             health = channel.unary_unary(HEALTH, request_serializer=None, response_deserializer=None)
             entry = (channel, push, health)
@@ -270,7 +286,11 @@ class FrameServer:
 
         async def answer(message: bytes) -> None:
             cut = len(message) - _SEQ.size
-            bundle = pack_frames(await self._handler(memoryview(message)[:cut]))      # the frame, not copied
+            try:
+                frames = await self._handler(memoryview(message)[:cut])                # the frame, not copied
+            except Exception as exc:  # noqa: BLE001 - the sender gets an answer, not a wait for its deadline
+                frames = [error_frame(f"{type(exc).__name__}: {exc}", code="internal")]
+            bundle = pack_frames(frames)
             async with write:
                 await context.write(b"".join((bundle, message[cut:])))
 
@@ -296,7 +316,7 @@ class FrameServer:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"listen address {listen!r}: expected HOST:PORT")
-        server = grpc.aio.server(options=_options(self._max))
+        server = grpc.aio.server(options=_server_options(self._max))
         handlers = {
             "Push": grpc.unary_unary_rpc_method_handler(self._push),
             "Stream": grpc.stream_stream_rpc_method_handler(self._stream_call),

@@ -112,3 +112,45 @@ def test_the_unary_push_still_answers() -> None:
             await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_handler_that_raises_answers_with_an_error_frame_at_once() -> None:
+    async def scenario() -> None:
+        async def handler(data: bytes | memoryview) -> list[bytes]:
+            raise ValueError("broken handler")
+
+        server = FrameServer(handler, lambda: {"ok": True}, token=TOKEN)
+        await server.start("127.0.0.1:0")
+        t = GrpcTransport(TOKEN)
+        try:
+            t0 = time.perf_counter()
+            (reply,) = await t.send(server.address, frame("x"), timeout=10.0)
+            err = decode_frame(reply)
+            assert err.kind == "error" and err.meta["code"] == "internal" and "broken handler" in err.meta["error"]
+            assert time.perf_counter() - t0 < 2.0
+        finally:
+            await t.close()
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_stream_survives_keepalive_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runtime.transport as transport
+    monkeypatch.setattr(transport, "KEEPALIVE_MS", 200)
+    monkeypatch.setattr(transport, "KEEPALIVE_TIMEOUT_MS", 200)
+
+    async def scenario() -> None:
+        server = await serve({})
+        t = GrpcTransport(TOKEN)
+        try:
+            await t.send(server.address, frame("a"))
+            stream = t._streams[server.address]
+            await asyncio.sleep(2.0)                         # pings every 0.2 s, no data: not a GOAWAY
+            (ok,) = await t.send(server.address, frame("b"))
+            assert decode_frame(ok).request_id == "b" and t._streams[server.address] is stream
+        finally:
+            await t.close()
+            await server.stop()
+
+    asyncio.run(scenario())
