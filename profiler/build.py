@@ -122,7 +122,8 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
     edge_src = {e.src for e in edge_infos}
     edge_bytes: dict[int, float] = {}
     phase_in: dict[str, float] = {}
-    tokens_seen: dict[int, int] = {}       # first unit of a phase -> tokens earlier phases ran through it
+    tokens_seen: dict[int, int] = {}       # first unit of a loop phase -> tokens earlier phases ran through it
+    loop_firsts = {p.first for p in phase_infos if p.input == "loop"}
     image_size: int | None = None
     uses_prompt = False                    # a phase reads prompt token ids from the source
     total = sum(p.last - p.first + 1 for p in phase_infos)
@@ -134,8 +135,9 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
         x = adapter.example_input(spec, ph.name)
         if x is not None and x.dim() == 4 and image_size is None:
             image_size = int(x.shape[-1])
-        if x is not None and ph.input == "source" and x.dtype in (torch.int64, torch.int32):
-            uses_prompt = True                 # token ids; uint8 is an image file's bytes
+        if x is not None and ph.input == "source" and (x.dtype in (torch.int64, torch.int32)
+                                                       or (x.dtype == torch.uint8 and ph.name == "prefill")):
+            uses_prompt = True                 # token ids or a prompt's UTF-8 (uint8 in encode: an image file)
         phase_in[ph.name] = float(held_bytes(x)) if (x is not None and ph.input != "none") else 0.0
         for i in range(ph.first, ph.last + 1):
             if progress is not None:
@@ -170,8 +172,9 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
                 edge_bytes[i] = float(out_b)
             if image_size is None and ph.name == "encode" and out.dim() == 4:
                 image_size = int(out.shape[-1])    # pixels a decode unit made from the image file
-            if i == ph.first and out.dim() == 3:
-                tokens_seen[ph.first] = tokens_seen.get(ph.first, 0) + int(out.shape[1])
+            if i in loop_firsts and out.dim() == 3:
+                # tokens this pass cached: where the loop phase starting at unit i continues from
+                tokens_seen[i] = tokens_seen.get(i, 0) + int(out.shape[1])
             x = out
             done += 1
     if progress is not None:

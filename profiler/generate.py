@@ -76,7 +76,7 @@ def greedy_generate(adapter: ModelAdapter, source: torch.Tensor, *, new_tokens: 
                 state.encoder_out = enc.clone()
         prefill_in, length = None, 1       # the decoder's first unit makes the start token
     else:
-        prefill_in, length = source, int(source.shape[1])
+        prefill_in, length = source, adapter.positions(source)
 
     eos = adapter.eos_token_id if stop_at_eos else None
     logits = run_phase(adapter, phases["prefill"], prefill_in, 0, ranges, states)

@@ -184,23 +184,27 @@ def _eos(config: Any, tokenizer: Any | None, vocab_size: int) -> int | None:
 
 
 def split_variant(name_or_folder: str) -> tuple[str, str | None]:
-    """("tiny-captioner", "png") from "tiny-captioner+png": the model, and the image file format its
-    requests start from (profiler.adapters.raw_image); (name, None) without a known suffix."""
+    """("tiny-captioner", "png") from "tiny-captioner+png": the model, and the form its requests start
+    from as captured: an image file format (profiler.adapters.raw_image) or "text", a prompt's UTF-8
+    (profiler.adapters.raw_text); (name, None) without a known suffix."""
     from profiler.images import IMAGE_FORMATS
 
-    base, plus, fmt = str(name_or_folder).rpartition("+")
-    return (base, fmt) if plus and base and fmt in IMAGE_FORMATS else (str(name_or_folder), None)
+    base, plus, kind = str(name_or_folder).rpartition("+")
+    known = kind in IMAGE_FORMATS or kind == "text"
+    return (base, kind) if plus and base and known else (str(name_or_folder), None)
 
 
 def load_adapter(name_or_folder: str, *, eager_attention: bool = False) -> ModelAdapter:
     """A built-in name or a local Hugging Face folder -> the adapter of its family. A "+png" or
-    "+jpeg" suffix: the same model with its image file's decoding as a first unit."""
-    base, image_format = split_variant(name_or_folder)
-    if image_format is not None:
+    "+jpeg" suffix: the same model with its image file's decoding as a first unit; "+text": a
+    language model with its prompt's tokenizing as a first unit."""
+    base, kind = split_variant(name_or_folder)
+    if kind is not None:
         from profiler.adapters.raw_image import RawImageAdapter
+        from profiler.adapters.raw_text import RawTextAdapter
         inner = load_adapter(base, eager_attention=eager_attention)
         try:
-            return RawImageAdapter(inner, image_format)
+            return RawTextAdapter(inner) if kind == "text" else RawImageAdapter(inner, kind)
         except ValueError as exc:
             raise InputError(f"{name_or_folder}: {exc}") from None
     from profiler.adapters.encoder_decoder import EncoderDecoderAdapter

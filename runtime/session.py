@@ -58,6 +58,8 @@ def prepare_input(adapter: ModelAdapter, item: str) -> torch.Tensor:
     ids = adapter.encode_text(item)
     if not ids:
         raise InputError(f"{item!r}: the prompt encodes to no tokens")
+    if adapter.source_input == "bytes":
+        return torch.frombuffer(bytearray(item.encode("utf-8")), dtype=torch.uint8).reshape(1, -1)
     return torch.tensor([ids], dtype=torch.long)
 
 

@@ -71,9 +71,10 @@ def data_segment(plan: StagePlan, frame: Frame, node: str) -> tuple[PhaseRoute, 
 
 
 def check_input(frame: Frame, phase: PhaseRoute, batch: int, shapes: Shapes,
-                phase_infos: Mapping[str, PhaseInfo], image_input: str = "pixels") -> None:
+                phase_infos: Mapping[str, PhaseInfo], source_input: str = "tensor") -> None:
     """The data frame's tensor is what unit `frame.unit` of `phase` takes, for a request of `batch` rows;
-    `image_input` "bytes": an encode phase starts from an image file's bytes (a decode unit)."""
+    `source_input` "bytes": a phase fed from the source starts from the input's bytes as captured (an
+    image file, a prompt's UTF-8), which its first unit turns into pixels or token ids."""
     x, u = frame.tensor, frame.unit
     where = f"{phase.name} unit {u}"
     if u == phase.first:
@@ -83,9 +84,9 @@ def check_input(frame: Frame, phase: PhaseRoute, batch: int, shapes: Shapes,
             return
         if x is None:
             raise RequestRejected(f"{where}: input tensor missing", "wrong-shape")
-        if phase.name == "encode" and image_input == "bytes":
+        if phase.input == "source" and source_input == "bytes":
             ok = x.dtype == torch.uint8 and x.dim() == 2 and x.shape[1] >= 1
-            want = "uint8 image file bytes [batch, bytes]"
+            want = "uint8 bytes as captured [batch, bytes]" + (" (an image file)" if phase.name == "encode" else "")
         elif phase.name == "encode":
             ok = x.is_floating_point() and x.dim() == 4
             want = "float pixels [batch, channels, height, width]"
@@ -101,7 +102,14 @@ def check_input(frame: Frame, phase: PhaseRoute, batch: int, shapes: Shapes,
         # a decode pass is prefill's units on one token
         ref_phase = "prefill" if phase.name == "decode" else phase.name
         ref = shapes[ref_phase][u - 1 - phase_infos[ref_phase].first]
-        ok = x.is_floating_point() and x.dim() == len(ref) and x.shape[-1] == ref[-1]
+        if len(ref) == 2 and phase.name == "prefill":
+            # the unit before made token ids (a first unit that tokenizes the prompt's bytes)
+            ok = x.dtype == torch.int64 and x.dim() == 2 and x.shape[1] >= 1
+            if not ok:
+                raise RequestRejected(f"{where}: expected int64 token ids [batch, tokens], got {describe(x)}",
+                                      "wrong-shape")
+        else:
+            ok = x.is_floating_point() and x.dim() == len(ref) and x.shape[-1] == ref[-1]
         if ok and phase.name == "encode":
             ok = tuple(x.shape[1:]) == ref[1:]
         if ok and phase.name == "decode":

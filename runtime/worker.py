@@ -386,7 +386,7 @@ class Worker:
     def _accept_data(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
         phase, seg = data_segment(req.plan, frame, self.name)
-        check_input(frame, phase, req.batch, self.shapes, self.phase_infos, self.adapter.image_input)
+        check_input(frame, phase, req.batch, self.shapes, self.phase_infos, self.adapter.source_input)
         req.touch()
         self._spawn(req, self._process(req, frame, seg.first, seg.last))
 
@@ -494,7 +494,7 @@ class Worker:
             await self._result(req, torch.cat(req.tokens, dim=1), steps=len(req.tokens))
             return
         dec = plan.phase("decode")
-        n_in = 1 if frame.tensor is None else int(frame.tensor.shape[1])
+        n_in = 1 if frame.tensor is None else self.adapter.positions(frame.tensor)   # bytes: their tokens
         await self._send(req, plan.assignment[dec.first],
                          Frame("data", req.rid, plan.version, "decode", dec.first, frame.position + n_in,
                                len(req.tokens), req.tokens[-1]))

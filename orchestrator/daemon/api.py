@@ -195,6 +195,8 @@ async def _input(daemon: Daemon, body: InferenceRequest) -> torch.Tensor:
     ids = adapter.encode_text(body.prompt)
     if not ids:
         raise HTTPException(422, "prompt: encodes to no tokens")
+    if getattr(adapter, "source_input", "tensor") == "bytes":
+        return torch.frombuffer(bytearray(body.prompt.encode("utf-8")), dtype=torch.uint8).reshape(1, -1)
     return torch.tensor([ids], dtype=torch.long)
 
 
@@ -217,7 +219,7 @@ def _pixels(adapter: Any, raw: bytes) -> torch.Tensor:
             im.load()
             if im.width * im.height > 50_000_000:
                 raise HTTPException(413, "image: more than 50 megapixels")
-            if getattr(adapter, "image_input", "pixels") == "bytes":
+            if getattr(adapter, "source_input", "tensor") == "bytes":
                 return adapter.prepare_image(raw)      # the file as sent: a first unit decodes it
             px = adapter.prepare_image(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, InputError) as exc:

@@ -68,7 +68,9 @@ class ModelAdapter(ABC):
     """A loaded model, cut into units. Subclasses: one per family."""
 
     family: str = "base"
-    image_input: str = "pixels"        # what an encode phase's first unit takes: "pixels", or "bytes" (a file)
+    # What the first unit of a phase fed from the source takes: "tensor" (pixels, token ids), or
+    # "bytes": the input as captured (an image file, a prompt's UTF-8), turned into one by that unit.
+    source_input: str = "tensor"
 
     def __init__(self, model: nn.Module, name: str, weights: str) -> None:
         self.model = model.eval()
@@ -118,6 +120,10 @@ class ModelAdapter(ABC):
 
     def prepare_image(self, image: Any) -> torch.Tensor:
         raise NotImplementedError(f"{self.family} models take no images")
+
+    def positions(self, x: torch.Tensor) -> int:
+        """Token positions a phase input `x` of shape [B, S, ...] covers (how far the next pass starts)."""
+        return int(x.shape[1])
 
     @property
     def eos_token_id(self) -> int | None:

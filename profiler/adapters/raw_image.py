@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from profiler.adapters.base import EdgeInfo, InputSpec, ModelAdapter, PhaseInfo, RequestState, UnitInfo
+from profiler.adapters.common import model_device
 from profiler.images import IMAGE_FORMATS, bytes_tensor, decode_image_bytes, encode_image, example_image
 
 DECODE_UNIT = "vision.decode"
 
 
 class RawImageAdapter(ModelAdapter):
-    image_input = "bytes"
+    source_input = "bytes"
 
     def __init__(self, inner: ModelAdapter, image_format: str) -> None:
         if not any(p.name == "encode" and p.first == 0 for p in inner.phases(InputSpec())):
@@ -71,7 +72,7 @@ class RawImageAdapter(ModelAdapter):
                 raise ValueError(f"{DECODE_UNIT} runs in the encode phase, not {phase!r}")
             if x is None:
                 raise ValueError(f"{DECODE_UNIT} needs the image file's bytes")
-            x = decode_image_bytes(x, self.image_size)
+            x = decode_image_bytes(x, self.image_size).to(model_device(self.model))
             if last == 0:
                 return x
             first = 1

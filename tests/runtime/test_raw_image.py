@@ -41,7 +41,7 @@ def test_the_variant_name_wraps_the_model_with_a_decode_unit(raw) -> None:  # no
     assert split_variant("tiny-captioner+png") == ("tiny-captioner", "png")
     assert split_variant("a+b") == ("a+b", None) and split_variant("tiny-captioner") == ("tiny-captioner", None)
     assert [u.name for u in raw.units()] == ["vision.decode"] + [u.name for u in plain.units()]
-    assert raw.unit_modules(0) == [] and raw.image_input == "bytes" and raw.name == "tiny-captioner+png"
+    assert raw.unit_modules(0) == [] and raw.source_input == "bytes" and raw.name == "tiny-captioner+png"
     enc = {p.name: p for p in raw.phases(InputSpec())}["encode"]
     assert (enc.first, enc.last, enc.input) == (0, 5, "source")
     assert [e.src for e in raw.edges()] == [e.src + 1 for e in plain.edges()]
@@ -116,7 +116,7 @@ def test_a_worker_refuses_pixels_where_the_file_belongs(raw) -> None:  # noqa: A
                                                                             torch.zeros(1, 3, 64, 64))))
                 err = decode_frame(reply)
                 assert err.kind == "error" and err.meta["code"] == "wrong-shape"
-                assert "uint8 image file bytes" in err.meta["error"]
+                assert "uint8 bytes as captured" in err.meta["error"] and "image file" in err.meta["error"]
             finally:
                 await t.close()
 
