@@ -44,12 +44,39 @@ URL = typer.Option(None, "--url", help="Database URL (default: $AIFLOW_DATABASE_
                    "SQLite file).", show_default=False)
 
 
-def _show(kind: str, limit: int, model: str | None, fmt: Format, url: str | None) -> None:
+JSON = typer.Option(False, "--json", help="Same as --format json.")
+CSV = typer.Option(False, "--csv", help="Same as --format csv.")
+SINCE = typer.Option(None, "--since", help="From this time: ISO 8601 (UTC if no zone) or an age such as 30m, "
+                     "2h, 7d.", show_default=False)
+UNTIL = typer.Option(None, "--until", help="Before this time (same forms as --since).", show_default=False)
+NODE = typer.Option(None, "--node", help="Only rows whose plan places units on this node (links: that touch it).",
+                    show_default=False)
+PLAN = typer.Option(None, "--plan", help="Only this plan version (the daemon's).", show_default=False)
+
+
+def _format(fmt: Format, as_json: bool, as_csv: bool) -> Format:
+    if as_json and as_csv:
+        raise InputError("--json and --csv: choose one")
+    return Format.json if as_json else Format.csv if as_csv else fmt
+
+
+def _filters(since: str | None, until: str | None, model: str | None, node: str | None, plan: int | None) -> Any:
+    from orchestrator.store.queries import Filters
+
+    return Filters(since=parse_time(since, "--since"), until=parse_time(until, "--until"), model=model, node=node,
+                   plan=plan)
+
+
+def _show(kind: str, limit: int, fmt: Format, url: str | None, *, since: str | None = None,
+          until: str | None = None, model: str | None = None, node: str | None = None, plan: int | None = None,
+          as_json: bool = False, as_csv: bool = False) -> None:
     from orchestrator.store import Store
     from orchestrator.store.queries import history
 
+    fmt = _format(fmt, as_json, as_csv)
+    filters = _filters(since, until, model, node, plan)
     with Store.open(url) as store, store.engine.connect() as conn:
-        rows = history(conn, kind, limit=limit, model=model)
+        rows = history(conn, kind, limit=limit, filters=filters)
     if fmt is Format.json:
         print(json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows], indent=2))
     elif fmt is Format.csv:
@@ -117,56 +144,42 @@ def _table(kind: str, rows: list[dict[str, Any]], model: str | None) -> Table:
     return table
 
 
-@app.command("profiles")
-def profiles_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
-    """Stored profiles: model, hardware classes, units, total parameter and memory bytes."""
-    _show("profiles", limit, model, fmt, url)
+def _named(kind: str, doc: str) -> None:
+    """Register `aiflow history KIND` with the filters and formats every named query takes."""
+
+    def command(limit: int = LIMIT, since: str | None = SINCE, until: str | None = UNTIL,
+                model: str | None = MODEL, node: str | None = NODE, plan: int | None = PLAN,
+                fmt: Format = FORMAT, as_json: bool = JSON, as_csv: bool = CSV, url: str | None = URL) -> None:
+        _show(kind, limit, fmt, url, since=since, until=until, model=model, node=node, plan=plan,
+              as_json=as_json, as_csv=as_csv)
+
+    command.__doc__ = doc
+    command.__name__ = f"{kind}_"
+    app.command(kind)(command)
 
 
-@app.command("plans")
-def plans_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
-    """Stored plans: placement, predicted latency, when applied, how many requests ran on each."""
-    _show("plans", limit, model, fmt, url)
-
-
-@app.command("solves")
-def solves_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
-    """Every solve: solver, status, solve time, gap, and the profile and network it used."""
-    _show("solves", limit, model, fmt, url)
-
-
-@app.command("runs")
-def runs_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
-    """Executed requests: measured vs predicted latency (ratio = measured / predicted) and output."""
-    _show("runs", limit, model, fmt, url)
-
-
-@app.command("probes")
-def probes_(limit: int = LIMIT, fmt: Format = FORMAT, url: str | None = URL) -> None:
-    """Link measurements: bandwidth and latency, newest first."""
-    _show("probes", limit, None, fmt, url)
-
-
-@app.command("decisions")
-def decisions_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
-    """The daemon's decisions: trigger, applied or not and why, both plans' latency, gain, migration cost."""
-    _show("decisions", limit, model, fmt, url)
-
-
-@app.command("migrations")
-def migrations_(limit: int = LIMIT, model: str | None = MODEL, fmt: Format = FORMAT, url: str | None = URL) -> None:
-    """Each plan switch: version, placement before and after, how long it took, outcome, requests meanwhile."""
-    _show("migrations", limit, model, fmt, url)
+_named("profiles", "Stored profiles: model, hardware classes, units, total parameter and memory bytes.")
+_named("plans", "Each plan in force over time: when applied and until when, why (trigger, reason, snapshot, "
+       "predicted gain over the plan it replaced), requests served on it.")
+_named("solves", "Every solver run: status, solve time, objective, gap, placement, and whether it was applied "
+       "(and why not).")
+_named("runs", "Executed requests, one row each: measured vs predicted latency (ratio = measured / predicted).")
+_named("probes", "Link measurements: bandwidth and latency, newest first (--node: links that touch it).")
+_named("decisions", "The daemon's decisions: trigger, applied or not and why, both plans' latency, gain, "
+       "migration cost.")
+_named("migrations", "Each plan switch: version, placement before and after, how long it took, outcome, "
+       "requests meanwhile.")
 
 
 @app.command("sql")
 def sql_(statement: str = typer.Argument(..., help="One SELECT statement.", show_default=False),
          limit: int = typer.Option(1000, "--limit", "-n", min=1, help="Show at most N rows."),
-         fmt: Format = FORMAT, url: str | None = URL) -> None:
+         fmt: Format = FORMAT, as_json: bool = JSON, as_csv: bool = CSV, url: str | None = URL) -> None:
     """Run one read-only query (the database refuses writes: a read-only file or transaction)."""
     from orchestrator.store import Store
     from orchestrator.store.readonly import read_only_query
 
+    fmt = _format(fmt, as_json, as_csv)
     with Store.open(url) as store:
         columns, rows = read_only_query(store.engine, statement, limit=limit)
     records = [dict(zip(columns, r, strict=True)) for r in rows]
@@ -185,9 +198,6 @@ def sql_(statement: str = typer.Argument(..., help="One SELECT statement.", show
 
 
 # -- aggregates over time ------------------------------------------------------------------------------
-SINCE = typer.Option(None, "--since", help="From this time: ISO 8601 (UTC if no zone) or an age such as 30m, "
-                     "2h, 7d.", show_default=False)
-UNTIL = typer.Option(None, "--until", help="Before this time (same forms as --since).", show_default=False)
 WINDOW = typer.Option("1h", "--window", help="Width of each time window: 30s, 15m, 1h, 1d.")
 
 
@@ -247,37 +257,39 @@ def _aggregate(kind: str, rows: list[dict[str, Any]], fmt: Format, title: str) -
 
 @app.command("requests")
 def requests_(model: str | None = MODEL, since: str | None = SINCE, until: str | None = UNTIL,
-              plan: int | None = typer.Option(None, "--plan", help="Only this plan version.", show_default=False),
-              fmt: Format = FORMAT, url: str | None = URL) -> None:
+              plan: int | None = PLAN, node: str | None = NODE, fmt: Format = FORMAT, as_json: bool = JSON,
+              as_csv: bool = CSV, url: str | None = URL) -> None:
     """Request latency percentiles per plan version, and the prediction error (median measured / predicted)."""
     from orchestrator.store import Store
     from orchestrator.store.queries import requests_summary
 
     lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
     with Store.open(url) as store, store.engine.connect() as conn:
-        rows = requests_summary(conn, model=model, since=lo, until=hi, plan=plan)
-    _aggregate("requests", rows, fmt, "requests per plan version")
+        rows = requests_summary(conn, model=model, since=lo, until=hi, plan=plan, node=node)
+    _aggregate("requests", rows, _format(fmt, as_json, as_csv), "requests per plan version")
 
 
 @app.command("links")
 def links_(link: str | None = typer.Option(None, "--link", help="Only this link (e.g. edge~phone).",
                                            show_default=False),
+           node: str | None = typer.Option(None, "--node", help="Only links that touch this node.",
+                                           show_default=False),
            since: str | None = SINCE, until: str | None = UNTIL, window: str = WINDOW, fmt: Format = FORMAT,
-           url: str | None = URL) -> None:
+           as_json: bool = JSON, as_csv: bool = CSV, url: str | None = URL) -> None:
     """Measured bandwidth and latency per link and time window (percentiles)."""
     from orchestrator.store import Store
     from orchestrator.store.queries import links_summary
 
     lo, hi, w = parse_time(since, "--since"), parse_time(until, "--until"), parse_seconds(window, "--window")
     with Store.open(url) as store, store.engine.connect() as conn:
-        rows = links_summary(conn, window_s=w, link=link, since=lo, until=hi)
-    _aggregate("links", rows, fmt, f"links per {window}")
+        rows = links_summary(conn, window_s=w, link=link, since=lo, until=hi, node=node)
+    _aggregate("links", rows, _format(fmt, as_json, as_csv), f"links per {window}")
 
 
 @app.command("nodes")
 def nodes_(node: str | None = typer.Option(None, "--node", help="Only this node.", show_default=False),
            since: str | None = SINCE, until: str | None = UNTIL, window: str = WINDOW, fmt: Format = FORMAT,
-           url: str | None = URL) -> None:
+           as_json: bool = JSON, as_csv: bool = CSV, url: str | None = URL) -> None:
     """Each node's state (share of probes it was down) and estimated slowdown per time window."""
     from orchestrator.store import Store
     from orchestrator.store.queries import nodes_summary
@@ -285,14 +297,14 @@ def nodes_(node: str | None = typer.Option(None, "--node", help="Only this node.
     lo, hi, w = parse_time(since, "--since"), parse_time(until, "--until"), parse_seconds(window, "--window")
     with Store.open(url) as store, store.engine.connect() as conn:
         rows = nodes_summary(conn, window_s=w, node=node, since=lo, until=hi)
-    _aggregate("nodes", rows, fmt, f"nodes per {window}")
+    _aggregate("nodes", rows, _format(fmt, as_json, as_csv), f"nodes per {window}")
 
 
 @app.command("at")
 def at_(time: str = typer.Argument(..., help="ISO 8601 (UTC if no zone) or an age such as 30m.", show_default=False),
         recent: str = typer.Option("5m", "--recent", help="How far back 'recent requests' reach."),
         fmt: Format = typer.Option(Format.table, "--format", "-f", help="table or json."),
-        url: str | None = URL) -> None:
+        as_json: bool = JSON, url: str | None = URL) -> None:
     """The system at a moment: the network as last measured, the plan in force, the requests just before."""
     from orchestrator.store import Store
     from orchestrator.store.queries import state_at
@@ -301,7 +313,7 @@ def at_(time: str = typer.Argument(..., help="ISO 8601 (UTC if no zone) or an ag
     assert when is not None
     with Store.open(url) as store, store.engine.connect() as conn:
         state = state_at(conn, when, recent_s=parse_seconds(recent, "--recent"))
-    if fmt is Format.json:
+    if fmt is Format.json or as_json:
         print(json.dumps(state, indent=2, default=_json_value))
         return
     if fmt is Format.csv:

@@ -706,12 +706,10 @@ class Daemon:
         return self.store.save_network(snapshot, origin="daemon")
 
     def _save_probe_rows(self, snapshot: NetworkState) -> int:
-        now = datetime.now(UTC)
-        for key, est in self.links.items():
-            self.store.record_probe(key, bandwidth_bps=est.bandwidth_bps, latency_s=est.latency_s, measured_at=now,
-                                    kind=f"estimate:{est.method}", samples=est.samples)
-        for name, st in self.nodes.items():
-            self.store.record_node_sample(name, state=st.state, slowdown=self.slowdown.get(name), measured_at=now)
+        self.store.record_samples(
+            [{"link": key, "bandwidth_bps": est.bandwidth_bps, "latency_s": est.latency_s,
+              "kind": f"estimate:{est.method}", "samples": est.samples} for key, est in self.links.items()],
+            [{"node": name, "state": st.state, "slowdown": self.slowdown.get(name)} for name, st in self.nodes.items()])
         return self.store.save_network(snapshot, origin="daemon")
 
     def _save_solve(self, plan: Plan, network_id: int | None, decision: Decision, trigger: str) -> tuple[int, int]:

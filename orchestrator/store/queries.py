@@ -7,24 +7,40 @@ JSON or CSV; other code (the daemon, benchmarks) can call them directly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.orm import aliased
 
+from orchestrator.store.rollup import hour_floor, node_part, probe_part, run_part
+from orchestrator.store.summaries import (
+    EPOCH,
+    Part,
+    combine,
+    merge,
+    node_parts,
+    probe_parts,
+    quantile,
+    request_parts,
+    time_between,
+    window_start,
+)
 from orchestrator.store.tables import (
     DecisionRow,
     HardwareClass,
     Model,
     NetworkRow,
-    NodeSample,
+    NodeSampleHour,
     PlanApplication,
     PlanRow,
+    ProbeHour,
     ProbeRow,
     ProfileHardware,
     ProfileRow,
     ProfileUnit,
+    RunHour,
     RunRow,
 )
 from profiler.errors import InputError
@@ -36,17 +52,30 @@ Row = dict[str, Any]
 # The columns each query returns, in order (also the CSV header of an empty result).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "profiles": ("id", "created_at", "model", "hardware", "units", "param_bytes", "mem_bytes", "weights"),
-    "plans": ("id", "created_at", "model", "objective", "status", "predicted_latency_s", "placement", "applied_at",
-              "runs"),
+    "plans": ("id", "version", "applied_at", "until", "lasted_s", "model", "placement", "predicted_latency_s",
+              "replaced", "predicted_gain_s", "trigger", "reason", "network_id", "plan_id", "requests"),
     "solves": ("id", "created_at", "model", "profile_id", "network_id", "objective", "solver", "status",
-               "solve_time_s", "gap", "predicted_latency_s"),
-    "runs": ("id", "created_at", "model", "plan_id", "strategy", "measured_s", "predicted_s", "ratio", "output"),
-    "probes": ("id", "measured_at", "link", "bandwidth_bps", "latency_s"),
+               "solve_time_s", "gap", "predicted_latency_s", "placement", "trigger", "applied", "why"),
+    "runs": ("id", "created_at", "model", "plan_id", "plan_version", "strategy", "measured_s", "predicted_s", "ratio",
+             "output"),
+    "probes": ("id", "measured_at", "link", "bandwidth_bps", "latency_s", "kind"),
     "decisions": ("id", "created_at", "model", "trigger", "applied", "reason", "current_s", "candidate_s", "gain_s",
                   "migration_s", "placement"),
     "migrations": ("id", "applied_at", "model", "version", "placement", "previous", "finished_at", "duration_s",
                    "outcome", "runs_during"),
 }
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What every named query can be narrowed by (None: no filter). `plan` is the daemon's plan version;
+    `node` keeps rows whose plan places a unit on that node (or, for links, whose link touches it)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    model: str | None = None
+    node: str | None = None
+    plan: int | None = None
 
 
 def _ordered(kind: str, row: Row) -> Row:
@@ -57,8 +86,26 @@ def _limited(q: Select, limit: int | None) -> Select:
     return q if limit is None else q.limit(limit)
 
 
-def profiles(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+def _take(rows: list[Row], limit: int | None) -> list[Row]:
+    return rows if limit is None else rows[:limit]
+
+
+def _uses(document: dict[str, Any] | None, node: str | None) -> bool:
+    return node is None or (document is not None and node in document.get("assignment", []))
+
+
+def link_nodes(link: str) -> list[str]:
+    """The two ends of a link named "a~b" (either way) or "a->b" (one way)."""
+    for sep in ("~", "->"):
+        if sep in link:
+            return link.split(sep, 1)
+    return [link]
+
+
+def profiles(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
     """Stored profiles: model, hardware classes, unit count and total parameter and memory bytes."""
+    if f.node is not None or f.plan is not None:
+        raise InputError("--node/--plan: profiles belong to models, not to nodes or plans; use --model")
     totals = (select(ProfileUnit.profile_id, func.sum(ProfileUnit.param_bytes).label("param_bytes"),
                      func.sum(ProfileUnit.mem_bytes).label("mem_bytes"))
               .group_by(ProfileUnit.profile_id).subquery())
@@ -66,9 +113,10 @@ def profiles(conn: Connection, *, limit: int | None = 20, model: str | None = No
                 totals.c.param_bytes, totals.c.mem_bytes, Model.weights)
          .join(Model, Model.id == ProfileRow.model_id)
          .outerjoin(totals, totals.c.profile_id == ProfileRow.id)
+         .where(*time_between(ProfileRow.created_at, f.since, f.until))
          .order_by(ProfileRow.id.desc()))
-    if model is not None:
-        q = q.where(Model.name == model)
+    if f.model is not None:
+        q = q.where(Model.name == f.model)
     rows = [dict(r._mapping) for r in conn.execute(_limited(q, limit))]
     hw_q = (select(ProfileHardware.profile_id, HardwareClass.name)
             .join(HardwareClass, HardwareClass.id == ProfileHardware.hardware_class_id)
@@ -83,46 +131,112 @@ def profiles(conn: Connection, *, limit: int | None = 20, model: str | None = No
     return [_ordered("profiles", r) for r in rows]
 
 
-def plans(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
-    """Stored plans: where the units went, the predicted latency, when applied and how often run."""
-    applied = (select(PlanApplication.plan_id, func.max(PlanApplication.applied_at).label("applied_at"))
-               .group_by(PlanApplication.plan_id).subquery())
-    runs = select(RunRow.plan_id, func.count().label("runs")).group_by(RunRow.plan_id).subquery()
-    q = (select(PlanRow.id, PlanRow.created_at, Model.name.label("model"), PlanRow.objective, PlanRow.status,
-                PlanRow.predicted_latency_s, PlanRow.document, applied.c.applied_at, runs.c.runs)
+def plans(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
+    """Each plan in force over time (newest first): when it was applied and until when, why (the decision's
+    trigger and reason, the snapshot it was solved for, the predicted gain over the plan it replaced), and
+    the requests served on it."""
+    previous = aliased(PlanRow)
+    q = (select(PlanApplication.id, PlanApplication.version, PlanApplication.applied_at, PlanApplication.plan_id,
+                Model.name.label("model"), PlanRow.document, PlanRow.predicted_latency_s,
+                PlanRow.network_id.label("plan_network_id"), previous.document.label("previous_document"),
+                DecisionRow.gain_s, DecisionRow.trigger, DecisionRow.reason,
+                DecisionRow.network_id.label("decision_network_id"))
+         .join(PlanRow, PlanRow.id == PlanApplication.plan_id)
          .join(Model, Model.id == PlanRow.model_id)
-         .outerjoin(applied, applied.c.plan_id == PlanRow.id)
-         .outerjoin(runs, runs.c.plan_id == PlanRow.id)
-         .order_by(PlanRow.id.desc()))
-    if model is not None:
-        q = q.where(Model.name == model)
+         .outerjoin(previous, previous.id == PlanApplication.previous_plan_id)
+         .outerjoin(DecisionRow, DecisionRow.id == PlanApplication.decision_id)
+         .order_by(PlanApplication.applied_at, PlanApplication.id))
+    if f.model is not None:
+        q = q.where(Model.name == f.model)
+    if f.until is not None:
+        q = q.where(PlanApplication.applied_at < f.until)
+    apps = [dict(r._mapping) for r in conn.execute(q)]
+    # A plan is in force until the next one of its model is applied.
+    following: dict[str, datetime | None] = {}
+    for a in reversed(apps):
+        a["until"] = following.get(a["model"])
+        following[a["model"]] = a["applied_at"]
     out = []
-    for r in conn.execute(_limited(q, limit)):
-        row = dict(r._mapping)
-        row["placement"] = placement_summary(row.pop("document").get("assignment", []))
-        row["runs"] = int(row["runs"] or 0)
-        out.append(_ordered("plans", row))
-    return out
+    for a in reversed(apps):
+        if f.since is not None and a["until"] is not None and a["until"] <= f.since:
+            continue
+        if (f.plan is not None and a["version"] != f.plan) or not _uses(a["document"], f.node):
+            continue
+        prev = a.pop("previous_document")
+        a["replaced"] = placement_summary(prev.get("assignment", [])) if prev else None
+        a["placement"] = placement_summary(a.pop("document").get("assignment", []))
+        a["lasted_s"] = (a["until"] - a["applied_at"]).total_seconds() if a["until"] is not None else None
+        a["predicted_gain_s"] = a.pop("gain_s")
+        a["network_id"] = a.pop("decision_network_id") or a.pop("plan_network_id")
+        out.append(a)
+        if limit is not None and len(out) == limit:
+            break
+    for a in out:
+        a["requests"] = _requests_on(conn, a)
+    return [_ordered("plans", a) for a in out]
 
 
-def solves(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
-    """Every solve: solver, status, solve time and gap, with the profile and network it used."""
+def _requests_on(conn: Connection, app: Row) -> int:
+    """Requests served on one application of a plan: its version's rows (the daemon's), or the plan's rows in
+    the time it was in force (runs recorded without a version), raw and rolled up."""
+    raw = select(func.count()).select_from(RunRow).where(RunRow.plan_id == app["plan_id"])
+    hours = select(func.coalesce(func.sum(RunHour.requests), 0)).where(RunHour.plan_id == app["plan_id"])
+    if app["version"] is not None:
+        raw = raw.where(RunRow.plan_version == app["version"])
+        hours = hours.where(RunHour.plan_version == app["version"])
+    else:
+        raw = raw.where(*time_between(RunRow.created_at, app["applied_at"], app["until"]))
+        hours = hours.where(*time_between(RunHour.hour, hour_floor(app["applied_at"]), app["until"]))
+    return int(conn.execute(raw).scalar() or 0) + int(conn.execute(hours).scalar() or 0)
+
+
+def solves(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
+    """Every solver run: status, solve time, objective, gap, where it put the units, and whether it was applied
+    (and why not: the decision's reason)."""
+    applied = select(PlanApplication.plan_id).where(PlanApplication.plan_id == PlanRow.id).exists()
     q = (select(PlanRow.id, PlanRow.created_at, Model.name.label("model"), PlanRow.profile_id, PlanRow.network_id,
                 PlanRow.objective, PlanRow.solver, PlanRow.status, PlanRow.solve_time_s, PlanRow.gap,
-                PlanRow.predicted_latency_s)
-         .join(Model, Model.id == PlanRow.model_id).order_by(PlanRow.id.desc()))
-    if model is not None:
-        q = q.where(Model.name == model)
-    return [_ordered("solves", dict(r._mapping)) for r in conn.execute(_limited(q, limit))]
+                PlanRow.predicted_latency_s, PlanRow.document, DecisionRow.trigger,
+                DecisionRow.applied.label("decided"), DecisionRow.reason, applied.label("was_applied"))
+         .join(Model, Model.id == PlanRow.model_id)
+         .outerjoin(DecisionRow, DecisionRow.candidate_plan_id == PlanRow.id)
+         .where(*time_between(PlanRow.created_at, f.since, f.until))
+         .order_by(PlanRow.id.desc()))
+    if f.model is not None:
+        q = q.where(Model.name == f.model)
+    if f.plan is not None:
+        q = q.where(PlanRow.id.in_(select(PlanApplication.plan_id).where(PlanApplication.version == f.plan)))
+    out = []
+    for r in conn.execute(q if f.node is not None else _limited(q, limit)):
+        row = dict(r._mapping)
+        doc = row.pop("document")
+        if not _uses(doc, f.node):
+            continue
+        row["placement"] = placement_summary(doc.get("assignment", []))
+        row["applied"] = bool(row.pop("was_applied") or row.pop("decided"))
+        row["why"] = row.pop("reason")
+        row.pop("decided", None)
+        out.append(_ordered("solves", row))
+    return _take(out, limit)
 
 
-def runs(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+def _plans_using(conn: Connection, node: str) -> list[int]:
+    return [pid for pid, doc in conn.execute(select(PlanRow.id, PlanRow.document)) if _uses(doc, node)]
+
+
+def runs(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
     """Executed requests: measured against predicted latency, and what came out."""
-    q = (select(RunRow.id, RunRow.created_at, Model.name.label("model"), RunRow.plan_id, RunRow.strategy,
-                RunRow.measured_s, RunRow.predicted_s, RunRow.output)
-         .outerjoin(Model, Model.id == RunRow.model_id).order_by(RunRow.id.desc()))
-    if model is not None:
-        q = q.where(Model.name == model)
+    q = (select(RunRow.id, RunRow.created_at, Model.name.label("model"), RunRow.plan_id, RunRow.plan_version,
+                RunRow.strategy, RunRow.measured_s, RunRow.predicted_s, RunRow.output)
+         .outerjoin(Model, Model.id == RunRow.model_id)
+         .where(*time_between(RunRow.created_at, f.since, f.until))
+         .order_by(RunRow.id.desc()))
+    if f.model is not None:
+        q = q.where(Model.name == f.model)
+    if f.plan is not None:
+        q = q.where(RunRow.plan_version == f.plan)
+    if f.node is not None:
+        q = q.where(RunRow.plan_id.in_(_plans_using(conn, f.node)))
     out = []
     for r in conn.execute(_limited(q, limit)):
         row = dict(r._mapping)
@@ -132,34 +246,46 @@ def runs(conn: Connection, *, limit: int | None = 20, model: str | None = None) 
     return out
 
 
-def probes(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+def probes(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
     """Link measurements, newest first."""
-    if model is not None:
-        raise InputError("--model: probes measure links, not models; leave --model out for probes")
-    q = (select(ProbeRow.id, ProbeRow.measured_at, ProbeRow.link, ProbeRow.bandwidth_bps, ProbeRow.latency_s)
+    if f.model is not None or f.plan is not None:
+        raise InputError("--model/--plan: probes measure links, not models or plans; use --node or --since")
+    q = (select(ProbeRow.id, ProbeRow.measured_at, ProbeRow.link, ProbeRow.bandwidth_bps, ProbeRow.latency_s,
+                ProbeRow.kind)
+         .where(*time_between(ProbeRow.measured_at, f.since, f.until))
          .order_by(ProbeRow.measured_at.desc(), ProbeRow.id.desc()))
+    if f.node is not None:
+        links = [lk for (lk,) in conn.execute(select(ProbeRow.link).distinct()) if f.node in link_nodes(lk)]
+        q = q.where(ProbeRow.link.in_(links))
     return [_ordered("probes", dict(r._mapping)) for r in conn.execute(_limited(q, limit))]
 
 
-def decisions(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+def decisions(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
     """The daemon's decisions: each candidate plan weighed against the plan in force, applied or not, and why."""
     q = (select(DecisionRow.id, DecisionRow.created_at, Model.name.label("model"), DecisionRow.trigger,
                 DecisionRow.applied, DecisionRow.reason, DecisionRow.current_s, DecisionRow.candidate_s,
                 DecisionRow.gain_s, DecisionRow.migration_s, PlanRow.document)
          .join(PlanRow, PlanRow.id == DecisionRow.candidate_plan_id)
-         .join(Model, Model.id == PlanRow.model_id).order_by(DecisionRow.id.desc()))
-    if model is not None:
-        q = q.where(Model.name == model)
+         .join(Model, Model.id == PlanRow.model_id)
+         .where(*time_between(DecisionRow.created_at, f.since, f.until))
+         .order_by(DecisionRow.id.desc()))
+    if f.model is not None:
+        q = q.where(Model.name == f.model)
+    if f.plan is not None:
+        q = q.where(DecisionRow.id.in_(select(PlanApplication.decision_id).where(PlanApplication.version == f.plan)))
     out = []
-    for r in conn.execute(_limited(q, limit)):
+    for r in conn.execute(q if f.node is not None else _limited(q, limit)):
         row = dict(r._mapping)
-        row["placement"] = placement_summary(row.pop("document").get("assignment", []))
+        doc = row.pop("document")
+        if not _uses(doc, f.node):
+            continue
+        row["placement"] = placement_summary(doc.get("assignment", []))
         row["applied"] = bool(row["applied"])
         out.append(_ordered("decisions", row))
-    return out
+    return _take(out, limit)
 
 
-def migrations(conn: Connection, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
+def migrations(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
     """Each plan switch: the versions, how long the old one lived on (until its last request finished and
     it was freed), the outcome, and the requests served in that time."""
     previous = aliased(PlanRow)
@@ -169,14 +295,19 @@ def migrations(conn: Connection, *, limit: int | None = 20, model: str | None = 
          .join(PlanRow, PlanRow.id == PlanApplication.plan_id)
          .outerjoin(previous, previous.id == PlanApplication.previous_plan_id)
          .join(Model, Model.id == PlanRow.model_id)
+         .where(*time_between(PlanApplication.applied_at, f.since, f.until))
          .order_by(PlanApplication.applied_at.desc(), PlanApplication.id.desc()))
-    if model is not None:
-        q = q.where(Model.name == model)
+    if f.model is not None:
+        q = q.where(Model.name == f.model)
+    if f.plan is not None:
+        q = q.where(PlanApplication.version == f.plan)
     out = []
-    for r in conn.execute(_limited(q, limit)):
+    for r in conn.execute(q if f.node is not None else _limited(q, limit)):
         row = dict(r._mapping)
-        row["placement"] = placement_summary(row.pop("document").get("assignment", []))
-        prev = row.pop("previous_document")
+        doc, prev = row.pop("document"), row.pop("previous_document")
+        if not (_uses(doc, f.node) or (prev is not None and _uses(prev, f.node))):
+            continue
+        row["placement"] = placement_summary(doc.get("assignment", []))
         row["previous"] = placement_summary(prev.get("assignment", [])) if prev else None
         start, end = row["applied_at"], row["finished_at"]
         row["duration_s"] = (end - start).total_seconds() if end is not None else None
@@ -184,10 +315,10 @@ def migrations(conn: Connection, *, limit: int | None = 20, model: str | None = 
             select(func.count()).select_from(RunRow)
             .where(RunRow.created_at >= start, RunRow.created_at <= end)).scalar() or 0) if end is not None else None
         out.append(_ordered("migrations", row))
-    return out
+    return _take(out, limit)
 
 
-# -- aggregates over time (computed here, so they are the same on SQLite and PostgreSQL) -------------------
+# -- aggregates over time: raw rows and hourly roll-ups, summarised in store/summaries.py --------------------
 AGGREGATE_COLUMNS: dict[str, tuple[str, ...]] = {
     "requests": ("model", "plan_version", "placement", "requests", "p50_s", "p90_s", "p99_s", "mean_s",
                  "ratio_median", "first", "last"),
@@ -197,97 +328,83 @@ AGGREGATE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def quantile(values: list[float], q: float) -> float | None:
-    """The q-quantile by linear interpolation between order statistics (None for no values)."""
-    if not values:
-        return None
-    v = sorted(values)
-    pos = q * (len(v) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-def _window_start(t: datetime, window_s: float) -> datetime:
-    epoch = t.timestamp()
-    return datetime.fromtimestamp(epoch - epoch % window_s, tz=UTC)
-
-
-def _by_window(rows: Any, name: str, at: str, window_s: float) -> list[tuple[tuple[str, datetime], list[Any]]]:
-    """Rows grouped by (their `name` column, the window their `at` time falls in), in time order."""
-    groups: dict[tuple[str, datetime], list[Any]] = {}
-    for r in rows:
-        groups.setdefault((getattr(r, name), _window_start(getattr(r, at), window_s)), []).append(r)
-    return sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-
-
-def _between(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
-    out = []
-    if since is not None:
-        out.append(column >= since)
-    if until is not None:
-        out.append(column < until)
-    return out
+def _hours_between(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    """An hourly summary counts when its hour overlaps [since, until)."""
+    return time_between(column, None if since is None else hour_floor(since), until)
 
 
 def requests_summary(conn: Connection, *, model: str | None = None, since: datetime | None = None,
-                     until: datetime | None = None, plan: int | None = None) -> list[Row]:
+                     until: datetime | None = None, plan: int | None = None, node: str | None = None) -> list[Row]:
     """Request latency percentiles per plan version (and placement), with the prediction error."""
-    q = (select(RunRow.created_at, RunRow.measured_s, RunRow.predicted_s, RunRow.plan_version,
-                Model.name.label("model"), PlanRow.document)
-         .outerjoin(Model, Model.id == RunRow.model_id).outerjoin(PlanRow, PlanRow.id == RunRow.plan_id)
-         .where(*_between(RunRow.created_at, since, until)))
+    model_id = None
     if model is not None:
-        q = q.where(Model.name == model)
+        model_id = conn.execute(select(Model.id).where(Model.name == model)).scalar()
+        if model_id is None:
+            return []
+    parts = request_parts(conn, None, since=since, until=until, plan_version=plan, model_id=model_id)
+    q = select(RunHour).where(*_hours_between(RunHour.hour, since, until))
     if plan is not None:
-        q = q.where(RunRow.plan_version == plan)
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    for r in conn.execute(q):
-        where = placement_summary(r.document.get("assignment", [])) if r.document else None
-        groups.setdefault((r.model, r.plan_version, where), []).append(r)
+        q = q.where(RunHour.plan_version == plan)
+    if model_id is not None:
+        q = q.where(RunHour.model_id == model_id)
+    for h in conn.execute(q).scalars():
+        p = run_part(h)
+        p.start = EPOCH
+        parts.append(p)
+    plan_ids = {p.key[1] for p in parts if p.key[1] is not None}
+    docs = {i: d for i, d in conn.execute(select(PlanRow.id, PlanRow.document).where(PlanRow.id.in_(plan_ids)))}
+    names = {i: n for i, n in conn.execute(select(Model.id, Model.name))}
+    groups: dict[tuple[Any, ...], list[Part]] = {}
+    for p in parts:
+        model_id_, plan_id, version, _ = p.key
+        doc = docs.get(plan_id)
+        if not _uses(doc, node):
+            continue
+        where = placement_summary(doc.get("assignment", [])) if doc else None
+        groups.setdefault((names.get(model_id_), version, where), []).append(p)
     out = []
-    for (name, version, where), rs in sorted(groups.items(), key=lambda kv: min(r.created_at for r in kv[1])):
-        lat = [r.measured_s for r in rs]
-        ratios = [r.measured_s / r.predicted_s for r in rs if r.predicted_s]
-        out.append({"model": name, "plan_version": version, "placement": where, "requests": len(rs),
-                    "p50_s": quantile(lat, 0.5), "p90_s": quantile(lat, 0.9), "p99_s": quantile(lat, 0.99),
-                    "mean_s": sum(lat) / len(lat), "ratio_median": quantile(ratios, 0.5),
-                    "first": min(r.created_at for r in rs), "last": max(r.created_at for r in rs)})
-    return out
+    for (name, version, where), ps in groups.items():
+        c = combine(ps)
+        out.append({"model": name, "plan_version": version, "placement": where, "requests": c.samples,
+                    "p50_s": c.stats["p50_s"], "p90_s": c.stats["p90_s"], "p99_s": c.stats["p99_s"],
+                    "mean_s": c.stats["mean_s"], "ratio_median": c.stats["ratio_median"],
+                    "first": c.first, "last": c.last})
+    return sorted(out, key=lambda r: r["first"])
 
 
 def links_summary(conn: Connection, *, window_s: float = 3600.0, link: str | None = None,
-                  since: datetime | None = None, until: datetime | None = None) -> list[Row]:
+                  since: datetime | None = None, until: datetime | None = None,
+                  node: str | None = None) -> list[Row]:
     """Measured bandwidth and latency per link and time window, as percentiles."""
-    q = (select(ProbeRow.link, ProbeRow.measured_at, ProbeRow.bandwidth_bps, ProbeRow.latency_s)
-         .where(*_between(ProbeRow.measured_at, since, until)).order_by(ProbeRow.measured_at))
+    parts = probe_parts(conn, window_s, link=link, since=since, until=until)
+    q = select(ProbeHour).where(*_hours_between(ProbeHour.hour, since, until))
     if link is not None:
-        q = q.where(ProbeRow.link == link)
+        q = q.where(ProbeHour.link == link)
+    parts += [_rewindowed(probe_part(h), window_s) for h in conn.execute(q).scalars()]
     out = []
-    for (name, start), rs in _by_window(conn.execute(q), "link", "measured_at", window_s):
-        bw = [r.bandwidth_bps for r in rs if r.bandwidth_bps is not None]
-        lat = [r.latency_s for r in rs if r.latency_s is not None]
-        out.append({"link": name, "window_start": start, "samples": len(rs),
-                    "bandwidth_p10_bps": quantile(bw, 0.1), "bandwidth_p50_bps": quantile(bw, 0.5),
-                    "bandwidth_p90_bps": quantile(bw, 0.9), "latency_p50_s": quantile(lat, 0.5),
-                    "latency_p90_s": quantile(lat, 0.9)})
+    for p in merge(parts):
+        if node is not None and node not in link_nodes(p.key[0]):
+            continue
+        out.append({"link": p.key[0], "window_start": p.start, "samples": p.samples,
+                    **{k: p.stats[k] for k in AGGREGATE_COLUMNS["links"][3:]}})
     return out
 
 
 def nodes_summary(conn: Connection, *, window_s: float = 3600.0, node: str | None = None,
                   since: datetime | None = None, until: datetime | None = None) -> list[Row]:
     """Each node's state and estimated slowdown per time window."""
-    q = (select(NodeSample.node, NodeSample.measured_at, NodeSample.state, NodeSample.slowdown)
-         .where(*_between(NodeSample.measured_at, since, until)).order_by(NodeSample.measured_at))
+    parts = node_parts(conn, window_s, node=node, since=since, until=until)
+    q = select(NodeSampleHour).where(*_hours_between(NodeSampleHour.hour, since, until))
     if node is not None:
-        q = q.where(NodeSample.node == node)
-    out = []
-    for (name, start), rs in _by_window(conn.execute(q), "node", "measured_at", window_s):
-        slow = [r.slowdown for r in rs if r.slowdown is not None]
-        out.append({"node": name, "window_start": start, "samples": len(rs),
-                    "down_share": sum(r.state == "down" for r in rs) / len(rs),
-                    "slowdown_p50": quantile(slow, 0.5), "slowdown_p90": quantile(slow, 0.9)})
-    return out
+        q = q.where(NodeSampleHour.node == node)
+    parts += [_rewindowed(node_part(h), window_s) for h in conn.execute(q).scalars()]
+    return [{"node": p.key[0], "window_start": p.start, "samples": p.samples, "down_share": p.stats["down_share"],
+             "slowdown_p50": p.stats["slowdown_p50"], "slowdown_p90": p.stats["slowdown_p90"]} for p in merge(parts)]
+
+
+def _rewindowed(p: Part, window_s: float) -> Part:
+    p.start = window_start(p.start, window_s)
+    return p
 
 
 QUERIES: dict[str, Callable[..., list[Row]]] = {
@@ -296,15 +413,20 @@ QUERIES: dict[str, Callable[..., list[Row]]] = {
 }
 
 
-def history(conn: Connection, kind: str, *, limit: int | None = 20, model: str | None = None) -> list[Row]:
-    """Rows of one history kind (see HISTORY_KINDS)."""
+def history(conn: Connection, kind: str, *, limit: int | None = 20, model: str | None = None,
+            filters: Filters | None = None) -> list[Row]:
+    """Rows of one history kind (see HISTORY_KINDS), narrowed by `filters` (and `model`, kept for callers that
+    only filter by model)."""
     try:
         query = QUERIES[kind]
     except KeyError:
         raise InputError(f"history kind {kind!r}: expected one of {', '.join(HISTORY_KINDS)}") from None
     if limit is not None and limit < 1:
         raise InputError(f"--limit: must be at least 1, got {limit}")
-    return query(conn, limit=limit, model=model)
+    f = filters or Filters()
+    if model is not None:
+        f = replace(f, model=model)
+    return query(conn, limit=limit, f=f)
 
 
 def placement_summary(assignment: list[str]) -> str:

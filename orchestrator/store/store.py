@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -228,7 +228,7 @@ class Store:
 
     def record_run(self, plan_id: int | None, *, strategy: str, output: str, measured_s: float,
                    predicted_s: float | None, breakdown: dict, model: str | None = None,
-                   plan_version: int | None = None) -> int:
+                   plan_version: int | None = None, created_at: datetime | None = None) -> int:
         """Record one executed request. The model is the plan's unless given."""
         breakdown = _plain(breakdown)
         _check_finite({"measured_s": measured_s, "predicted_s": predicted_s, "breakdown": breakdown}, "run")
@@ -237,7 +237,7 @@ class Store:
             model_id = self._model(s, model).id if model is not None else (plan.model_id if plan else None)
             row = RunRow(plan_id=plan_id, model_id=model_id, strategy=strategy, output=output,
                          measured_s=float(measured_s), predicted_s=None if predicted_s is None else float(predicted_s),
-                         breakdown=breakdown, plan_version=plan_version)
+                         breakdown=breakdown, plan_version=plan_version, created_at=created_at or datetime.now(UTC))
             s.add(row)
             s.flush()
             return row.id
@@ -254,6 +254,26 @@ class Store:
             s.add(row)
             s.flush()
             return row.id
+
+    def record_samples(self, probes: list[dict[str, Any]], nodes: list[dict[str, Any]],
+                       measured_at: datetime | None = None) -> None:
+        """One probe round in one transaction: link rows (`link`, `bandwidth_bps`, `latency_s`, `kind`,
+        `samples`) and node rows (`node`, `state`, `slowdown`), all at one time. A row per call would cost a
+        transaction (a disk sync on SQLite) per link."""
+        at = measured_at or datetime.now(UTC)
+        for p in probes:
+            if p.get("bandwidth_bps") is None and p.get("latency_s") is None:
+                raise InputError(f"probe of {p['link']}: neither bandwidth_bps nor latency_s was measured")
+            _check_finite({"bandwidth_bps": p.get("bandwidth_bps"), "latency_s": p.get("latency_s")},
+                          f"probe of {p['link']}")
+        for n in nodes:
+            _check_finite({"slowdown": n.get("slowdown")}, f"node sample of {n['node']}")
+        with self._session() as s:
+            if probes:
+                s.execute(insert(ProbeRow), [{"bandwidth_bps": None, "latency_s": None, "kind": None, "samples": None}
+                                             | p | {"measured_at": at} for p in probes])
+            if nodes:
+                s.execute(insert(NodeSample), [{"slowdown": None} | n | {"measured_at": at} for n in nodes])
 
     def record_plan_application(self, plan_id: int, *, previous_plan_id: int | None = None,
                                 applied_at: datetime | None = None, version: int | None = None,

@@ -179,6 +179,8 @@ class RunRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # The daemon's plan version the request ran on (revision 0003).
     plan_version: Mapped[int | None] = mapped_column(Integer)
+    # revision 0004: `history requests --plan V` reads one version over a time range
+    __table_args__ = (Index("ix_runs_plan_version_created_at", "plan_version", "created_at"),)
 
 
 class ProbeRow(Base):
@@ -190,7 +192,8 @@ class ProbeRow(Base):
     link: Mapped[str] = mapped_column(String(300))
     bandwidth_bps: Mapped[float | None] = mapped_column(Float)
     latency_s: Mapped[float | None] = mapped_column(Float)
-    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # revision 0004 indexes it alone too: time-range queries over every link, and the retention roll-up
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # revision 0003: "estimate" (the daemon's estimate from samples), "active", "passive"; samples behind it
     kind: Mapped[str | None] = mapped_column(String(50))
     samples: Mapped[int | None] = mapped_column(Integer)
@@ -205,8 +208,9 @@ class PlanApplication(Base):
     previous_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
     applied_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # revision 0003: the daemon's plan version, the decision behind it, and when the switch finished
-    version: Mapped[int | None] = mapped_column(Integer)
-    decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"))
+    # (revision 0004 indexes version and decision_id: `--plan V` and the solves -> applied join)
+    version: Mapped[int | None] = mapped_column(Integer, index=True)
+    decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"), index=True)
     finished_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(String(200))
 
@@ -219,7 +223,8 @@ class DecisionRow(Base):
 
     __tablename__ = "decisions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    candidate_plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    # revision 0004 indexes it: `history solves` joins each solve to its decision
+    candidate_plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), index=True)
     current_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
     network_id: Mapped[int | None] = mapped_column(ForeignKey("networks.id"))
     trigger: Mapped[str] = mapped_column(String(100))        # scheduled, node-down, node-up, manual, start
@@ -241,4 +246,62 @@ class NodeSample(Base):
     node: Mapped[str] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(50))
     slowdown: Mapped[float | None] = mapped_column(Float)
-    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # index: revision 0004
+
+
+# -- revision 0004: hourly roll-ups that replace raw rows older than the retention period -------
+# One row per hour and key; the percentiles are exact for that hour (computed from the raw rows before
+# they were deleted). Queries over windows longer than an hour combine them (see store/rollup.py).
+
+
+class ProbeHour(Base):
+    __tablename__ = "probe_hours"
+    __table_args__ = (UniqueConstraint("link", "hour"), Index("ix_probe_hours_hour", "hour"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    link: Mapped[str] = mapped_column(String(300))
+    hour: Mapped[datetime] = mapped_column()
+    samples: Mapped[int] = mapped_column(Integer)
+    bandwidth_samples: Mapped[int] = mapped_column(Integer)
+    bandwidth_mean_bps: Mapped[float | None] = mapped_column(Float)
+    bandwidth_p10_bps: Mapped[float | None] = mapped_column(Float)
+    bandwidth_p50_bps: Mapped[float | None] = mapped_column(Float)
+    bandwidth_p90_bps: Mapped[float | None] = mapped_column(Float)
+    latency_samples: Mapped[int] = mapped_column(Integer)
+    latency_mean_s: Mapped[float | None] = mapped_column(Float)
+    latency_p50_s: Mapped[float | None] = mapped_column(Float)
+    latency_p90_s: Mapped[float | None] = mapped_column(Float)
+
+
+class NodeSampleHour(Base):
+    __tablename__ = "node_sample_hours"
+    __table_args__ = (UniqueConstraint("node", "hour"), Index("ix_node_sample_hours_hour", "hour"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(200))
+    hour: Mapped[datetime] = mapped_column()
+    samples: Mapped[int] = mapped_column(Integer)
+    down_samples: Mapped[int] = mapped_column(Integer)
+    slowdown_samples: Mapped[int] = mapped_column(Integer)
+    slowdown_p50: Mapped[float | None] = mapped_column(Float)
+    slowdown_p90: Mapped[float | None] = mapped_column(Float)
+
+
+class RunHour(Base):
+    """Requests of one hour, one plan (and version), one model and one strategy."""
+
+    __tablename__ = "run_hours"
+    __table_args__ = (Index("ix_run_hours_hour", "hour"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hour: Mapped[datetime] = mapped_column()
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id", ondelete="SET NULL"))
+    plan_version: Mapped[int | None] = mapped_column(Integer)
+    strategy: Mapped[str] = mapped_column(String(100))
+    requests: Mapped[int] = mapped_column(Integer)
+    measured_sum_s: Mapped[float] = mapped_column(Float)
+    p50_s: Mapped[float] = mapped_column(Float)
+    p90_s: Mapped[float] = mapped_column(Float)
+    p99_s: Mapped[float] = mapped_column(Float)
+    ratio_samples: Mapped[int] = mapped_column(Integer)
+    ratio_p50: Mapped[float | None] = mapped_column(Float)
+    first_at: Mapped[datetime] = mapped_column()
+    last_at: Mapped[datetime] = mapped_column()

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from orchestrator.store import Store, default_sqlite_path, resolve_url
 from orchestrator.store import engine as db
-from orchestrator.store.queries import COLUMNS, history, placement_summary
+from orchestrator.store.queries import COLUMNS, Filters, history, placement_summary
 from orchestrator.store.tables import Base, ProfileUnit
 from profiler.errors import InputError
 from tests.orchestrator.store_fixtures import small_network, small_plan, small_profile
@@ -28,7 +28,8 @@ from tests.orchestrator.store_fixtures import small_network, small_plan, small_p
 TABLES_0001 = {"hardware_classes", "models", "profiles", "profile_hardware", "profile_units"}
 TABLES_0002 = {"networks", "plans", "runs", "probes", "plan_applications"}
 TABLES_0003 = {"decisions", "node_samples"}
-ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003
+TABLES_0004 = {"probe_hours", "node_sample_hours", "run_hours"}
+ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003 | TABLES_0004
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_migrations_up_down_up(url):
         db.upgrade(engine, "0002")
         assert _tables(engine) == TABLES_0001 | TABLES_0002
         db.upgrade(engine)
-        assert db.current_revision(engine) == "0003" == db.head_revision()
+        assert db.current_revision(engine) == "0004" == db.head_revision()
         assert _tables(engine) == ALL_TABLES
         db.downgrade(engine, "0001")
         assert _tables(engine) == TABLES_0001
@@ -275,9 +276,15 @@ def test_probes_and_plan_applications(store):
     store.record_plan_application(p1, applied_at=t0)
     store.record_plan_application(p2, previous_plan_id=p1, applied_at=t0 + timedelta(minutes=5))
     assert store.current_plan_id() == p2
-    plans = {r["id"]: r for r in history_rows(store, "plans")}
-    assert plans[p2]["applied_at"] == t0 + timedelta(minutes=5)
-    assert plans[p1]["placement"] == "phone[0-1] edge[2] cloud[3]"
+    plans = {r["plan_id"]: r for r in history_rows(store, "plans")}
+    assert plans[p2]["applied_at"] == t0 + timedelta(minutes=5) and plans[p2]["until"] is None
+    assert plans[p1]["until"] == t0 + timedelta(minutes=5) and plans[p1]["lasted_s"] == 300.0
+    assert plans[p1]["placement"] == "phone[0-1] edge[2] cloud[3]" == plans[p2]["replaced"]
+    # The plan in force over [t0, t0+5m) and not after it.
+    only_first = history_rows(store, "plans", filters=Filters(until=t0 + timedelta(minutes=1)))
+    assert [r["plan_id"] for r in only_first] == [p1]
+    assert [r["plan_id"] for r in history_rows(store, "plans", filters=Filters(since=t0 + timedelta(minutes=6)))] \
+        == [p2]
 
 
 def test_history_queries_filter_limit_and_order(store):
@@ -416,8 +423,11 @@ def test_cli_history_json_csv_and_table(cli_app, url):
 
     table = _invoke(cli_app, url, "history", "profiles")
     assert "tiny-test" in table and "cpu-2c,h200" in table
-    table = _invoke(cli_app, url, "history", "plans", "--limit", "1")
+    table = _invoke(cli_app, url, "history", "solves", "--limit", "1")
     assert "phone[0-1] edge[2] cloud[3]" in table and "1 row" in table
+    assert "plans (0 rows)" in _invoke(cli_app, url, "history", "plans")  # solved, never applied
+    assert json.loads(_invoke(cli_app, url, "history", "solves", "--json"))[0]["applied"] is False
+    assert _invoke(cli_app, url, "history", "solves", "--csv").splitlines()[0] == ",".join(COLUMNS["solves"])
 
 
 def test_upgrade_to_0003_keeps_rows_written_at_0002(url):
@@ -439,13 +449,53 @@ def test_upgrade_to_0003_keeps_rows_written_at_0002(url):
         engine.dispose()
 
 
+def test_upgrade_to_0004_keeps_every_row_the_code_wrote(url):
+    """Rows written through the Store by today's code (every table of 0001-0003) survive a downgrade to 0003
+    and the upgrade back to head unchanged, value for value."""
+    with Store.open(url) as store:
+        fill_every_table(store)
+    engine = db.make_engine(url)
+    try:
+        before = _dump(engine, ALL_TABLES - TABLES_0004)
+        assert all(before[t] for t in ALL_TABLES - TABLES_0004), "the fill left a table empty"
+        db.downgrade(engine, "0003")
+        assert _tables(engine) == ALL_TABLES - TABLES_0004
+        db.upgrade(engine)
+        assert db.current_revision(engine) == "0004"
+        assert _dump(engine, ALL_TABLES - TABLES_0004) == before
+    finally:
+        engine.dispose()
+
+
+def fill_every_table(store: Store) -> None:
+    """One or more rows in every table of revisions 0001-0003, through the Store's own methods."""
+    pid = store.save_profile(small_profile())
+    nid = store.save_network(small_network(), origin="test")
+    first = store.save_plan(small_plan(), profile_id=pid, network_id=nid)
+    second = store.save_plan(small_plan(), profile_id=pid, network_id=nid)
+    decision = store.record_decision(candidate_plan_id=second, current_plan_id=first, network_id=nid,
+                                     trigger="scheduled", applied=True, reason="faster", current_s=0.5,
+                                     candidate_s=0.4, gain_s=0.1, migration_s=0.01)
+    app = store.record_plan_application(second, previous_plan_id=first, version=2, decision_id=decision)
+    store.finish_plan_application(app, outcome="ok")
+    store.record_run(second, strategy="daemon", output="a caption", measured_s=0.42, predicted_s=0.4,
+                     breakdown={"compute_s": {"edge": 0.3}}, plan_version=2)
+    store.record_probe("edge~phone", bandwidth_bps=2e7, latency_s=0.01, kind="estimate:fit", samples=3)
+    store.record_node_sample("phone", state="up", slowdown=1.2)
+
+
+def _dump(engine, tables) -> dict[str, list[tuple]]:
+    with engine.connect() as conn:
+        return {t: sorted(tuple(r) for r in conn.execute(text(f"SELECT * FROM {t}"))) for t in sorted(tables)}
+
+
 def test_cli_db_commands(cli_app, url):
     assert "none (empty" in _invoke(cli_app, url, "db", "current")
     assert "empty -> 0001" in _invoke(cli_app, url, "db", "upgrade", "0001")
-    assert "0001 (behind head 0003)" in _invoke(cli_app, url, "db", "current")
-    assert "0001 -> 0003" in _invoke(cli_app, url, "db", "upgrade")
-    assert "0003 (up to date)" in _invoke(cli_app, url, "db", "current")
-    assert "0003 -> empty" in _invoke(cli_app, url, "db", "downgrade", "base")
+    assert "0001 (behind head 0004)" in _invoke(cli_app, url, "db", "current")
+    assert "0001 -> 0004" in _invoke(cli_app, url, "db", "upgrade")
+    assert "0004 (up to date)" in _invoke(cli_app, url, "db", "current")
+    assert "0004 -> empty" in _invoke(cli_app, url, "db", "downgrade", "base")
     out = _invoke(cli_app, url, "db", "url")
     assert url in out and "AIFLOW_DATABASE_URL" in out
     out = CliRunner().invoke(cli_app, ["db", "url", "--url", "postgresql+psycopg://u:secret@h/db"]).output

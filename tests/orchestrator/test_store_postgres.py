@@ -137,7 +137,8 @@ def test_network_plan_run_probe_round_trips(pg_url):
         assert run["ratio"] == pytest.approx(1.25) and run["model"] == "tiny-test"
         assert probe["measured_at"] == t0
         assert solve["gap"] == 0.0125 and (solve["profile_id"], solve["network_id"]) == (pid, nid)
-        assert plan_row["applied_at"] == t0 + timedelta(seconds=1) and plan_row["runs"] == 1
+        assert plan_row["applied_at"] == t0 + timedelta(seconds=1) and plan_row["requests"] == 1
+        assert solve["applied"] is True
         assert json.loads(json.dumps(breakdown)) == {"transfer_s": {"phone->edge": 0.2}}
 
 
