@@ -37,6 +37,8 @@ def daemon(
                                   "migration cost."),
     window: float = typer.Option(30.0, "--window", help="Seconds of samples the estimates are made from."),
     drain: float = typer.Option(30.0, "--drain", help="On SIGTERM/SIGINT, seconds requests in flight get to finish."),
+    retain: str = typer.Option("7d", "--retain", help="Keep raw probe, node and request rows this long (30m, "
+                               "12h, 7d); older ones become hourly roll-ups. 0 keeps every row."),
     solver: str = typer.Option("cbc", "--solver", help="Planner back-end: cbc, highs or cpsat."),
     token: str | None = typer.Option(None, "--token", envvar="AIFLOW_API_TOKEN",
                                      help="Token the API requires on POST (Authorization: Bearer T). Generated and "
@@ -50,6 +52,7 @@ def daemon(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every decision and switch to stderr."),
 ) -> None:
     """Serve a model on a network: probe it, re-solve on a schedule, migrate live, answer HTTP requests."""
+    from orchestrator.cli.history_cmd import parse_seconds
     from orchestrator.daemon.run import parse_listen, serve
     from orchestrator.daemon.service import Daemon
     from orchestrator.daemon.settings import DaemonSettings
@@ -62,7 +65,8 @@ def daemon(
     if solver not in ("cbc", "highs", "cpsat"):
         raise InputError(f"--solver: expected cbc, highs or cpsat, got {solver!r}")
     settings = DaemonSettings(probe_interval_s=probe_interval, solve_interval_s=solve_interval, threshold=threshold,
-                              horizon_s=horizon, window_s=window, drain_s=drain, solver=solver)
+                              horizon_s=horizon, window_s=window, drain_s=drain, solver=solver,
+                              retain_raw_s=0.0 if retain.strip() == "0" else parse_seconds(retain, "--retain"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="aiflow daemon: %(message)s")
     logging.getLogger("aiflow.daemon").setLevel(logging.INFO if verbose else logging.WARNING)
     # a probe round longer than its interval is skipped by design, not worth a warning each time

@@ -67,6 +67,25 @@ def current(url: str | None = URL_OPTION) -> None:
     console.print(f"{rev or 'none'} ({state})", highlight=False)
 
 
+@app.command()
+def rollup(
+    older_than: str = typer.Option(..., "--older-than", help="Roll up raw rows older than this age (30m, 12h, 7d) "
+                                   "or ISO 8601 time.", show_default=False),
+    url: str | None = URL_OPTION,
+) -> None:
+    """Retention by hand (the daemon runs it hourly): probe, node-sample and request rows of every whole hour
+    before the cutoff become one summary row per hour and key; the raw rows are deleted."""
+    from orchestrator.cli.history_cmd import parse_time
+    from orchestrator.store import Store
+    from orchestrator.store.rollup import roll_up
+
+    before = parse_time(older_than, "--older-than")
+    assert before is not None
+    with Store.open(url) as store:
+        result = roll_up(store.engine, before, progress=lambda line: console.print(line, highlight=False))
+    console.print(result.line(), highlight=False)
+
+
 @app.command("url")
 def show_url(url: str | None = URL_OPTION) -> None:
     """Print the database URL aiflow uses (password masked) and where it comes from."""

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,10 @@ class Daemon:
                                 max_instances=1, coalesce=True, misfire_grace_time=None)
         self._scheduler.add_job(self._job, "interval", args=[self._scheduled_resolve], seconds=s.solve_interval_s,
                                 id="resolve", max_instances=1, coalesce=True, misfire_grace_time=None)
+        if self.store is not None and s.retain_raw_s > 0:
+            self._scheduler.add_job(self._job, "interval", args=[self.roll_up], seconds=s.rollup_interval_s,
+                                    id="rollup", max_instances=1, coalesce=True, misfire_grace_time=None,
+                                    next_run_time=datetime.now(UTC))
         self._scheduler.start()
 
     async def _job(self, fn: Callable[[], Any]) -> None:
@@ -701,6 +705,15 @@ class Daemon:
             log.warning("history: %s failed: %s", fn.__name__, exc)
             self.metrics.history_errors.inc()
             return None
+
+    async def roll_up(self) -> None:
+        """Retention: raw measurement rows older than settings.retain_raw_s become hourly roll-ups."""
+        from orchestrator.store.rollup import roll_up
+
+        before = datetime.now(UTC) - timedelta(seconds=self.settings.retain_raw_s)
+        result = await self._record(roll_up, self.store.engine, before)
+        if result is not None and any(result.raw_deleted.values()):
+            log.info("history: %s", result.line())
 
     def _save_snapshot(self, snapshot: NetworkState) -> int:
         return self.store.save_network(snapshot, origin="daemon")

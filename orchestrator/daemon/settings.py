@@ -29,6 +29,9 @@ class DaemonSettings:
     request_timeout_s: float = 120.0     # a request that has not finished by then fails
     max_new_tokens: int = 64             # the most a request may ask for
     max_open_requests: int = 64          # more at once are refused (429)
+    # retention: probe, node-sample and request rows older than this become hourly roll-ups (0: keep all)
+    retain_raw_s: float = 7 * 86400.0
+    rollup_interval_s: float = 3600.0    # how often the roll-up job runs
     solver: str = "cbc"
     solve_time_limit_s: float | None = 10.0
 
@@ -37,7 +40,8 @@ class DaemonSettings:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                 raise InputError(f"daemon settings: {f.name} must not be negative, got {v}")
-        for name in ("probe_interval_s", "solve_interval_s", "window_s", "load_bytes_per_s", "health_timeout_s"):
+        for name in ("probe_interval_s", "solve_interval_s", "window_s", "load_bytes_per_s", "health_timeout_s",
+                     "rollup_interval_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"daemon settings: {name} must be positive, got {getattr(self, name)}")
         if self.probe_min_bytes > self.probe_max_bytes:

@@ -347,7 +347,7 @@ def requests_summary(conn: Connection, *, model: str | None = None, since: datet
         q = q.where(RunHour.plan_version == plan)
     if model_id is not None:
         q = q.where(RunHour.model_id == model_id)
-    for h in conn.execute(q).scalars():
+    for h in conn.execute(q):
         p = run_part(h)
         p.start = EPOCH
         parts.append(p)
@@ -380,7 +380,7 @@ def links_summary(conn: Connection, *, window_s: float = 3600.0, link: str | Non
     q = select(ProbeHour).where(*_hours_between(ProbeHour.hour, since, until))
     if link is not None:
         q = q.where(ProbeHour.link == link)
-    parts += [_rewindowed(probe_part(h), window_s) for h in conn.execute(q).scalars()]
+    parts += [_rewindowed(probe_part(h), window_s) for h in conn.execute(q)]
     out = []
     for p in merge(parts):
         if node is not None and node not in link_nodes(p.key[0]):
@@ -397,7 +397,7 @@ def nodes_summary(conn: Connection, *, window_s: float = 3600.0, node: str | Non
     q = select(NodeSampleHour).where(*_hours_between(NodeSampleHour.hour, since, until))
     if node is not None:
         q = q.where(NodeSampleHour.node == node)
-    parts += [_rewindowed(node_part(h), window_s) for h in conn.execute(q).scalars()]
+    parts += [_rewindowed(node_part(h), window_s) for h in conn.execute(q)]
     return [{"node": p.key[0], "window_start": p.start, "samples": p.samples, "down_share": p.stats["down_share"],
              "slowdown_p50": p.stats["slowdown_p50"], "slowdown_p90": p.stats["slowdown_p90"]} for p in merge(parts)]
 

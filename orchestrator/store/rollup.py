@@ -76,7 +76,7 @@ def _merged_with_stored(conn: Connection, summary: Any, part: Part) -> Part:
     """A summary row already stored for this key and hour (raw rows that arrived after a roll-up) is
     combined with the new part and replaced."""
     where = _key_where(summary, part)
-    stored = conn.execute(select(summary).where(*where)).scalars().all()
+    stored = conn.execute(select(summary).where(*where)).all()
     if not stored:
         return part
     conn.execute(delete(summary).where(*where))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.service import Daemon
@@ -28,6 +28,7 @@ from orchestrator.store import Store, queries
 from profiler.models import load_adapter
 from profiler.profile import load_profile
 from runtime.stages import dilation_factor
+from tests.orchestrator.test_store_postgres import pg_url, server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,14 +61,17 @@ def body(path: Path) -> dict[str, str]:
     return {"image": base64.b64encode(path.read_bytes()).decode()}
 
 
-def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[Path], list[str]]) -> None:
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[Path], list[str]], database: str,
+                                             request: pytest.FixtureRequest) -> None:
     paths, reference = images
     profile = load_profile(PROFILE)
     net = load_network(NETWORK)
     # K as low as this machine can play the phone and the edge: the cloud's tiny units may overrun their
     # stretched time (counted in overrun_s); no assertion below depends on the cloud's compute time
     k = min(dilation_factor(profile, net, profile.hardware_classes[0]), 6.0)
-    store = Store.open(f"sqlite:///{tmp_path / 'history.db'}")
+    url = f"sqlite:///{tmp_path / 'history.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
+    store = Store.open(url)
     settings = DaemonSettings(probe_interval_s=PROBE_S, solve_interval_s=5.0, drain_s=20.0)
     daemon = Daemon("tiny-captioner", net, profile, load_adapter("tiny-captioner"), settings=settings,
                     store=store, dilation=k)
@@ -169,6 +173,7 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
         nodes = c.execute(text("SELECT COUNT(*) FROM node_samples WHERE node = 'edge'")).scalar()
         decisions = queries.history(c, "decisions", limit=None)
         switches = queries.history(c, "migrations", limit=None)
+        check_named_queries(c)
     store.close()
     # the named queries agree with the raw rows
     assert sum(d["applied"] for d in decisions) == applied and decisions[-1]["trigger"] == "start"
@@ -349,3 +354,45 @@ def test_a_killed_daemon_leaves_no_worker_behind(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def check_named_queries(c) -> None:
+    """Every named query over the history a real daemon wrote, against values computed here from the raw rows."""
+    import numpy as np
+
+    raw = c.execute(text("SELECT plan_version, measured_s, predicted_s FROM runs")).all()
+    apps = c.execute(text("SELECT version, applied_at, plan_id, decision_id FROM plan_applications ORDER BY id")).all()
+    gains = dict(c.execute(text("SELECT id, gain_s FROM decisions")).all())
+    plans = queries.history(c, "plans", limit=None)
+    assert [p["version"] for p in plans] == [a.version for a in reversed(apps)]
+    for p in plans:
+        assert p["requests"] == sum(r.plan_version == p["version"] for r in raw)
+    by_version = {p["version"]: p for p in plans}
+    for a, b in zip(apps, apps[1:], strict=False):
+        assert by_version[a.version]["lasted_s"] == pytest.approx(
+            (queries.history(c, "plans", limit=None, filters=queries.Filters(plan=b.version))[0]["applied_at"]
+             - by_version[a.version]["applied_at"]).total_seconds())
+        assert by_version[b.version]["predicted_gain_s"] == gains[b.decision_id]
+    solves = queries.history(c, "solves", limit=None)
+    assert len(solves) == c.execute(text("SELECT COUNT(*) FROM plans")).scalar()
+    assert {s["id"] for s in solves if s["applied"]} == {a.plan_id for a in apps}
+    assert all(s["why"] for s in solves)  # every daemon solve has its decision's reason
+    summary = {r["plan_version"]: r for r in queries.requests_summary(c)}
+    for version, row in summary.items():
+        m = np.array([r.measured_s for r in raw if r.plan_version == version])
+        ratio = np.array([r.measured_s / r.predicted_s for r in raw if r.plan_version == version])
+        assert row["requests"] == len(m) and row["p90_s"] == pytest.approx(np.percentile(m, 90))
+        assert row["ratio_median"] == pytest.approx(np.median(ratio))
+    probes = c.execute(text("SELECT link, bandwidth_bps FROM probes")).all()
+    for row in queries.links_summary(c, window_s=86400):
+        bw = np.array([p.bandwidth_bps for p in probes if p.link == row["link"]])
+        assert row["samples"] == len(bw) and row["bandwidth_p50_bps"] == pytest.approx(np.percentile(bw, 50))
+    samples = dict(c.execute(text("SELECT node, COUNT(*) FROM node_samples GROUP BY node")).all())
+    assert {r["node"]: r["samples"] for r in queries.nodes_summary(c, window_s=86400)} == samples
+    from orchestrator.store.tables import PlanRow, RunRow
+
+    docs = {i: d for i, d in c.execute(select(PlanRow.id, PlanRow.document))}
+    run_plans = [pid for (pid,) in c.execute(select(RunRow.plan_id))]
+    for node in {n for d in docs.values() for n in d["assignment"]}:
+        on_node = queries.history(c, "runs", limit=None, filters=queries.Filters(node=node))
+        assert len(on_node) == sum(node in docs[pid]["assignment"] for pid in run_plans), node

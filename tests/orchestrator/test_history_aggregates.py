@@ -3,6 +3,7 @@ PostgreSQL, checked against values computed here with numpy from the rows writte
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import text
 from orchestrator.cli.history_cmd import parse_seconds, parse_time
 from orchestrator.store import Store
 from orchestrator.store.queries import links_summary, nodes_summary, requests_summary
+from orchestrator.store.rollup import roll_up
 from profiler.errors import InputError
 from tests.helpers import aiflow_in_process
 from tests.orchestrator.store_fixtures import small_plan, small_profile
@@ -29,10 +31,11 @@ def fill(store: Store) -> dict:
     plan = store.save_plan(small_plan(), profile_id=pid, network_id=None)
     written: dict = {"runs": {1: [], 2: []}, "probes": {}, "nodes": {}}
     for version, n in ((1, 25), (2, 40)):
-        for _ in range(n):
+        for i in range(n):  # version 1 in the first hour, version 2 in the second
             measured, predicted = rng.uniform(0.05, 0.5), rng.uniform(0.1, 0.3)
             store.record_run(plan, strategy="daemon", output="", measured_s=measured, predicted_s=predicted,
-                             breakdown={}, plan_version=version)
+                             breakdown={}, plan_version=version,
+                             created_at=T0 + timedelta(hours=version - 1, minutes=i))
             written["runs"][version].append((measured, predicted))
     for minute in range(0, 180, 3):
         at = T0 + timedelta(minutes=minute)
@@ -91,20 +94,67 @@ def test_aggregates_on_postgres(pg_url: str) -> None:  # noqa: F811 - the fixtur
         check(store, fill(store))
 
 
+def roll_up_and_check(store: Store, written: dict) -> None:
+    """Retention: the first two hours become roll-ups; every query answers as before (1 h windows are exact),
+    longer windows combine them, and rows that arrive late for a rolled-up hour are merged by the next run."""
+    result = roll_up(store.engine, T0 + timedelta(hours=2, minutes=30))
+    assert result.cutoff == T0 + timedelta(hours=2)
+    assert result.raw_deleted == {"probes": 80, "node_samples": 40, "runs": 65}
+    assert result.hours_written == {"probe_hours": 4, "node_sample_hours": 2, "run_hours": 2}
+    check(store, written)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM probes")).scalar() == 40  # hour 2 stays raw
+        wide = links_summary(conn, window_s=3 * 3600, link="edge~phone")
+        assert sum(r["samples"] for r in wide) == 60
+        hourly = links_summary(conn, window_s=3600, link="edge~phone")
+        p50s = [r["bandwidth_p50_bps"] for r in hourly]
+        assert all(min(p50s) <= r["bandwidth_p50_bps"] <= max(p50s) for r in wide)
+        nodes = nodes_summary(conn, window_s=86400, node="phone")
+        down = sum(s == "down" for rows in written["nodes"].values() for s, _ in rows)
+        assert sum(r["down_share"] * r["samples"] for r in nodes) == pytest.approx(down)
+    store.record_probe("edge~phone", bandwidth_bps=1e6, latency_s=0.01, measured_at=T0 + timedelta(minutes=10))
+    again = roll_up(store.engine, T0 + timedelta(hours=2))
+    assert again.raw_deleted["probes"] == 1 and again.hours_written["probe_hours"] == 1
+    with store.engine.connect() as conn:
+        [first] = [r for r in links_summary(conn, window_s=3600, link="edge~phone") if r["window_start"] == T0]
+        assert first["samples"] == 21
+        assert conn.execute(text("SELECT count(*) FROM probe_hours")).scalar() == 4
+
+
+def test_roll_up_on_sqlite(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'h.db'}") as store:
+        roll_up_and_check(store, fill(store))
+
+
+@pytest.mark.postgres
+def test_roll_up_on_postgres(pg_url: str) -> None:  # noqa: F811 - the fixture
+    with Store.open(pg_url) as store:
+        roll_up_and_check(store, fill(store))
+
+
 def test_cli_filters_and_formats(tmp_path: Path, capsys, monkeypatch) -> None:
     url = f"sqlite:///{tmp_path / 'h.db'}"
     with Store.open(url) as store:
         fill(store)
-        with store.engine.begin() as c:       # runs were stamped now; put them at T0 + 10 min
-            c.execute(text("UPDATE runs SET created_at = :t"), {"t": T0 + timedelta(minutes=10)})
     code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "links", "--url", url, "--window", "2h",
                                      "--since", "2026-12-04T10:00:00", "--until", "2026-12-04T12:00:00", "-f", "csv")
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("link,window_start,samples") and len(lines) == 3
     assert all(line.split(",")[2] == "40" for line in lines[1:])
     code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "requests", "--url", url, "--since",
-                                     "2026-12-04T10:20:00Z")
+                                     "2026-12-04T11:00:00Z", "--json")
+    assert code == 0 and [(r["plan_version"], r["requests"]) for r in json.loads(out)] == [(2, 40)]
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "requests", "--url", url, "--since",
+                                     "2026-12-04T12:00:00Z")
     assert code == 0 and "0 rows" in out
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "probes", "--url", url, "--node", "cloud",
+                                     "--csv", "--limit", "100")
+    assert code == 0 and len(out.splitlines()) == 61 and "edge~phone" not in out
+    code, _, err = aiflow_in_process(capsys, monkeypatch, "history", "runs", "--url", url, "--json", "--csv")
+    assert code == 2 and "choose one" in err
+    code, out, _ = aiflow_in_process(capsys, monkeypatch, "db", "rollup", "--url", url, "--older-than",
+                                     "2026-12-04T11:30:00Z")
+    assert code == 0 and "40 probes" in out and "20 node_samples" in out and "25 runs" in out
     code, out, _ = aiflow_in_process(capsys, monkeypatch, "history", "nodes", "--url", url, "--node", "phone")
     assert code == 0 and "phone" in out
     code, _, err = aiflow_in_process(capsys, monkeypatch, "history", "links", "--url", url, "--since", "yesterday")
@@ -140,6 +190,7 @@ def test_state_at_a_moment_and_plots(tmp_path: Path, capsys, monkeypatch) -> Non
                       {"t": T0 + timedelta(minutes=20), "i": net_a})
             c.execute(text("UPDATE networks SET created_at = :t WHERE id = :i"),
                       {"t": T0 + timedelta(minutes=80), "i": net_b})
+            c.execute(text("UPDATE runs SET created_at = :t"), {"t": T0 - timedelta(days=1)})
             c.execute(text("UPDATE runs SET created_at = :t WHERE id <= 5"), {"t": T0 + timedelta(minutes=74)})
         with store.engine.connect() as conn:
             at = state_at(conn, T0 + timedelta(minutes=75))
