@@ -104,16 +104,19 @@ HEADERS = {
     "created_at": "created", "measured_at": "measured", "applied_at": "applied", "param_bytes": "params",
     "mem_bytes": "memory", "predicted_latency_s": "predicted", "solve_time_s": "solve time", "profile_id": "profile",
     "network_id": "network", "plan_id": "plan", "measured_s": "measured", "predicted_s": "predicted",
-    "bandwidth_bps": "bandwidth", "latency_s": "latency",
+    "bandwidth_bps": "bandwidth", "latency_s": "latency", "predicted_gain_s": "gain", "lasted_s": "lasted",
 }
-NUMERIC = ("id", "units", "runs", "plan_id", "profile_id", "network_id", "gap", "ratio")
+TABLE_OMITS = {"plans": ("model", "until", "network_id", "plan_id", "replaced"),
+               "solves": ("model", "profile_id", "network_id", "objective")}
+NUMERIC = ("id", "units", "runs", "version", "requests", "applied", "plan_id", "profile_id", "network_id", "gap",
+           "ratio")
 
 
 def _cell(column: str, v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, datetime):
-        return v.strftime("%Y-%m-%d %H:%M")
+        return v.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(v, float):
         if column.endswith("_bps"):
             return f"{v / 1e6:.4g} Mbit/s"
@@ -135,10 +138,13 @@ def _table(kind: str, rows: list[dict[str, Any]], model: str | None) -> Table:
 
     title = f"{kind}" + (f" of {model}" if model else "") + f" ({len(rows)} row{'s' if len(rows) != 1 else ''})"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = COLUMNS[kind]
+    # The terminal table leaves out ids and inputs (JSON and CSV keep every column).
+    columns = [c for c in COLUMNS[kind] if c not in TABLE_OMITS.get(kind, ())]
     for c in columns:
         numeric = c in NUMERIC or c.endswith(("_s", "_bytes", "_bps"))
-        table.add_column(HEADERS.get(c, c), justify="right" if numeric else "left", overflow="fold")
+        prose = c in ("reason", "why", "output")  # only free text wraps; times, numbers and placements stay whole
+        table.add_column(HEADERS.get(c, c), justify="right" if numeric else "left", overflow="fold",
+                         no_wrap=not prose, min_width=24 if prose else None)
     for r in rows:
         table.add_row(*(_cell(c, r[c]) for c in columns))
     return table
