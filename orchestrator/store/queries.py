@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, func, or_, select
 from sqlalchemy.orm import aliased
 
 from orchestrator.store.rollup import hour_floor, node_part, probe_part, run_part
@@ -255,8 +255,11 @@ def probes(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) 
          .where(*time_between(ProbeRow.measured_at, f.since, f.until))
          .order_by(ProbeRow.measured_at.desc(), ProbeRow.id.desc()))
     if f.node is not None:
-        links = [lk for (lk,) in conn.execute(select(ProbeRow.link).distinct()) if f.node in link_nodes(lk)]
-        q = q.where(ProbeRow.link.in_(links))
+        # Patterns, not a list of distinct links: that would scan every probe row (8 s at 52 M rows). Walking the
+        # time index newest first, the first matches come at once.
+        node = f.node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        q = q.where(or_(*(ProbeRow.link.like(pattern, escape="\\") for pattern in (
+            f"{node}~%", f"%~{node}", f"{node}->%", f"%->{node}"))))
     return [_ordered("probes", dict(r._mapping)) for r in conn.execute(_limited(q, limit))]
 
 

@@ -69,6 +69,13 @@ def roll_up(engine: Engine, before: datetime, *, progress: Callable[[str], None]
             if progress is not None and n:
                 progress(f"{raw.__tablename__}: {lo:%Y-%m-%d %H:%M} .. {hi:%H:%M}: {n} rows -> {len(rows)} hours")
             lo = hi
+    if engine.dialect.name == "postgresql" and any(deleted.values()):
+        # Deleted rows stay in the table's pages until vacuumed; until then scans still read them (a query
+        # that took 0.39 s after VACUUM took 5.2 s before it, at 52 M probe rows).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table, n in deleted.items():
+                if n:
+                    conn.exec_driver_sql(f"VACUUM (ANALYZE) {table}")
     return RollupResult(cutoff, deleted, written, time.perf_counter() - t0)
 
 
