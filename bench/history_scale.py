@@ -127,7 +127,8 @@ def seed(store: Any, start: datetime, days: float, nodes: list[str], links: list
 
 
 def pg_chunk_sql() -> dict[str, str]:
-    series = "generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 second', interval '1 second')"
+    series = ("generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 second', "
+              "interval '1 second')")
     return {
         "probes": f"""
             INSERT INTO probes (link, bandwidth_bps, latency_s, measured_at, kind, samples)
@@ -440,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(links) < args.links:
         log(f"only {len(links)} distinct links on {args.nodes} nodes")
     import sqlite3
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-           "sqlite": sqlite3.sqlite_version, "postgresql": None}
+    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "postgresql": None}
     backends: dict[str, Any] = {}
     try:
         env["postgresql"] = pg_version(args.url)
