@@ -197,7 +197,7 @@ def solves(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) 
     q = (select(PlanRow.id, PlanRow.created_at, Model.name.label("model"), PlanRow.profile_id, PlanRow.network_id,
                 PlanRow.objective, PlanRow.solver, PlanRow.status, PlanRow.solve_time_s, PlanRow.gap,
                 PlanRow.predicted_latency_s, PlanRow.document, DecisionRow.trigger,
-                DecisionRow.applied.label("decided"), DecisionRow.reason, applied.label("was_applied"))
+                DecisionRow.reason, applied.label("was_applied"))
          .join(Model, Model.id == PlanRow.model_id)
          .outerjoin(DecisionRow, DecisionRow.candidate_plan_id == PlanRow.id)
          .where(*time_between(PlanRow.created_at, f.since, f.until))
@@ -213,9 +213,9 @@ def solves(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) 
         if not _uses(doc, f.node):
             continue
         row["placement"] = placement_summary(doc.get("assignment", []))
-        row["applied"] = bool(row.pop("was_applied") or row.pop("decided"))
+        # applied: put into service (a plan_applications row); a decision to apply whose switch failed is not
+        row["applied"] = bool(row.pop("was_applied"))
         row["why"] = row.pop("reason")
-        row.pop("decided", None)
         out.append(_ordered("solves", row))
     return _take(out, limit)
 

@@ -104,7 +104,7 @@ def _key_where(summary: Any, p: Part) -> list[Any]:
 def _probe_row(p: Part) -> dict[str, Any]:
     s, c = p.stats, p.counts
     return {"link": p.key[0], "hour": p.start, "samples": p.samples, "bandwidth_samples": c["bandwidth_p50_bps"],
-            "latency_samples": c["latency_p50_s"], **{k: s[k] for k in s}}
+            "latency_samples": c["latency_p50_s"], **s}
 
 
 def probe_part(h: ProbeHour) -> Part:
