@@ -84,9 +84,9 @@ class Meter:
         if network is not None:
             arrival = network.schedule_direct(self.node, to, len(data), now)
             data = with_meta(data, **arrival_stamp(arrival, now, network.kernel_rate))
-        t0 = time.perf_counter()
+        # timed from the instant the link was booked: the arrival is relative to it, and stamping takes time
         await self.transport.send(address, data, timeout=self.timeout_s)
-        rtt = time.perf_counter() - t0
+        rtt = time.perf_counter() - now
         self.samples.links.append(LinkSample(self.node, to, len(data), rtt, time.perf_counter(), "active"))
         return {"to": to, "bytes": len(data), "seconds": rtt, "dilation": network.dilation if network else 1.0}
 
