@@ -18,17 +18,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from profiler.adapters.base import EdgeInfo, InputSpec, ModelAdapter, PhaseInfo, RequestState, UnitInfo
+from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from profiler.adapters.common import model_device
+from profiler.adapters.prefixed import PrefixedAdapter
 from profiler.images import IMAGE_FORMATS, bytes_tensor, decode_image_bytes, encode_image, example_image
 
 DECODE_UNIT = "vision.decode"
 
 
-class RawImageAdapter(ModelAdapter):
+class RawImageAdapter(PrefixedAdapter):
     source_input = "bytes"
+    prefix_unit = DECODE_UNIT
+    prefix_phase = "encode"
 
     def __init__(self, inner: ModelAdapter, image_format: str) -> None:
         if not any(p.name == "encode" and p.first == 0 for p in inner.phases(InputSpec())):
@@ -40,20 +42,6 @@ class RawImageAdapter(ModelAdapter):
         self.family = inner.family
         self.image_format = image_format
         self.image_size = int(inner.prepare_image(example_image(8)).shape[-1])   # what the encoder is fed
-
-    # -- structure: the decode unit, then the wrapped model's units one place further on ---------
-    def units(self) -> list[UnitInfo]:
-        return [UnitInfo(DECODE_UNIT, ("encode",))] + self.inner.units()
-
-    def phases(self, spec: InputSpec) -> list[PhaseInfo]:
-        return [PhaseInfo(p.name, 0 if p.name == "encode" else p.first + 1, p.last + 1, p.repeat, p.input)
-                for p in self.inner.phases(spec)]
-
-    def edges(self) -> list[EdgeInfo]:
-        return [EdgeInfo(e.src + 1, tuple(d + 1 for d in e.dst)) for e in self.inner.edges()]
-
-    def unit_modules(self, index: int) -> list[nn.Module]:
-        return [] if index == 0 else self.inner.unit_modules(index - 1)
 
     # -- execution -------------------------------------------------------------------------------
     def example_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from profiler.adapters.base import EdgeInfo, InputSpec, ModelAdapter, PhaseInfo, RequestState, UnitInfo
+from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from profiler.adapters.common import model_device
+from profiler.adapters.prefixed import PrefixedAdapter
 from profiler.errors import InputError
 
 TOKENIZE_UNIT = "text.tokenize"
@@ -37,8 +37,10 @@ def utf8_tensor(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(1, -1)
 
 
-class RawTextAdapter(ModelAdapter):
+class RawTextAdapter(PrefixedAdapter):
     source_input = "bytes"
+    prefix_unit = TOKENIZE_UNIT
+    prefix_phase = "prefill"
 
     def __init__(self, inner: ModelAdapter) -> None:
         phases = {p.name: p for p in inner.phases(InputSpec())}
@@ -48,20 +50,6 @@ class RawTextAdapter(ModelAdapter):
         super().__init__(inner.model, f"{inner.name}+text", inner.weights)
         self.inner = inner
         self.family = inner.family
-
-    # -- structure: the tokenizer unit, then the wrapped model's units one place further on -------
-    def units(self) -> list[UnitInfo]:
-        return [UnitInfo(TOKENIZE_UNIT, ("prefill",))] + self.inner.units()
-
-    def phases(self, spec: InputSpec) -> list[PhaseInfo]:
-        return [PhaseInfo(p.name, 0 if p.name == "prefill" else p.first + 1, p.last + 1, p.repeat, p.input)
-                for p in self.inner.phases(spec)]
-
-    def edges(self) -> list[EdgeInfo]:
-        return [EdgeInfo(e.src + 1, tuple(d + 1 for d in e.dst)) for e in self.inner.edges()]
-
-    def unit_modules(self, index: int) -> list[nn.Module]:
-        return [] if index == 0 else self.inner.unit_modules(index - 1)
 
     # -- execution -------------------------------------------------------------------------------
     def example_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:
