@@ -187,6 +187,18 @@ async def sleep_until(deadline: float) -> None:
         await asyncio.sleep(left - 0.0005 if left > 0.001 else 0)
 
 
+async def stretch_compute(t0: float, real: float, goal: float) -> float:
+    """Hold an emulated node's compute until `goal` seconds after `t0` when the real work took less;
+    the node's busy time: the enacted `goal`, or `real` when the host overran it. Not the wall time
+    after the wait: this host's event loop wakes up late under load (by a millisecond or more on a
+    busy 2-core machine), which is the emulator's imprecision, not the emulated node's load; counted
+    as load it inflated a short segment's slowdown estimate by 15-20%."""
+    if goal > real:
+        await sleep_until(t0 + goal)
+        return goal
+    return real
+
+
 def arrival_stamp(arrival: float, now: float, kernel_rate: bool) -> dict[str, float]:
     """The frame meta that tells the receiver when an emulated message arrives.
 

@@ -23,7 +23,7 @@ import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, PhaseInfo
 from runtime.codec import Frame, encode_frame, with_meta
-from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until
+from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, stretch_compute
 from runtime.samples import LinkSample, Samples
 from runtime.transport import Transport
 from runtime.validate import RequestRejected
@@ -120,9 +120,7 @@ class Meter:
             t0 = time.perf_counter()
             await loop.run_in_executor(self.executor, run)
             real = time.perf_counter() - t0
-            if emulation is not None:
-                await sleep_until(t0 + max(real, k * slowdown * float(target)))
-            busy = time.perf_counter() - t0
+            busy = real if emulation is None else await stretch_compute(t0, real, k * slowdown * float(target))
         return {"phase": phase.name, "first": phase.first, "last": phase.last, "real_s": real, "busy_s": busy,
                 "dilation": k}
 

@@ -48,7 +48,7 @@ import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
-from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival
+from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival, stretch_compute
 from runtime.measure import Meter, emulation_from
 from runtime.samples import ComputeSample, Samples, send_stamp
 from runtime.stages import StagePlan
@@ -447,11 +447,10 @@ class Worker:
                 k, slowdown = self._stretch(plan)
                 target = plan.target_compute_s(phase, first, last)
                 goal = k * slowdown * (target if target is not None else real)
-                if goal > real:
-                    await sleep_until(t0 + goal)
-                else:
-                    req.stats["overrun_s"] += real - goal
-            busy = time.perf_counter() - t0
+                busy = await stretch_compute(t0, real, goal)
+                req.stats["overrun_s"] += max(0.0, real - goal)
+            else:
+                busy = real
         self.samples.compute.append(ComputeSample(self.name, phase, first, last, busy, real, plan.version,
                                                   time.perf_counter()))
         c = req.stats["compute"].setdefault(phase, {"real_s": 0.0, "busy_s": 0.0, "passes": 0})

@@ -118,7 +118,7 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
             assert plan["assignment"] == ["phone"] * len(plan["assignment"])
             steady = [await ask(i) for i in range(4)]
             ratios = [s["latency_s"] / s["predicted_latency_s"] for s in steady]
-            assert 0.85 <= statistics.median(ratios) <= 1.15, ratios
+            assert 0.85 <= statistics.median(ratios) <= 1.15, (ratios, daemon.slowdown)
 
             # -- a switch with requests in flight: the link comes back, streams of requests keep going ----
             await api.post("/v1/emulation/links", json={"a": "phone", "b": "edge", "bandwidth_bps": 2e7})
