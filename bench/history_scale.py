@@ -273,9 +273,10 @@ def time_queries(engine: Engine, cases: list[tuple[str, Callable]], label: str) 
     return out
 
 
-def time_rollup(engine: Engine, end: datetime) -> dict[str, Any]:
+def time_rollup(engine: Engine, start: datetime, end: datetime) -> dict[str, Any]:
+    """Roll up all but the last day of raw rows (half of the history, on one shorter than two days)."""
     from orchestrator.store.rollup import roll_up
-    r = roll_up(engine, before=end - timedelta(days=1), progress=None)
+    r = roll_up(engine, before=end - min(timedelta(days=1), (end - start) / 2), progress=None)
     log(f"  {r.line()}")
     return {"cutoff": r.cutoff, "raw_deleted": r.raw_deleted, "hours_written": r.hours_written, "seconds": r.seconds,
             "raw_rows_per_s": sum(r.raw_deleted.values()) / r.seconds if r.seconds else None}
@@ -333,8 +334,8 @@ def bench_backend(url: str, engine_label: str, days: float, budget_s: float, lin
             f"one link's hour: {one_hour} probes")
         cases = query_cases(start, end, links, nodes)
         raw = time_queries(store.engine, cases, f"{engine_label} raw")
-        log(f"{engine_label}: roll-up, 1 day of raw rows kept")
-        rolled = time_rollup(store.engine, end)
+        log(f"{engine_label}: roll-up, the last day of raw rows kept")
+        rolled = time_rollup(store.engine, start, end)
         with store.engine.begin() as conn:
             conn.execute(text("ANALYZE"))
         after = time_queries(store.engine, cases, f"{engine_label} rolled up")
@@ -357,15 +358,15 @@ def bench_backend(url: str, engine_label: str, days: float, budget_s: float, lin
         store.close()
 
 
-def pg_schema(url: str, create: bool) -> str:
+def pg_schema(url: str, create: bool, schema: str = SCHEMA) -> str:
     """Drop (and create) the bench schema; the URL that reaches it."""
     import psycopg
     libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         if create:
-            conn.execute(f'CREATE SCHEMA "{SCHEMA}"')
-    return make_url(url).update_query_dict({"options": f"-csearch_path={SCHEMA}"}).render_as_string(
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    return make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
         hide_password=False)
 
 
@@ -424,18 +425,24 @@ def markdown(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL server (a schema of its own is made in it)")
-    ap.add_argument("--days", type=float, default=30.0)
+    ap.add_argument("--days", type=float, default=None, help="days of history on PostgreSQL (default 30)")
     ap.add_argument("--links", type=int, default=20)
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--fill-seconds", type=float, default=600.0, help="stop the PostgreSQL fill after this")
-    ap.add_argument("--sqlite-days", type=float, default=2.0)
+    ap.add_argument("--sqlite-days", type=float, default=None, help="days of history on SQLite (default 2)")
     ap.add_argument("--sqlite-fill-seconds", type=float, default=180.0)
     ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the PostgreSQL schema")
+    ap.add_argument("--schema", default=SCHEMA, help="the PostgreSQL schema to fill (dropped first)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for history_scale.json and .md")
     ap.add_argument("--quick", action="store_true", help="a few hours of history: checks the script, not the store")
     args = ap.parse_args(argv)
     if args.quick:
-        args.days, args.sqlite_days, args.fill_seconds, args.sqlite_fill_seconds = 0.5, 0.5, 60.0, 60.0
+        args.fill_seconds, args.sqlite_fill_seconds = 60.0, 60.0
+    default_days = 0.5 if args.quick else None
+    args.days = args.days if args.days is not None else default_days or 30.0
+    args.sqlite_days = args.sqlite_days if args.sqlite_days is not None else default_days or 2.0
     rounds, singles = (50, 50) if args.quick else (300, 300)
     nodes, links = network(args.nodes, args.links)
     if len(links) < args.links:
@@ -445,19 +452,21 @@ def main(argv: list[str] | None = None) -> int:
            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "postgresql": None}
     backends: dict[str, Any] = {}
     try:
+        if args.no_postgres:
+            raise RuntimeError("left out (--no-postgres)")
         env["postgresql"] = pg_version(args.url)
     except Exception as exc:  # noqa: BLE001 - no server: report it, bench SQLite alone
         backends["postgresql"] = {"error": str(exc).strip().splitlines()[0]}
         log(f"postgresql: {backends['postgresql']['error']}")
     if env["postgresql"] is not None:
-        url = pg_schema(args.url, create=True)
+        url = pg_schema(args.url, create=True, schema=args.schema)
         try:
             backends["postgresql"] = bench_backend(url, "postgresql", args.days, args.fill_seconds, links, nodes,
                                                    rounds, singles)
         finally:
             if not args.keep:
-                pg_schema(args.url, create=False)
-                log(f"postgresql: dropped schema {SCHEMA}")
+                pg_schema(args.url, create=False, schema=args.schema)
+                log(f"postgresql: dropped schema {args.schema}")
     if not args.no_sqlite:
         with tempfile.TemporaryDirectory(prefix="aiflow-bench-") as tmp:
             backends["sqlite"] = bench_backend(f"sqlite:///{tmp}/history.db", "sqlite", args.sqlite_days,
@@ -468,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                        "run_every_s": RUN_EVERY_S, "solve_every_h": SOLVE_EVERY.total_seconds() / 3600,
                        "fill_seconds": args.fill_seconds, "sqlite_days": args.sqlite_days},
             "backends": backends}
-    path = write_results(RESULTS, "history_scale", data, markdown(data))
+    path = write_results(args.out, "history_scale", data, markdown(data))
     log(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 

@@ -50,13 +50,16 @@ def fill(store: Store) -> dict:
     return written
 
 
-def check(store: Store, written: dict) -> None:
+def check(store: Store, written: dict, rolled_up: bool = False) -> None:
     with store.engine.connect() as conn:
         reqs = requests_summary(conn)
         links = links_summary(conn, window_s=3600)
         nodes = nodes_summary(conn, window_s=3600, node="phone")
         only_v2 = requests_summary(conn, plan=2)
         late = links_summary(conn, window_s=3600, since=T0 + timedelta(hours=2), link="cloud~edge")
+        # bounds inside windows: each window keeps only its rows in [since, until)
+        halves = links_summary(conn, window_s=3600, since=T0 + timedelta(minutes=30),
+                               until=T0 + timedelta(minutes=90), link="edge~phone")
     assert [r["plan_version"] for r in reqs] == [1, 2] and [r["plan_version"] for r in only_v2] == [2]
     for r in reqs:
         m = np.array([x for x, _ in written["runs"][r["plan_version"]]])
@@ -77,6 +80,11 @@ def check(store: Store, written: dict) -> None:
         assert r["bandwidth_p50_bps"] == pytest.approx(np.percentile(bw, 50))
         assert r["latency_p90_s"] == pytest.approx(np.percentile(lat, 90))
     assert [(r["link"], r["window_start"]) for r in late] == [("cloud~edge", T0 + timedelta(hours=2))]
+    assert [r["window_start"] for r in halves] == [T0, T0 + timedelta(hours=1)]
+    edge = written["probes"][("edge~phone", 0)][10:], written["probes"][("edge~phone", 1)][:10]
+    for r, rows in [] if rolled_up else zip(halves, edge, strict=True):
+        assert r["samples"] == len(rows) == 10
+        assert r["bandwidth_p50_bps"] == pytest.approx(np.percentile([b for b, _ in rows], 50))
     for r in nodes:
         rows = written["nodes"][(r["window_start"] - T0) // timedelta(hours=1)]
         assert r["down_share"] == pytest.approx(sum(s == "down" for s, _ in rows) / len(rows))
@@ -101,7 +109,7 @@ def roll_up_and_check(store: Store, written: dict) -> None:
     assert result.cutoff == T0 + timedelta(hours=2)
     assert result.raw_deleted == {"probes": 80, "node_samples": 40, "runs": 65}
     assert result.hours_written == {"probe_hours": 4, "node_sample_hours": 2, "run_hours": 2}
-    check(store, written)
+    check(store, written, rolled_up=True)     # (a rolled-up hour cannot be cut by --since: it counts whole)
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM probes")).scalar() == 40  # hour 2 stays raw
         wide = links_summary(conn, window_s=3 * 3600, link="edge~phone")
