@@ -16,8 +16,10 @@ PostgreSQL (default postgresql+psycopg://postgres@127.0.0.1:5432/test): a schema
 server-side `INSERT ... SELECT ... generate_series(...)` 6 hours at a time, oldest first, until D days
 are in or --fill-seconds have passed (then the days that made it in are the size: see `days_filled`).
 ANALYZE, then each named query is timed as an operator would type it (median of 3 runs; one run when
-the first takes over 5 s), then `roll_up(engine, before=end - 1 day)` (1 day of raw rows kept) is timed
-and the queries are timed again. Then the write rate: `Store.record_samples` (one transaction per probe
+the first takes over 5 s), then `roll_up(engine, before=end - 1 day, now=end)` is timed (every finished
+hour summarised, as the daemon's hourly job keeps them, and raw rows older than a day deleted) and the
+queries are timed again: "raw rows" is a database without summaries, "summarised" the daemon's steady
+state. Then the write rate: `Store.record_samples` (one transaction per probe
 round of L + N rows) and `Store.record_probe` (one row per transaction), against the daemon's rate of
 L + N rows per probe interval (5 s by default, and 1 s).
 
@@ -274,9 +276,10 @@ def time_queries(engine: Engine, cases: list[tuple[str, Callable]], label: str) 
 
 
 def time_rollup(engine: Engine, start: datetime, end: datetime) -> dict[str, Any]:
-    """Roll up all but the last day of raw rows (half of the history, on one shorter than two days)."""
+    """Summarise every finished hour, and delete all but the last day of raw rows (half of the history, on
+    one shorter than two days)."""
     from orchestrator.store.rollup import roll_up
-    r = roll_up(engine, before=end - min(timedelta(days=1), (end - start) / 2), progress=None)
+    r = roll_up(engine, before=end - min(timedelta(days=1), (end - start) / 2), now=end, progress=None)
     log(f"  {r.line()}")
     return {"cutoff": r.cutoff, "raw_deleted": r.raw_deleted, "hours_written": r.hours_written, "seconds": r.seconds,
             "raw_rows_per_s": sum(r.raw_deleted.values()) / r.seconds if r.seconds else None}
@@ -334,7 +337,7 @@ def bench_backend(url: str, engine_label: str, days: float, budget_s: float, lin
             f"one link's hour: {one_hour} probes")
         cases = query_cases(start, end, links, nodes)
         raw = time_queries(store.engine, cases, f"{engine_label} raw")
-        log(f"{engine_label}: roll-up, the last day of raw rows kept")
+        log(f"{engine_label}: roll-up: every finished hour summarised, the last day of raw rows kept")
         rolled = time_rollup(store.engine, start, end)
         with store.engine.begin() as conn:
             conn.execute(text("ANALYZE"))
@@ -400,14 +403,15 @@ def markdown(data: dict[str, Any]) -> str:
                   f"{s['plans']} plans, {s['decisions']} decisions, {s['plan_applications']} plan applications, "
                   f"in {b['fill']['seconds']:.0f} s ({b['fill']['rows_per_s']:,.0f} rows/s server-side; "
                   f"ANALYZE {b['fill']['analyze_s']:.1f} s).", "",
-                  "| query | rows | raw rows: s | goal | rows | after roll-up: s | goal |",
+                  "| query | rows | raw rows: s | goal | rows | summarised: s | goal |",
                   "|---|---:|---:|:-:|---:|---:|:-:|"]
-        for a, r in zip(b["queries_raw"], b["queries_rolled_up"], strict=True):
+        for a, r in zip(b["queries_raw"], b["queries_rolled_up"], strict=True):  # (JSON keys kept)
             lines.append(f"| {a['query']} | {a['rows']} | {a['seconds']:.3f} | {'yes' if a['goal_met'] else '**no**'} "
                          f"| {r['rows']} | {r['seconds']:.3f} | {'yes' if r['goal_met'] else '**no**'} |")
         ru = b["rollup"]
-        lines += ["", f"Roll-up (`roll_up(engine, before=end - 1 day)`): {ru['seconds']:.1f} s, "
-                  f"{sum(ru['raw_deleted'].values()):,} raw rows -> "
+        lines += ["", f"Roll-up (`roll_up(engine, before=end - 1 day, now=end)`: every finished hour summarised, "
+                  f"raw rows older than a day deleted): {ru['seconds']:.1f} s, "
+                  f"{sum(ru['raw_deleted'].values()):,} raw rows deleted; "
                   + ", ".join(f"{n:,} {t}" for t, n in ru["hours_written"].items())
                   + (f" ({ru['raw_rows_per_s']:,.0f} raw rows/s)." if ru["raw_rows_per_s"] else "."), ""]
         w = b["write_rate"]

@@ -69,21 +69,23 @@ def current(url: str | None = URL_OPTION) -> None:
 
 @app.command()
 def rollup(
-    older_than: str = typer.Option(..., "--older-than", help="Roll up raw rows older than this age (30m, 12h, 7d) "
-                                   "or ISO 8601 time.", show_default=False),
+    older_than: str | None = typer.Option(None, "--older-than", help="Delete raw rows older than this age (30m, "
+                                          "12h, 7d) or ISO 8601 time; without it nothing is deleted.",
+                                          show_default=False),
     url: str | None = URL_OPTION,
 ) -> None:
-    """Retention by hand (the daemon runs it hourly): probe, node-sample and request rows of every whole hour
-    before the cutoff become one summary row per hour and key; the raw rows are deleted."""
+    """Summaries and retention by hand (the daemon runs them hourly): probe, node-sample and request rows of
+    every finished hour are summarised into one row per hour and key (the time-window queries read those);
+    raw rows before the --older-than cutoff are then deleted."""
     from orchestrator.cli.history_cmd import parse_time
     from orchestrator.store import Store
     from orchestrator.store.rollup import roll_up
 
-    before = parse_time(older_than, "--older-than")
-    assert before is not None
+    before = parse_time(older_than, "--older-than") if older_than is not None else None
     with Store.open(url) as store:
-        result = roll_up(store.engine, before, progress=lambda line: console.print(line, highlight=False))
-    console.print(result.line(), highlight=False)
+        result = roll_up(store.engine, before,
+                         progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    console.print(result.line(), highlight=False, soft_wrap=True)
 
 
 @app.command("url")

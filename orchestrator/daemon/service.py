@@ -171,7 +171,7 @@ class Daemon:
                                 max_instances=1, coalesce=True, misfire_grace_time=None)
         self._scheduler.add_job(self._job, "interval", args=[self._scheduled_resolve], seconds=s.solve_interval_s,
                                 id="resolve", max_instances=1, coalesce=True, misfire_grace_time=None)
-        if self.store is not None and s.retain_raw_s > 0:
+        if self.store is not None:
             self._scheduler.add_job(self._job, "interval", args=[self.roll_up], seconds=s.rollup_interval_s,
                                     id="rollup", max_instances=1, coalesce=True, misfire_grace_time=None,
                                     next_run_time=datetime.now(UTC))
@@ -707,12 +707,14 @@ class Daemon:
             return None
 
     async def roll_up(self) -> None:
-        """Retention: raw measurement rows older than settings.retain_raw_s become hourly roll-ups."""
+        """Hourly summaries of the finished hours, and retention: raw measurement rows older than
+        settings.retain_raw_s are deleted (0 keeps them all)."""
         from orchestrator.store.rollup import roll_up
 
-        before = datetime.now(UTC) - timedelta(seconds=self.settings.retain_raw_s)
+        retain = self.settings.retain_raw_s
+        before = datetime.now(UTC) - timedelta(seconds=retain) if retain > 0 else None
         result = await self._record(roll_up, self.store.engine, before)
-        if result is not None and any(result.raw_deleted.values()):
+        if result is not None and (any(result.raw_deleted.values()) or any(result.hours_written.values())):
             log.info("history: %s", result.line())
 
     def _save_snapshot(self, snapshot: NetworkState) -> int:

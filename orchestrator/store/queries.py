@@ -14,7 +14,8 @@ from typing import Any, Literal, get_args
 from sqlalchemy import Connection, Select, func, or_, select
 from sqlalchemy.orm import aliased
 
-from orchestrator.store.rollup import hour_floor, node_part, probe_part, run_part
+from orchestrator.store.coverage import plan_reads, read_mark
+from orchestrator.store.rollup import node_part, probe_part, run_part
 from orchestrator.store.summaries import (
     EPOCH,
     Part,
@@ -178,16 +179,27 @@ def plans(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -
 
 def _requests_on(conn: Connection, app: Row) -> int:
     """Requests served on one application of a plan: its version's rows (the daemon's), or the plan's rows in
-    the time it was in force (runs recorded without a version), raw and rolled up."""
-    raw = select(func.count()).select_from(RunRow).where(RunRow.plan_id == app["plan_id"])
-    hours = select(func.coalesce(func.sum(RunHour.requests), 0)).where(RunHour.plan_id == app["plan_id"])
+    the time it was in force (runs recorded without a version); raw rows and hourly summaries (store/coverage.py)."""
+    raw_where = [RunRow.plan_id == app["plan_id"]]
+    hour_where = [RunHour.plan_id == app["plan_id"]]
+    since = until = None
     if app["version"] is not None:
-        raw = raw.where(RunRow.plan_version == app["version"])
-        hours = hours.where(RunHour.plan_version == app["version"])
+        raw_where.append(RunRow.plan_version == app["version"])
+        hour_where.append(RunHour.plan_version == app["version"])
     else:
-        raw = raw.where(*time_between(RunRow.created_at, app["applied_at"], app["until"]))
-        hours = hours.where(*time_between(RunHour.hour, hour_floor(app["applied_at"]), app["until"]))
-    return int(conn.execute(raw).scalar() or 0) + int(conn.execute(hours).scalar() or 0)
+        since, until = app["applied_at"], app["until"]
+    reads = plan_reads(read_mark(conn, "runs"), since, until, whole_hours=True)
+    ranges = [(lo, hi, None) for lo, hi in reads.raw]
+    if reads.late is not None:
+        ranges.append((*reads.late[1], reads.late[0]))
+    n = 0
+    for lo, hi, after in ranges:
+        q = select(func.count()).select_from(RunRow).where(*raw_where, *time_between(RunRow.created_at, lo, hi))
+        n += int(conn.execute(q if after is None else q.where(RunRow.id > after)).scalar() or 0)
+    if reads.summaries is not None:
+        n += int(conn.execute(select(func.coalesce(func.sum(RunHour.requests), 0))
+                              .where(*hour_where, *time_between(RunHour.hour, *reads.summaries))).scalar() or 0)
+    return n
 
 
 def solves(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -> list[Row]:
@@ -331,9 +343,23 @@ AGGREGATE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _hours_between(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
-    """An hourly summary counts when its hour overlaps [since, until)."""
-    return time_between(column, None if since is None else hour_floor(since), until)
+def _window_parts(conn: Connection, raw_table: str, window_s: float | None, since: datetime | None,
+                  until: datetime | None, raw: Callable[..., list[Part]], summaries: Callable[[Any, Any], Select],
+                  part_of: Callable[[Any], Part]) -> list[Part]:
+    """The parts of [since, until): hourly summaries where they hold, raw rows elsewhere (store/coverage.py).
+    `raw(since=, until=, after_id=)` summarises raw rows; `summaries(lo, hi)` selects summary rows by hour."""
+    whole = window_s is None or (window_s >= 3600 and window_s % 3600 == 0)
+    reads = plan_reads(read_mark(conn, raw_table), since, until, whole_hours=whole)
+    parts = [p for lo, hi in reads.raw for p in raw(since=lo, until=hi)]
+    if reads.late is not None:
+        after, (lo, hi) = reads.late
+        parts += raw(since=lo, until=hi, after_id=after)
+    if reads.summaries is not None:
+        for h in conn.execute(summaries(*reads.summaries)):
+            p = part_of(h)
+            p.start = EPOCH if window_s is None else window_start(p.start, window_s)
+            parts.append(p)
+    return parts
 
 
 def requests_summary(conn: Connection, *, model: str | None = None, since: datetime | None = None,
@@ -344,16 +370,15 @@ def requests_summary(conn: Connection, *, model: str | None = None, since: datet
         model_id = conn.execute(select(Model.id).where(Model.name == model)).scalar()
         if model_id is None:
             return []
-    parts = request_parts(conn, None, since=since, until=until, plan_version=plan, model_id=model_id)
-    q = select(RunHour).where(*_hours_between(RunHour.hour, since, until))
-    if plan is not None:
-        q = q.where(RunHour.plan_version == plan)
-    if model_id is not None:
-        q = q.where(RunHour.model_id == model_id)
-    for h in conn.execute(q):
-        p = run_part(h)
-        p.start = EPOCH
-        parts.append(p)
+    def run_hours(lo: Any, hi: Any) -> Select:
+        q = select(RunHour).where(*time_between(RunHour.hour, lo, hi))
+        if plan is not None:
+            q = q.where(RunHour.plan_version == plan)
+        return q if model_id is None else q.where(RunHour.model_id == model_id)
+
+    parts = _window_parts(conn, "runs", None, since, until,
+                          lambda **kw: request_parts(conn, None, plan_version=plan, model_id=model_id, **kw),
+                          run_hours, run_part)
     plan_ids = {p.key[1] for p in parts if p.key[1] is not None}
     docs = {i: d for i, d in conn.execute(select(PlanRow.id, PlanRow.document).where(PlanRow.id.in_(plan_ids)))}
     names = {i: n for i, n in conn.execute(select(Model.id, Model.name))}
@@ -379,11 +404,12 @@ def links_summary(conn: Connection, *, window_s: float = 3600.0, link: str | Non
                   since: datetime | None = None, until: datetime | None = None,
                   node: str | None = None) -> list[Row]:
     """Measured bandwidth and latency per link and time window, as percentiles."""
-    parts = probe_parts(conn, window_s, link=link, since=since, until=until)
-    q = select(ProbeHour).where(*_hours_between(ProbeHour.hour, since, until))
-    if link is not None:
-        q = q.where(ProbeHour.link == link)
-    parts += [_rewindowed(probe_part(h), window_s) for h in conn.execute(q)]
+    def probe_hours(lo: Any, hi: Any) -> Select:
+        q = select(ProbeHour).where(*time_between(ProbeHour.hour, lo, hi))
+        return q if link is None else q.where(ProbeHour.link == link)
+
+    parts = _window_parts(conn, "probes", window_s, since, until,
+                          lambda **kw: probe_parts(conn, window_s, link=link, **kw), probe_hours, probe_part)
     out = []
     for p in merge(parts):
         if node is not None and node not in link_nodes(p.key[0]):
@@ -396,18 +422,14 @@ def links_summary(conn: Connection, *, window_s: float = 3600.0, link: str | Non
 def nodes_summary(conn: Connection, *, window_s: float = 3600.0, node: str | None = None,
                   since: datetime | None = None, until: datetime | None = None) -> list[Row]:
     """Each node's state and estimated slowdown per time window."""
-    parts = node_parts(conn, window_s, node=node, since=since, until=until)
-    q = select(NodeSampleHour).where(*_hours_between(NodeSampleHour.hour, since, until))
-    if node is not None:
-        q = q.where(NodeSampleHour.node == node)
-    parts += [_rewindowed(node_part(h), window_s) for h in conn.execute(q)]
+    def node_hours(lo: Any, hi: Any) -> Select:
+        q = select(NodeSampleHour).where(*time_between(NodeSampleHour.hour, lo, hi))
+        return q if node is None else q.where(NodeSampleHour.node == node)
+
+    parts = _window_parts(conn, "node_samples", window_s, since, until,
+                          lambda **kw: node_parts(conn, window_s, node=node, **kw), node_hours, node_part)
     return [{"node": p.key[0], "window_start": p.start, "samples": p.samples, "down_share": p.stats["down_share"],
              "slowdown_p50": p.stats["slowdown_p50"], "slowdown_p90": p.stats["slowdown_p90"]} for p in merge(parts)]
-
-
-def _rewindowed(p: Part, window_s: float) -> Part:
-    p.start = window_start(p.start, window_s)
-    return p
 
 
 QUERIES: dict[str, Callable[..., list[Row]]] = {

@@ -87,8 +87,18 @@ def _is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def _time_sql(column: str, since: datetime | None, until: datetime | None, params: dict[str, Any]) -> str:
+def _no_jit(conn: Connection) -> None:
+    """JIT compilation off for this transaction: it cost ~0.3 s on these aggregates, more than it saved."""
+    conn.execute(text("SET LOCAL jit = off"))
+
+
+def _time_sql(column: str, since: datetime | None, until: datetime | None, params: dict[str, Any],
+              after_id: int | None = None) -> str:
+    """The WHERE clause for [since, until), and ids above `after_id` (rows written after a summary pass)."""
     where = []
+    if after_id is not None:
+        where.append("id > :after_id")
+        params["after_id"] = after_id
     if since is not None:
         where.append(f"{column} >= :since")
         params["since"] = since
@@ -98,43 +108,14 @@ def _time_sql(column: str, since: datetime | None, until: datetime | None, param
     return " AND ".join(where) or "TRUE"
 
 
-def time_between(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
-    out = []
+def time_between(column: Any, since: datetime | None, until: datetime | None, after_id: int | None = None,
+                 id_column: Any = None) -> list[Any]:
+    out = [] if after_id is None else [id_column > after_id]
     if since is not None:
         out.append(column >= since)
     if until is not None:
         out.append(column < until)
     return out
-
-
-def _per_key_windows(conn: Connection, table: str, key: str, key_value: str | None, window_s: float,
-                     since: datetime | None, until: datetime | None, aggregates: str) -> Any:
-    """`aggregates` (which must include `count(*) AS n`) over the rows of each key and window, on PostgreSQL.
-
-    Each (key, window) is aggregated by its own range scan of the (key, measured_at) index, from a
-    LATERAL subquery, instead of one GROUP BY over the whole range: that sorted every row of the range
-    by (key, window) first, on disk beyond work_mem (24 h of 20 links: 1.7 M rows, 68 MB), then again
-    per group for the percentiles. The keys come from a loose index scan (one index probe per distinct
-    key), never from SELECT DISTINCT over the rows. JIT is off: compiling these plans took ~0.3 s,
-    more than it saved. Times: docs/history.md, benchmark."""
-    conn.execute(text("SET LOCAL jit = off"))
-    keys = ("SELECT CAST(:key AS text) AS k" if key_value is not None else
-            f"SELECT min({key}) FROM {table} UNION ALL "
-            f"SELECT (SELECT min({key}) FROM {table} WHERE {key} > keys.k) FROM keys WHERE keys.k IS NOT NULL")
-    w = "make_interval(secs => :w)"
-    return conn.execute(text(f"""
-        WITH RECURSIVE keys(k) AS ({keys}),
-        bounds AS (SELECT coalesce(CAST(:since AS timestamptz), (SELECT min(measured_at) FROM {table})) AS lo,
-                          coalesce(CAST(:until AS timestamptz),
-                                   (SELECT max(measured_at) FROM {table}) + interval '1 microsecond') AS hi)
-        SELECT keys.k AS key, win.s AS s, a.*
-        FROM keys, bounds,
-             generate_series(date_bin({w}, bounds.lo, TIMESTAMPTZ '1970-01-01 00:00:00+00'), bounds.hi, {w}) AS win(s),
-             LATERAL (SELECT {aggregates} FROM {table} t
-                      WHERE t.{key} = keys.k AND t.measured_at >= greatest(win.s, bounds.lo)
-                        AND t.measured_at < least(win.s + {w}, bounds.hi)) AS a
-        WHERE keys.k IS NOT NULL AND a.n > 0"""),
-        {"w": window_s, "key": key_value, "since": since, "until": until})
 
 
 # -- probes --------------------------------------------------------------------------------------------------
@@ -143,21 +124,31 @@ PROBE_STATS = ("bandwidth_mean_bps", "bandwidth_p10_bps", "bandwidth_p50_bps", "
 
 
 def probe_parts(conn: Connection, window_s: float, *, link: str | None = None, since: datetime | None = None,
-                until: datetime | None = None) -> list[Part]:
+                until: datetime | None = None, after_id: int | None = None) -> list[Part]:
     """Raw probe rows summarised per (link, window)."""
     if _is_postgres(conn):
-        rows = _per_key_windows(conn, "probes", "link", link, window_s, since, until, """
-            count(*) AS n, count(bandwidth_bps) AS bw_n, count(latency_s) AS lat_n, avg(bandwidth_bps) AS bw_mean,
-            percentile_cont(ARRAY[0.1, 0.5, 0.9]) WITHIN GROUP (ORDER BY bandwidth_bps) AS bw_q,
-            avg(latency_s) AS lat_mean, percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY latency_s) AS lat_q""")
+        params: dict[str, Any] = {"w": window_s}
+        _no_jit(conn)
+        where = _time_sql("measured_at", since, until, params, after_id)
+        if link is not None:
+            where += " AND link = :link"
+            params["link"] = link
+        rows = conn.execute(text(f"""
+            SELECT link, date_bin(make_interval(secs => :w), measured_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS s,
+                   count(*) AS n, count(bandwidth_bps) AS bw_n, count(latency_s) AS lat_n,
+                   avg(bandwidth_bps) AS bw_mean,
+                   percentile_cont(ARRAY[0.1, 0.5, 0.9]) WITHIN GROUP (ORDER BY bandwidth_bps) AS bw_q,
+                   avg(latency_s) AS lat_mean,
+                   percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY latency_s) AS lat_q
+            FROM probes WHERE {where} GROUP BY 1, 2"""), params)
         out = []
         for r in rows:
             bw_q = r.bw_q if r.bw_n else [None] * 3
             lat_q = r.lat_q if r.lat_n else [None] * 2
-            out.append(_probe_part(r.key, r.s, r.n, r.bw_n, r.lat_n, r.bw_mean, bw_q, r.lat_mean, lat_q))
+            out.append(_probe_part(r.link, r.s, r.n, r.bw_n, r.lat_n, r.bw_mean, bw_q, r.lat_mean, lat_q))
         return out
     q = (select(ProbeRow.link, ProbeRow.measured_at, ProbeRow.bandwidth_bps, ProbeRow.latency_s)
-         .where(*time_between(ProbeRow.measured_at, since, until)))
+         .where(*time_between(ProbeRow.measured_at, since, until, after_id, ProbeRow.id)))
     if link is not None:
         q = q.where(ProbeRow.link == link)
     groups: dict[tuple[str, datetime], list[Any]] = {}
@@ -182,15 +173,23 @@ def _probe_part(link: str, start: datetime, n: int, bw_n: int, lat_n: int, bw_me
 
 # -- node samples --------------------------------------------------------------------------------------------
 def node_parts(conn: Connection, window_s: float, *, node: str | None = None, since: datetime | None = None,
-               until: datetime | None = None) -> list[Part]:
+               until: datetime | None = None, after_id: int | None = None) -> list[Part]:
     """Raw node samples summarised per (node, window): down samples, slowdown percentiles."""
     if _is_postgres(conn):
-        rows = _per_key_windows(conn, "node_samples", "node", node, window_s, since, until, """
-            count(*) AS n, count(*) FILTER (WHERE state = 'down') AS down, count(slowdown) AS slow_n,
-            percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY slowdown) AS slow_q""")
-        return [_node_part(r.key, r.s, r.n, r.down, r.slow_n, r.slow_q if r.slow_n else [None, None]) for r in rows]
+        params: dict[str, Any] = {"w": window_s}
+        _no_jit(conn)
+        where = _time_sql("measured_at", since, until, params, after_id)
+        if node is not None:
+            where += " AND node = :node"
+            params["node"] = node
+        rows = conn.execute(text(f"""
+            SELECT node, date_bin(make_interval(secs => :w), measured_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS s,
+                   count(*) AS n, count(*) FILTER (WHERE state = 'down') AS down, count(slowdown) AS slow_n,
+                   percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY slowdown) AS slow_q
+            FROM node_samples WHERE {where} GROUP BY 1, 2"""), params)
+        return [_node_part(r.node, r.s, r.n, r.down, r.slow_n, r.slow_q if r.slow_n else [None, None]) for r in rows]
     q = (select(NodeSample.node, NodeSample.measured_at, NodeSample.state, NodeSample.slowdown)
-         .where(*time_between(NodeSample.measured_at, since, until)))
+         .where(*time_between(NodeSample.measured_at, since, until, after_id, NodeSample.id)))
     if node is not None:
         q = q.where(NodeSample.node == node)
     groups: dict[tuple[str, datetime], list[Any]] = {}
@@ -215,12 +214,13 @@ REQUEST_STATS = ("mean_s", "p50_s", "p90_s", "p99_s", "ratio_median")
 
 def request_parts(conn: Connection, window_s: float | None, *, since: datetime | None = None,
                   until: datetime | None = None, plan_version: int | None = None,
-                  model_id: int | None = None) -> list[Part]:
+                  model_id: int | None = None, after_id: int | None = None) -> list[Part]:
     """Raw request rows summarised per (model_id, plan_id, plan_version, strategy) and window (one window for
     the whole range when window_s is None)."""
     if _is_postgres(conn):
         params: dict[str, Any] = {"w": window_s or 1.0}
-        where = _time_sql("created_at", since, until, params)
+        _no_jit(conn)
+        where = _time_sql("created_at", since, until, params, after_id)
         if plan_version is not None:
             where += " AND plan_version = :v"
             params["v"] = plan_version
@@ -239,7 +239,8 @@ def request_parts(conn: Connection, window_s: float | None, *, since: datetime |
         return [_request_part((r.model_id, r.plan_id, r.plan_version, r.strategy), r.s, r.n, r.mean, r.q,
                               r.ratio_n, r.ratio, r.first, r.last) for r in rows]
     q = (select(RunRow.model_id, RunRow.plan_id, RunRow.plan_version, RunRow.strategy, RunRow.created_at,
-                RunRow.measured_s, RunRow.predicted_s).where(*time_between(RunRow.created_at, since, until)))
+                RunRow.measured_s, RunRow.predicted_s)
+         .where(*time_between(RunRow.created_at, since, until, after_id, RunRow.id)))
     if plan_version is not None:
         q = q.where(RunRow.plan_version == plan_version)
     if model_id is not None:

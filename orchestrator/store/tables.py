@@ -305,3 +305,15 @@ class RunHour(Base):
     ratio_p50: Mapped[float | None] = mapped_column(Float)
     first_at: Mapped[datetime] = mapped_column()
     last_at: Mapped[datetime] = mapped_column()
+
+
+# -- revision 0005: how far each raw table is summarised (store/coverage.py) --------------------------------
+class SummaryMark(Base):
+    """Every raw row of `raw_table` measured before `summarised_before` with id <= `last_id` is in its hourly
+    summary table; raw rows before `raw_deleted_before` were deleted (retention)."""
+
+    __tablename__ = "summary_marks"
+    raw_table: Mapped[str] = mapped_column(String(50), primary_key=True)
+    summarised_before: Mapped[datetime | None] = mapped_column()
+    last_id: Mapped[int | None] = mapped_column(Integer)
+    raw_deleted_before: Mapped[datetime | None] = mapped_column()

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from orchestrator.cli.history_cmd import parse_seconds, parse_time
 from orchestrator.store import Store
+from orchestrator.store.coverage import Mark, Reads, hour_floor, plan_reads
 from orchestrator.store.queries import links_summary, nodes_summary, requests_summary
 from orchestrator.store.rollup import roll_up
 from profiler.errors import InputError
@@ -103,13 +104,16 @@ def test_aggregates_on_postgres(pg_url: str) -> None:  # noqa: F811 - the fixtur
 
 
 def roll_up_and_check(store: Store, written: dict) -> None:
-    """Retention: the first two hours become roll-ups; every query answers as before (1 h windows are exact),
-    longer windows combine them, and rows that arrive late for a rolled-up hour are merged by the next run."""
+    """Every finished hour is summarised and the raw rows before the cutoff deleted; every query answers as
+    before (1 h windows exactly, nothing counted twice where a summary and its raw rows both exist), longer
+    windows combine hours, shorter ones read the raw rows that are left, and rows that arrive late (for a
+    deleted hour, and for a summarised one) count at once and are merged by the next run."""
     result = roll_up(store.engine, T0 + timedelta(hours=2, minutes=30))
     assert result.cutoff == T0 + timedelta(hours=2)
     assert result.raw_deleted == {"probes": 80, "node_samples": 40, "runs": 65}
-    assert result.hours_written == {"probe_hours": 4, "node_sample_hours": 2, "run_hours": 2}
-    check(store, written, rolled_up=True)     # (a rolled-up hour cannot be cut by --since: it counts whole)
+    assert result.hours_written == {"probe_hours": 6, "node_sample_hours": 3, "run_hours": 2}
+    assert set(result.summarised_before.values()) == {hour_floor(datetime.now(UTC))}
+    check(store, written, rolled_up=True)     # (a deleted hour cannot be cut by --since: it counts whole)
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM probes")).scalar() == 40  # hour 2 stays raw
         wide = links_summary(conn, window_s=3 * 3600, link="edge~phone")
@@ -120,13 +124,46 @@ def roll_up_and_check(store: Store, written: dict) -> None:
         nodes = nodes_summary(conn, window_s=86400, node="phone")
         down = sum(s == "down" for rows in written["nodes"].values() for s, _ in rows)
         assert sum(r["down_share"] * r["samples"] for r in nodes) == pytest.approx(down)
-    store.record_probe("edge~phone", bandwidth_bps=1e6, latency_s=0.01, measured_at=T0 + timedelta(minutes=10))
+        # 15 min windows cannot be cut from hourly summaries: hour 2 (raw kept) is read raw, exactly
+        quarter = [r for r in links_summary(conn, window_s=900, link="edge~phone")
+                   if r["window_start"] >= T0 + timedelta(hours=2)]
+        rows = written["probes"][("edge~phone", 2)]
+        assert [r["samples"] for r in quarter] == [5, 5, 5, 5]
+        assert quarter[0]["bandwidth_p50_bps"] == pytest.approx(np.percentile([b for b, _ in rows[:5]], 50))
+    for at in (T0 + timedelta(minutes=10), T0 + timedelta(hours=2, minutes=10)):   # deleted hour, kept hour
+        store.record_probe("edge~phone", bandwidth_bps=1e6, latency_s=0.01, measured_at=at)
+
+    def samples_per_hour() -> list[int]:
+        with store.engine.connect() as conn:
+            return [r["samples"] for r in links_summary(conn, window_s=3600, link="edge~phone")]
+
+    assert samples_per_hour() == [21, 20, 21]
     again = roll_up(store.engine, T0 + timedelta(hours=2))
-    assert again.raw_deleted["probes"] == 1 and again.hours_written["probe_hours"] == 1
+    assert again.raw_deleted["probes"] == 1 and again.hours_written["probe_hours"] == 2
+    assert samples_per_hour() == [21, 20, 21]
     with store.engine.connect() as conn:
-        [first] = [r for r in links_summary(conn, window_s=3600, link="edge~phone") if r["window_start"] == T0]
-        assert first["samples"] == 21
-        assert conn.execute(text("SELECT count(*) FROM probe_hours")).scalar() == 4
+        assert conn.execute(text("SELECT count(*) FROM probes")).scalar() == 41
+        assert conn.execute(text("SELECT count(*) FROM probe_hours")).scalar() == 6
+        assert requests_summary(conn)[0]["requests"] == 25
+
+
+def test_reads_planned_from_the_mark() -> None:
+    h = [T0 + timedelta(hours=i) for i in range(6)]
+    mark = Mark(summarised_before=h[4], last_id=99, raw_deleted_before=h[2])
+    # whole hours inside the summarised span come from summaries; the unsummarised tail and late rows raw
+    assert plan_reads(mark, h[1], None, whole_hours=True) == Reads((h[1], h[4]), ((h[4], None),), (99, (h[1], h[4])))
+    # an hour cut by since: raw while its rows exist, the whole summary where they are gone
+    cut = h[2] + timedelta(minutes=30)
+    assert plan_reads(mark, cut, h[5], whole_hours=True) == Reads((h[3], h[4]), ((cut, h[3]), (h[4], h[5])),
+                                                                   (99, (h[3], h[4])))
+    early = h[1] + timedelta(minutes=30)
+    assert plan_reads(mark, early, h[3], whole_hours=True).summaries == (h[1], h[3])
+    # windows shorter than an hour: raw rows, and summaries only of deleted hours
+    assert plan_reads(mark, None, None, whole_hours=False) == Reads((None, h[2]), ((None, None),))
+    # no mark (rolled up before revision 0005): every raw row, and the summaries in range
+    assert plan_reads(Mark(), h[1], h[3], whole_hours=True) == Reads((h[1], h[3]), ((h[1], h[3]),))
+    # a range entirely after the summarised span reads raw rows only
+    assert plan_reads(mark, h[4], h[5], whole_hours=True) == Reads(None, ((h[4], h[5]),))
 
 
 def test_roll_up_on_sqlite(tmp_path: Path) -> None:
