@@ -8,10 +8,11 @@ const LATENCY_WINDOW_S = 600;          // the latency chart shows the last ten m
 const MAX_REQUESTS = 500;
 const MAX_LIVE_POINTS = 2000;
 const TIERS = ["device", "edge", "cloud"];
+const HISTORY_REFRESH_MS = 5000;
 
 const S = {
   state: null, requests: [], live: {}, linkHistory: null, linkError: null, chosenLink: null,
-  shownVersion: null, versionShownAt: {}, connected: false,
+  shownVersion: null, versionShownAt: {}, connected: false, linkFetchedAt: 0,
 };
 window.aiflowDashboard = S;            // for tests and the curious: the state the page draws
 
@@ -35,6 +36,11 @@ function fmtS(s) {
   if (s >= 10) return s.toFixed(1) + " s";
   const ms = s * 1000;
   return (ms < 10 ? ms.toFixed(2) : ms.toFixed(1)) + " ms";
+}
+function fmtDuration(s) {
+  if (s < 120) return `${Math.round(s)} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
 }
 function fmtTime(t) {
   return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false});
@@ -193,6 +199,7 @@ function onState(st) {
   }
   renderAll();
   if (first) chooseLink(defaultLink());
+  else if (Date.now() - S.linkFetchedAt > HISTORY_REFRESH_MS) loadLinkHistory();   // new windows were stored
 }
 function onRequest(point) {
   S.requests.push(point);
@@ -241,7 +248,7 @@ function renderTopology() {
   const st = S.state, host = $("#topology"), W = widthOf(host), narrow = W < 600;
   const tiers = tiersOf(st.nodes), plan = st.plan;
   const most = Math.max(...tiers.map(([, ns]) => ns.length));
-  const boxW = narrow ? Math.min(170, (W - 16) / most - 12) : Math.min(190, W / tiers.length - 40);
+  const boxW = narrow ? Math.min(170, (W - 16) / most - 12) : Math.min(180, (W / tiers.length) * 0.5);
   const boxH = 84, pos = {};
   let H;
   if (narrow) {                        // tiers as rows, top to bottom, room for link labels between them
@@ -271,9 +278,9 @@ function renderTopology() {
     const g = sv("g", {class: "link" + (flow ? " carries" : ""), "data-link": l.key}, svg);
     sv("line", {x1: a.x, y1: a.y, x2: b.x, y2: b.y}, g);
     const lines = [`${fmtBps(l.bandwidth_bps)} · ${fmtS(l.latency_s)}`,
-                   flow ? `plan: ${fmtBytes(flow.bytes)} per request` : "plan: no traffic"];
+                   flow ? `${fmtBytes(flow.bytes)} per request` : "no plan traffic"];
     const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
-    const w = Math.max(...lines.map((s) => s.length)) * 6.6 + 12;
+    const w = Math.max(...lines.map((s) => s.length)) * 7 + 10;
     sv("rect", {class: "label-bg", x: mx - w / 2, y: my - 17, width: w, height: 34, rx: 4}, g);
     sv("text", {x: mx, y: my - 3, "text-anchor": "middle"}, g, lines[0]);
     sv("text", {class: "traffic", x: mx, y: my + 12, "text-anchor": "middle"}, g, lines[1]);
@@ -334,7 +341,10 @@ function renderLatency() {
   const host = $("#latency-chart"), W = widthOf(host), H = W < 600 ? 200 : 240;
   const m = {l: 54, r: 14, t: 22, b: 28};
   const last = S.requests.length ? S.requests[S.requests.length - 1].at : S.state.now;
-  const t1 = Math.max(last, S.state.now), t0 = t1 - LATENCY_WINDOW_S;
+  // from the first request or switch in the last ten minutes (at least a minute shown) to now
+  const t1 = Math.max(last, S.state.now);
+  const first = Math.min(...[...S.requests, ...S.state.switches].map((p) => p.at).filter((t) => t >= t1 - LATENCY_WINDOW_S), t1);
+  const t0 = Math.min(first - 0.05 * (t1 - first), t1 - 60);
   const pts = S.requests.filter((p) => p.at >= t0);
   const switches = S.state.switches.filter((s) => s.at >= t0 && s.at <= t1 + 1);
   const cur = pts.filter((p) => S.state.plan && p.version === S.state.plan.version);
@@ -413,17 +423,16 @@ function renderLinkSelect() {
   }
   if (S.chosenLink) sel.value = S.chosenLink;
 }
-let historyTimer = null;
 async function chooseLink(key) {
   if (!key) return;
   S.chosenLink = key;
   $("#link-select").value = key;
-  clearTimeout(historyTimer);
   await loadLinkHistory();
 }
 async function loadLinkHistory() {
   const key = S.chosenLink, since = Number($("#link-range").value);
   if (!key) return;
+  S.linkFetchedAt = Date.now();
   try {
     const doc = await getJSON(`/v1/history/links?link=${encodeURIComponent(key)}&since_s=${since}`);
     if (key !== S.chosenLink) return;
@@ -435,22 +444,25 @@ async function loadLinkHistory() {
     S.linkError = e.message;
   }
   renderLinkHistory();
-  clearTimeout(historyTimer);
-  historyTimer = setTimeout(loadLinkHistory, 30000);        // the stored windows fill in as time passes
 }
 function renderLinkHistory() {
   const key = S.chosenLink, st = S.state;
   if (!key || !st) return;
-  const since = Number($("#link-range").value), t1 = st.now, t0 = t1 - since;
+  const since = Number($("#link-range").value), t1 = st.now;
   const link = st.links.find((l) => l.key === key);
-  const hist = S.linkHistory && S.linkHistory.link === key ? S.linkHistory.rows.filter((r) => r.window_start >= t0 - S.linkHistory.window_s) : [];
+  const hist = S.linkHistory && S.linkHistory.link === key
+    ? S.linkHistory.rows.filter((r) => r.window_start >= t1 - since - S.linkHistory.window_s) : [];
+  // the period chosen, or less when the data starts later (a young daemon), at least a minute
+  const earliest = Math.min(t1, ...hist.map((r) => r.window_start), ...(S.live[key] || []).map((p) => p.at));
+  const t0 = Math.min(t1 - 60, Math.max(t1 - since, earliest - 0.05 * (t1 - earliest)));
   const live = (S.live[key] || []).filter((p) => p.at >= t0);
   const bws = hist.map((r) => r.bandwidth_p50_bps).filter((v) => v != null);
   let text = link ? `${link.a} – ${link.b}: now ${fmtBps(link.bandwidth_bps)} and ${fmtS(link.latency_s)} `
     + `(${link.method || "no"} estimate from ${link.samples} sample${link.samples === 1 ? "" : "s"}).` : "";
-  if (hist.length) {
-    text += ` Stored history: ${hist.length} window${hist.length > 1 ? "s" : ""} of ${fmtS(S.linkHistory.window_s)};`
-      + ` median bandwidth from ${fmtBps(Math.min(...bws))} to ${fmtBps(Math.max(...bws))}.`;
+  if (bws.length) {
+    const lo = Math.min(...bws), hi = Math.max(...bws);
+    text += ` Stored history: ${hist.length} window${hist.length > 1 ? "s" : ""} of ${fmtDuration(S.linkHistory.window_s)};`
+      + (lo === hi ? ` median bandwidth ${fmtBps(lo)}.` : ` median bandwidth between ${fmtBps(lo)} and ${fmtBps(hi)}.`);
   } else if (S.linkError) {
     text += ` Stored history: ${S.linkError}; showing the estimates since this page opened.`;
   } else {
