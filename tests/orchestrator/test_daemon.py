@@ -153,8 +153,9 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
             # the dashboard's state agrees with what happened: three switches, every request, the decisions
             board = (await api.get("/v1/dashboard")).json()
             assert board["plan"]["version"] == 3 and [s["version"] for s in board["switches"]] == [1, 2, 3]
-            assert [p["version"] for p in board["requests"]] == [o[0] for o in outputs]
-            assert [p["latency_s"] for p in board["requests"]] == pytest.approx([o[3] for o in outputs])
+            # (concurrent requests may be answered in another order than they were logged)
+            logged = sorted((p["version"], p["latency_s"]) for p in board["requests"])
+            assert logged == sorted((o[0], o[3]) for o in outputs)
             switched = [d["switched_to"] for d in board["decisions"] if d["outcome"] == "switched"]
             assert switched == [v for v in (1, 2, 3) if v in switched] and 3 in switched
             assert all(d["outcome"] == "kept" for d in board["decisions"] if not d["apply"])
