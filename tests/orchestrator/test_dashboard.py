@@ -145,3 +145,15 @@ def test_the_state_of_a_daemon_with_no_plan(daemon: Daemon) -> None:
     played = {lk["key"]: lk["played"]["bandwidth_bps"] for lk in st["links"]}
     assert played == {"edge~phone": 2e7, "cloud~edge": 1e8}
     assert "requests" not in dashboard_state(daemon, with_requests=False)
+
+
+def test_private_reads_without_a_token_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers import aiflow_in_process
+
+    monkeypatch.delenv("AIFLOW_API_TOKEN", raising=False)
+    code, out, err = aiflow_in_process(capsys, monkeypatch, "daemon", "--model", "tiny-captioner", "--network",
+                                       str(ROOT / "examples" / "daemon.network.yaml"), "--private-reads")
+    assert code == 2 and out == ""
+    assert err.strip() == ("aiflow: error: --private-reads: reads need a token; give one with --token "
+                           "(or $AIFLOW_API_TOKEN)")
