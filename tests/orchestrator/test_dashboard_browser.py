@@ -191,6 +191,16 @@ def test_the_dashboard_follows_the_daemon_live(tmp_path: Path) -> None:
             a, b = {"edge~phone": ("phone", "edge"), "cloud~edge": ("edge", "cloud")}[other]
             page.wait_for_function(f"() => document.querySelector('#link-summary').textContent.startsWith('{a} – {b}')")
             assert "Stored history" in page.text_content("#link-summary")
+            # a focused button keeps its focus while updates arrive; Enter on it chooses its link
+            page.focus('#links-table tr[data-link="edge~phone"] button')
+            drawn = page.evaluate("() => window.aiflowDashboard.state.now")
+            page.wait_for_function(f"() => window.aiflowDashboard.state.now > {drawn}")
+            assert page.evaluate("() => document.activeElement.closest('tr').dataset.link") == "edge~phone"
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => document.activeElement.id === 'link-select' "
+                                   "&& document.activeElement.value === 'edge~phone'")
+            page.wait_for_function("() => document.querySelector('#link-summary').textContent"
+                                   ".startsWith('phone – edge')")
 
             # -- a phone's width: everything still shown, nothing scrolls sideways ---------------------
             page.set_viewport_size({"width": 390, "height": 844})

@@ -316,24 +316,31 @@ function renderNodes() {
 }
 
 function renderLinks() {
-  const st = S.state, body = $("#links-table tbody"), rows = [];
-  for (const l of st.links) {
-    const tr = el("tr", {"data-link": l.key});
-    const flow = st.plan && st.plan.links[l.key];
-    cell(tr, "Link", `${l.a} – ${l.b}`);
-    cell(tr, "Bandwidth", fmtBps(l.bandwidth_bps) + (l.played ? ` (emulated: ${fmtBps(l.played.bandwidth_bps)})` : ""), "num");
-    cell(tr, "Latency", fmtS(l.latency_s) + (l.played ? ` (emulated: ${fmtS(l.played.latency_s)})` : ""), "num");
-    cell(tr, "Estimate", `${l.method || "none"}, ${l.samples} sample${l.samples === 1 ? "" : "s"}`);
-    const dirs = flow ? Object.entries(flow.directions).map(([d, b]) => `${d.replace("->", " → ")} ${fmtBytes(b)}`).join(", ") : "";
-    cell(tr, "Plan traffic", flow ? `${fmtBytes(flow.bytes)} in ${flow.messages} message${flow.messages > 1 ? "s" : ""} (${dirs}); ${fmtS(flow.transfer_s)}` : "none", "traffic");
-    const td = cell(tr, "History", "");
-    const b = el("button", {type: "button", "aria-controls": "link-section"}, "Show history");
-    b.setAttribute("aria-label", `Show the history of link ${l.a} – ${l.b}`);
-    b.addEventListener("click", () => { chooseLink(l.key); $("#link-select").focus(); });
-    td.appendChild(b);
-    rows.push(tr);
+  // rows are updated in place while the links stay the same, so a focused "Show history" button keeps focus
+  const st = S.state, body = $("#links-table tbody");
+  const same = [...body.rows].map((r) => r.dataset.link).join("|") === st.links.map((l) => l.key).join("|");
+  if (!same) {
+    body.replaceChildren(...st.links.map((l) => {
+      const tr = el("tr", {"data-link": l.key});
+      for (const label of ["Link", "Bandwidth", "Latency", "Estimate", "Plan traffic"]) cell(tr, label, "");
+      tr.cells[1].className = tr.cells[2].className = "num";
+      tr.cells[4].className = "traffic";
+      const b = el("button", {type: "button", "aria-controls": "link-section",
+                              "aria-label": `Show the history of link ${l.a} – ${l.b}`}, "Show history");
+      b.addEventListener("click", () => { chooseLink(l.key); $("#link-select").focus(); });
+      cell(tr, "History", "").appendChild(b);
+      return tr;
+    }));
   }
-  body.replaceChildren(...rows);
+  st.links.forEach((l, i) => {
+    const c = body.rows[i].cells, flow = st.plan && st.plan.links[l.key];
+    const dirs = flow ? Object.entries(flow.directions).map(([d, b]) => `${d.replace("->", " → ")} ${fmtBytes(b)}`).join(", ") : "";
+    c[0].textContent = `${l.a} – ${l.b}`;
+    c[1].textContent = fmtBps(l.bandwidth_bps) + (l.played ? ` (emulated: ${fmtBps(l.played.bandwidth_bps)})` : "");
+    c[2].textContent = fmtS(l.latency_s) + (l.played ? ` (emulated: ${fmtS(l.played.latency_s)})` : "");
+    c[3].textContent = `${l.method || "none"}, ${l.samples} sample${l.samples === 1 ? "" : "s"}`;
+    c[4].textContent = flow ? `${fmtBytes(flow.bytes)} in ${flow.messages} message${flow.messages > 1 ? "s" : ""} (${dirs}); ${fmtS(flow.transfer_s)}` : "none";
+  });
 }
 
 function renderLatency() {
