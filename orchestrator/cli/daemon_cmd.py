@@ -43,6 +43,8 @@ def daemon(
     token: str | None = typer.Option(None, "--token", envvar="AIFLOW_API_TOKEN",
                                      help="Token the API requires on POST (Authorization: Bearer T). Generated and "
                                           "printed once when the API listens beyond loopback without one."),
+    private_reads: bool = typer.Option(False, "--private-reads", help="Reads (status, plan, metrics, the dashboard's "
+                                       "data and events) need the token too; the dashboard page asks for it."),
     dilation: str = typer.Option("auto", "--dilation", help="Time dilation K of the emulated network, or 'auto'."),
     url: str | None = typer.Option(None, "--url", help="History database URL (default: $AIFLOW_DATABASE_URL, else "
                                    "the per-user SQLite file)."),
@@ -64,6 +66,8 @@ def daemon(
     host, port = parse_listen(api)
     if solver not in ("cbc", "highs", "cpsat"):
         raise InputError(f"--solver: expected cbc, highs or cpsat, got {solver!r}")
+    if private_reads and token is None and _loopback(host):
+        raise InputError("--private-reads: reads need a token; give one with --token (or $AIFLOW_API_TOKEN)")
     settings = DaemonSettings(probe_interval_s=probe_interval, solve_interval_s=solve_interval, threshold=threshold,
                               horizon_s=horizon, window_s=window, drain_s=drain, solver=solver,
                               retain_raw_s=0.0 if retain.strip() == "0" else parse_seconds(retain, "--retain"))
@@ -97,7 +101,7 @@ def daemon(
         def ready(address: str) -> None:
             print(f"aiflow daemon: serving {address}", flush=True)
 
-        asyncio.run(serve(d, host, port, api_token=api_token, on_ready=ready))
+        asyncio.run(serve(d, host, port, api_token=api_token, open_reads=not private_reads, on_ready=ready))
         say("stopped")
     finally:
         store.close()

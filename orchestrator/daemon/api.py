@@ -11,7 +11,6 @@ import base64
 import binascii
 import hmac
 import io
-import math
 from typing import Any, Literal
 
 import torch
@@ -19,7 +18,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.daemon.dashboard import add_dashboard
 from orchestrator.daemon.service import Daemon, ServiceUnavailable
+from orchestrator.daemon.view import finite
 from profiler.errors import InputError
 from runtime.client import RequestFailed
 from runtime.session import is_generative, takes_images
@@ -79,8 +80,8 @@ class NodeChange(BaseModel):
 
 
 def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = True) -> FastAPI:
-    """The API of `daemon`. With `token`, POSTs need `Authorization: Bearer <token>` (and so do reads
-    unless `open_reads`)."""
+    """The API of `daemon`, and its dashboard at `/`. With `token`, POSTs need `Authorization: Bearer <token>`
+    (and so do reads, the dashboard's included, unless `open_reads`; the page itself is always served)."""
     app = FastAPI(title="aiflow daemon", version="1",
                   description="Split inference across device, edge and cloud, kept optimal while the network moves.")
 
@@ -144,7 +145,7 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
         daemon.record_request(text, res, version, predicted)
         return InferenceResponse(output=text, tokens=ids, plan_version=res.plan_version, latency_s=res.scaled_s,
                                  predicted_latency_s=predicted, wall_s=res.measured_s,
-                                 breakdown=_finite(res.breakdown(scale=True)))
+                                 breakdown=finite(res.breakdown(scale=True)))
 
     @app.post("/v1/nodes", dependencies=[Depends(check)])
     async def join(body: JoinRequest) -> dict[str, Any]:
@@ -175,6 +176,7 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
     async def metrics() -> Response:
         return Response(daemon.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    add_dashboard(app, daemon, check_read)
     return app
 
 
@@ -225,14 +227,3 @@ def _pixels(adapter: Any, raw: bytes) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, InputError) as exc:
         raise HTTPException(422, f"image: not a readable PNG or JPEG ({type(exc).__name__})") from None
     return px if px.dim() == 4 else px.unsqueeze(0)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

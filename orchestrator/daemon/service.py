@@ -38,6 +38,7 @@ from orchestrator.daemon.estimate import (
     probe_bytes,
     shift_start,
 )
+from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.daemon.snapshot import link_key, take_snapshot
@@ -124,6 +125,10 @@ class Daemon:
         self.current: Version | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
         self.request_times: deque[float] = deque(maxlen=10_000)
+        # for the dashboard: recent requests and plan switches (wall-clock seconds), and the live event stream
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=500)
+        self.switches: deque[dict[str, Any]] = deque(maxlen=100)
+        self.events = EventHub()
         self.metrics = Metrics()
         self.workers: LocalWorkers | None = None
         self.client: Client | None = None
@@ -191,6 +196,7 @@ class Daemon:
     async def drain(self) -> bool:
         """Stop accepting requests; wait (bounded by settings.drain_s) for those in flight. True if all finished."""
         self.accepting = False
+        self.events.close()
         deadline = time.monotonic() + self.settings.drain_s
         while self.open_requests and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -199,6 +205,7 @@ class Daemon:
     async def close(self) -> None:
         """Stop the jobs, the client and the local workers this daemon started."""
         self.accepting = False
+        self.events.close()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
@@ -250,6 +257,7 @@ class Daemon:
             raise KeyError(f"no link between {a!r} and {b!r}")
         self.truth = replace(truth, links=tuple(links))
         await self._push_emulation()
+        self.events.publish("state")
         return self.truth.to_meta()
 
     async def set_node(self, name: str, slowdown: float) -> dict[str, Any]:
@@ -259,6 +267,7 @@ class Daemon:
         nodes = tuple(replace(n, slowdown=float(slowdown)) if n.name == name else n for n in truth.nodes)
         self.truth = replace(truth, nodes=nodes)
         await self._push_emulation()
+        self.events.publish("state")
         return self.truth.to_meta()
 
     def _require_truth(self) -> Emulation:
@@ -377,6 +386,7 @@ class Daemon:
         self.snapshot_id = await self._record(self._save_probe_rows, self.snapshot)
         self.metrics.observe_snapshot(self.links, self.slowdown, self.nodes)
         self.metrics.probe_seconds.observe(time.monotonic() - t_start)
+        self.events.publish("state")
         if changed:
             await self.resolve("node-" + changed)
         elif shifted:
@@ -604,15 +614,22 @@ class Daemon:
                               self.request_rate_hz())
             plan_id = await self._record(self._save_solve, candidate, snapshot_id, decision, trigger)
             cand_id, decision_id = plan_id if plan_id else (None, None)
-            self._note_decision(decision, trigger, candidate)
+            noted = self._note_decision(decision, trigger, candidate)
             if decision.apply:
+                before = self.current.number if self.current else None
                 await self.switch(candidate, snapshot, cand_id, decision_id)
+                after = self.current.number if self.current else None
+                noted["switched_to"] = after if after != before else None
+                self.events.publish("state")
             return decision
 
-    def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> None:
+    def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> dict[str, Any]:
         self.metrics.decisions.labels(applied=str(decision.apply).lower()).inc()
-        self.decisions.append({"at": datetime.now(UTC).isoformat(), "trigger": trigger,
-                               "assignment": list(candidate.assignment) if candidate else None, **decision.to_dict()})
+        noted = {"at": datetime.now(UTC).isoformat(), "trigger": trigger,
+                 "assignment": list(candidate.assignment) if candidate else None, **decision.to_dict()}
+        self.decisions.append(noted)
+        self.events.publish("state")
+        return noted
 
     async def switch(self, plan: Plan, snapshot: NetworkState, plan_id: int | None, decision_id: int | None) -> None:
         """Two phases: every worker of the new version loads it (the old keeps serving), then new requests
@@ -641,6 +658,9 @@ class Daemon:
                                     decision_id)
         self.current = Version(number, plan, snapshot, plan_id, app_id, datetime.now(UTC))
         self.versions[number] = self.current
+        self.switches.append({"version": number, "at": self.current.applied_at.timestamp(),
+                              "assignment": list(plan.assignment),
+                              "predicted_latency_s": plan.predicted_latency_s})
         self.metrics.switches.labels(outcome="applied").inc()
         self.metrics.plan_version.set(number)
         self.metrics.switch_seconds.observe(time.perf_counter() - t0)
@@ -693,6 +713,9 @@ class Daemon:
         return res, version, predicted if predicted is not None else version.plan.predicted_latency_s
 
     def record_request(self, output: str, res: RequestResult, version: Version, predicted: float) -> None:
+        point = {"at": time.time(), "latency_s": res.scaled_s, "predicted_s": predicted, "version": version.number}
+        self.request_log.append(point)
+        self.events.publish("request", point)
         self._spawn(self._record(self._save_run, output, res, version, predicted), write=True)
 
     # -- history (every store call runs in a thread: SQLAlchemy is synchronous) ----------------------

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select, text
 
 from orchestrator.daemon.api import create_app
+from orchestrator.daemon.dashboard import dashboard_state
 from orchestrator.daemon.service import Daemon
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.demo import unsplit_captions, write_test_images
@@ -149,11 +150,22 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
             await asyncio.sleep(PROBE_S)
             await ask(1)
 
+            # the dashboard's state agrees with what happened: three switches, every request, the decisions
+            board = (await api.get("/v1/dashboard")).json()
+            assert board["plan"]["version"] == 3 and [s["version"] for s in board["switches"]] == [1, 2, 3]
+            # (concurrent requests may be answered in another order than they were logged)
+            logged = sorted((p["version"], p["latency_s"]) for p in board["requests"])
+            assert logged == sorted((o[0], o[3]) for o in outputs)
+            switched = [d["switched_to"] for d in board["decisions"] if d["outcome"] == "switched"]
+            assert switched == [v for v in (1, 2, 3) if v in switched] and 3 in switched
+            assert all(d["outcome"] == "kept" for d in board["decisions"] if not d["apply"])
             metrics = (await api.get("/metrics")).text
             assert 'aiflow_plan_switches_total{outcome="applied"}' in metrics
             assert "aiflow_link_bandwidth_bps" in metrics and "aiflow_node_slowdown" in metrics
             assert 'aiflow_worker_restarts_total{node="edge"} 1.0' in metrics
         final_pids = [s.pid for s in daemon.nodes.values()]
+        assert dashboard_state(daemon, with_requests=False)["plan"]["nodes"]["phone"]["units"] \
+            == [u for u, n in enumerate(daemon.current.plan.assignment) if n == "phone"]
         await daemon.drain()
         await daemon.close()
         assert not any(alive(p) for p in final_pids)
