@@ -111,26 +111,48 @@ Proposer = Callable[[Sequence[int], int], list[int]]
 Verifier = Callable[[Sequence[int], Sequence[int]], tuple[int, list[int]]]
 
 
+class Rounds:
+    """The round loop's bookkeeping, shared by the in-process loop and the networked one: how many
+    tokens to propose next (None: done), and the tokens a verdict adds."""
+
+    def __init__(self, k: int, max_new_tokens: int, eos: int | None) -> None:
+        if k < 1:
+            raise ValueError(f"k: must be at least 1, got {k}")
+        self.k, self.max_new_tokens, self.eos = k, max_new_tokens, eos
+        self.out: list[int] = []
+        self.result = SpecResult(tokens=[])
+
+    def proposals(self) -> int | None:
+        """Draft tokens to ask for this round: k, fewer near max_new_tokens so that a round never
+        makes more tokens than are left (0: the target alone makes the last one); None when done."""
+        if len(self.out) >= self.max_new_tokens or (self.eos is not None and self.eos in self.out):
+            return None
+        return min(self.k, self.max_new_tokens - len(self.out) - 1)
+
+    def take(self, proposed: Sequence[int], n: int, kept: Sequence[int]) -> None:
+        r = self.result
+        r.rounds += 1
+        r.draft_passes += len(proposed)
+        r.accepted += n
+        r.per_round.append(n)
+        self.out += kept
+
+    def finish(self) -> SpecResult:
+        out, eos = self.out, self.eos
+        self.result.tokens = out[: out.index(eos)] if eos is not None and eos in out else list(out)
+        return self.result
+
+
 def speculative_decode(propose: Proposer, verify: Verifier, k: int, max_new_tokens: int,
                        eos: int | None) -> SpecResult:
     """Rounds of propose-k / verify until EOS or max_new_tokens. `propose(tokens, k)` gives at most k
-    draft tokens after `tokens`; `verify(tokens, proposed)` gives (n, kept) by the accept rule. The
-    last round proposes fewer so that a round never produces more tokens than are left."""
-    if k < 1:
-        raise ValueError(f"k: must be at least 1, got {k}")
-    out: list[int] = []
-    res = SpecResult(tokens=[])
-    while len(out) < max_new_tokens and (eos is None or eos not in out):
-        room = max_new_tokens - len(out)
-        proposed = propose(out, min(k, room - 1)) if room > 1 else []
-        n, kept = verify(out, proposed)
-        res.rounds += 1
-        res.draft_passes += len(proposed)
-        res.accepted += n
-        res.per_round.append(n)
-        out += kept
-    res.tokens = out[: out.index(eos)] if eos is not None and eos in out else out
-    return res
+    draft tokens after `tokens`; `verify(tokens, proposed)` gives (n, kept) by the accept rule."""
+    rounds = Rounds(k, max_new_tokens, eos)
+    while (want := rounds.proposals()) is not None:
+        proposed = propose(rounds.out, want) if want else []
+        n, kept = verify(rounds.out, proposed)
+        rounds.take(proposed, n, kept)
+    return rounds.finish()
 
 
 def local_speculative(draft: Scorer, target: Scorer, k: int, max_new_tokens: int, eos: int | None) -> SpecResult:
