@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 
+from profiler.adapters.base import InputSpec, ModelAdapter
+
 
 def accept(proposed: Sequence[int], target_next: Sequence[int]) -> tuple[int, list[int]]:
     """(n, kept): n = how many proposed tokens the target agrees with, kept = proposed[:n] plus the
@@ -159,3 +161,29 @@ def local_speculative(draft: Scorer, target: Scorer, k: int, max_new_tokens: int
     """Both models in this process (the reference the networked runtime is tested against)."""
     return speculative_decode(lambda t, kk: greedy_propose(draft, t, kk, eos),
                               lambda t, p: verify_with(target, t, p), k, max_new_tokens, eos)
+
+
+# -- what the adapters give ----------------------------------------------------------------------------
+def encoder_range(adapter: ModelAdapter) -> range:
+    """The units a request runs once before decoding (a vision encoder); empty for a causal LM."""
+    for ph in adapter.phases(InputSpec()):
+        if ph.name == "encode":
+            return range(ph.first, ph.last + 1)
+    return range(0)
+
+
+def run_encoder(adapter: ModelAdapter, first: int, last: int, x: torch.Tensor) -> torch.Tensor:
+    """Encoder units first..last on x (nothing when first > last)."""
+    if first > last:
+        return x
+    return adapter.run(first, last, x, phase="encode", position=0, state=adapter.new_state())
+
+
+def make_scorer(adapter: ModelAdapter, context: torch.Tensor) -> Scorer:
+    """A scorer on the request's context: the encoder output, or the prompt ids of a causal LM."""
+    if encoder_range(adapter):
+        start = getattr(adapter, "start_token_id", None)
+        if start is None:
+            raise ValueError(f"{adapter.name}: no decoder start token")
+        return EncoderDecoderScorer(adapter.model.decoder, context, int(start))
+    return CausalScorer(adapter.model, context.reshape(-1).tolist())

@@ -36,39 +36,21 @@ from typing import Any
 
 import torch
 
-from profiler.adapters.base import InputSpec, ModelAdapter
-from profiler.speculative import CausalScorer, EncoderDecoderScorer, Rounds, Scorer, greedy_propose, verify_with
+from profiler.adapters.base import ModelAdapter
+from profiler.speculative import (
+    Rounds,
+    Scorer,
+    encoder_range,
+    greedy_propose,
+    make_scorer,
+    run_encoder,
+    verify_with,
+)
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame
 from runtime.links import EmulatedNetwork, sleep_until
 from runtime.transport import FrameServer, Transport
 
 TOKEN_BYTES = 8          # an int64 token id on the wire
-
-
-# -- what the adapters give ----------------------------------------------------------------------------
-def encoder_range(adapter: ModelAdapter) -> range:
-    """The units a request runs once before decoding (a vision encoder); empty for a causal LM."""
-    for ph in adapter.phases(InputSpec()):
-        if ph.name == "encode":
-            return range(ph.first, ph.last + 1)
-    return range(0)
-
-
-def run_encoder(adapter: ModelAdapter, first: int, last: int, x: torch.Tensor) -> torch.Tensor:
-    """Encoder units first..last on x (nothing when first > last)."""
-    if first > last:
-        return x
-    return adapter.run(first, last, x, phase="encode", position=0, state=adapter.new_state())
-
-
-def make_scorer(adapter: ModelAdapter, context: torch.Tensor) -> Scorer:
-    """A scorer on the request's context: the encoder output, or the prompt ids of a causal LM."""
-    if encoder_range(adapter):
-        start = getattr(adapter, "start_token_id", None)
-        if start is None:
-            raise ValueError(f"{adapter.name}: no decoder start token")
-        return EncoderDecoderScorer(adapter.model.decoder, context, int(start))
-    return CausalScorer(adapter.model, context.reshape(-1).tolist())
 
 
 # -- the verifier --------------------------------------------------------------------------------------

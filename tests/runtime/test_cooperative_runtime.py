@@ -14,8 +14,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from profiler.captioner.model import build_model, greedy_decode
 from profiler.captioner.tokenizer import build_tokenizer
 from profiler.models import load_adapter
+from profiler.speculative import encoder_range
 from runtime.codec import Frame, decode_frame, encode_frame
-from runtime.cooperative import CoopClient, Pacing, Verifier, coop_route, encoder_range
+from runtime.cooperative import CoopClient, Pacing, Verifier, coop_route
 from runtime.links import EmulatedNetwork
 from runtime.stages import LinkSpec, NodeSpec
 from runtime.transport import GrpcTransport
