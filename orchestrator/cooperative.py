@@ -142,8 +142,11 @@ def check_cooperative(target: Profile, draft: Profile, net: NetworkState, assign
         return problems
     if set(draft_assignment) != {net.source}:
         problems.append(f"the draft runs on the source ({net.source}) in a cooperative plan")
-    if len({assignment[u] for u in decoder_units(target)}) != 1:
+    verifiers = {assignment[u] for u in decoder_units(target)}
+    if len(verifiers) != 1:
         problems.append("the target's decoder units must all run on one node (the verifier)")
+    elif verifiers == {net.source}:
+        problems.append(f"the target verifies on another node than the source ({net.source})")
     for model, assign in ((target, assignment), (draft, draft_assignment)):
         for u, node in enumerate(assign):
             hw = net.node(node).hardware
@@ -200,3 +203,14 @@ def evaluate_cooperative(target: Profile, draft: Profile, net: NetworkState, ass
              CoopTerm("result", f"result {d}->{net.sink_node}",
                       _tau(target, net, d, net.sink_node, target.result_bytes))]
     return CoopEvaluation(sum(t.seconds for t in terms), k, v, tuple(terms))
+
+
+def latency_for_rounds(target: Profile, draft: Profile, net: NetworkState, assignment: Sequence[str],
+                       draft_assignment: Sequence[str], k: int, rounds: int, draft_passes: int) -> float:
+    """L_coop of one request that took `rounds` verifications and `draft_passes` draft passes (what
+    the runtime's measured latency is compared with)."""
+    stats = spec_stats(draft, k).model_copy(update={"rounds": max(rounds, 1), "draft_passes": draft_passes})
+    assert draft.speculative is not None
+    spec = draft.speculative.model_copy(update={"k": {**draft.speculative.k, str(k): stats}})
+    one = draft.model_copy(update={"speculative": spec})
+    return evaluate_cooperative(target, one, net, assignment, draft_assignment, k).latency_s

@@ -20,6 +20,8 @@ def caption(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption, scene}."),
     network: Path | None = typer.Option(None, "--network", help="Network file: caption through workers."),
     plan: Path | None = typer.Option(None, "--plan", help="Plan file: where each unit runs (with --network)."),
+    draft: str | None = typer.Option(None, "--draft", help="Draft captioner for a cooperative plan: it proposes "
+                                     "on the source, --model verifies (with --network and --plan)."),
 ) -> None:
     """Caption images with the unsplit model (greedy), or through workers with --network and --plan."""
     from transformers.utils import logging as hf_logging
@@ -31,7 +33,15 @@ def caption(
 
     if (network is None) != (plan is None):
         raise InputError("--network/--plan: give both to caption through workers, or neither")
-    if network is not None and plan is not None:
+    if draft is not None and network is None:
+        raise InputError("--draft: give --network and a cooperative --plan too")
+    if draft is not None and network is not None and plan is not None:
+        from orchestrator.apply import caption_cooperative
+        from profiler.captioner.model import MAX_NEW_TOKENS
+
+        captions = [r.text for r in caption_cooperative([str(p) for p in images], model, draft, str(network),
+                                                        str(plan), max_new_tokens=MAX_NEW_TOKENS)]
+    elif network is not None and plan is not None:
         captions = _distributed(images, model, network, plan)
     else:
         captions = caption_files(images, model)
