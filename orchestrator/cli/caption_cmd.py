@@ -69,8 +69,13 @@ def train_captioner(
     steps: int = typer.Option(4000, "--steps", help="Optimiser steps (batch 64)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data generator and of the initial weights."),
     out: Path = typer.Option(Path("tiny-captioner"), "--out", help="Folder to write the trained model to."),
+    member: str | None = typer.Option(None, "--member", help="Train a family member instead: captioner-draft or "
+                                      "captioner-target (its decoder; the encoder copied from --base, frozen)."),
+    base: str = typer.Option("tiny-captioner", "--base", help="With --member: the captioner whose encoder it keeps."),
+    threads: int = typer.Option(2, "--threads", help="torch threads."),
 ) -> None:
-    """Train tiny-captioner from scratch on generated scenes and save it with its training record."""
+    """Train tiny-captioner from scratch on generated scenes (or a family member on tiny-captioner's
+    encoder) and save it with its training record."""
     from profiler.captioner.train import Progress as Step
     from profiler.captioner.train import TrainOptions, train
 
@@ -78,7 +83,17 @@ def train_captioner(
         raise InputError(f"--steps: must be at least 1, got {steps}")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
-    opts = TrainOptions(steps=steps, seed=seed)
+    if threads < 1:
+        raise InputError(f"--threads: must be at least 1, got {threads}")
+    base_folder = None
+    if member is not None:
+        from profiler.captioner.family import MEMBERS
+        from profiler.captioner.inference import model_folder
+
+        if member not in MEMBERS:
+            raise InputError(f"--member: expected one of {', '.join(MEMBERS)}, got {member!r}")
+        base_folder = str(model_folder(base))
+    opts = TrainOptions(steps=steps, seed=seed, member=member, base=base_folder, threads=threads)
     columns = (TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
