@@ -243,6 +243,7 @@ def speculative_cmd(
     prompt: list[str] = typer.Option([], "--prompt", help="Sample prompts for a causal LM; repeatable."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens per request at most."),
     out: Path = typer.Option(..., "--out", help="The draft profile with its `speculative` section."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (r_k is timed with them)."),
 ) -> None:
     from profiler.hardware import hardware_class
     from profiler.models import load_adapter
@@ -251,12 +252,17 @@ def speculative_cmd(
     from profiler.speculative_profile import measure_speculative
 
     k_list = parse_ks(ks)
+    if threads < 1:
+        raise InputError(f"--threads: must be at least 1, got {threads}")
     if samples < 1:
         raise InputError(f"--samples: must be at least 1, got {samples}")
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
     _check_out(out)
     base = load_profile(draft_profile)
+    import torch
+
+    torch.set_num_threads(threads)
     d, t = load_adapter(draft), load_adapter(target)
     if base.model != d.name:
         raise InputError(f"{draft_profile}: a profile of {base.model}, not of the draft {d.name}")
@@ -273,7 +279,7 @@ def speculative_cmd(
         inputs = [torch_ids(t.encode_text(p)) for p in prompt]
         where = f"{len(prompt)} prompts"
     with console.status(f"measuring {d.name} against {t.name} on {where}"):
-        prof = measure_speculative(base, d, t, inputs, k_list, max_new_tokens, hardware_class())
+        prof = measure_speculative(base, d, t, inputs, k_list, max_new_tokens, hardware_class(threads=threads))
     save_profile(prof, out)
     table = Table(title=f"{d.name} proposing for {t.name} ({where})", title_justify="left")
     for col in ("k", "acceptance", "rounds", "draft passes", "tokens", "r_k"):
