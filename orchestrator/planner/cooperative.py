@@ -117,6 +117,8 @@ def search_cooperative(target: Profile, draft: Profile, net: NetworkState,
     draft_assignment = [net.source] * len(draft.units)
     out = CoopSearch(best=None)
     for v in net.node_names:
+        if v == net.source:
+            continue                      # the source runs the draft; the target verifies elsewhere
         chain = _encoder_chain(target, net, v, n_enc)
         if chain is None:
             out.skipped.append(f"{v}: no placement of the encoder reaches it")

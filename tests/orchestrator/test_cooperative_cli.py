@@ -115,3 +115,21 @@ def test_bad_draft_profiles_are_one_line_errors(tmp_path: Path, capsys: pytest.C
     code, _, err = aiflow_in_process(capsys, monkeypatch, "plan", "--profile", t, "--draft-profile", d,
                                      "--network", n, "--objective", "throughput")
     assert code == 2 and "latency objective" in err
+
+
+def test_shipped_family_profiles_choose_by_network(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The family's shipped profiles: split on the three-tier network (the phone holds the target),
+    cooperative where the phone holds only the draft and the links are short (examples/family)."""
+    root = Path(__file__).resolve().parents[2] / "examples"
+    t, d = root / "captioner-target.profile.json", root / "captioner-draft.profile.json"
+    answers = {}
+    for net in ("three-tier.network.yaml", "family.network.yaml"):
+        code, stdout, err = aiflow_in_process(capsys, monkeypatch, "plan", "--profile", t, "--draft-profile", d,
+                                              "--network", root / net, "--json", "--no-store")
+        assert code == 0, err
+        answers[net] = json.loads(stdout)
+    assert answers["three-tier.network.yaml"]["mode"] == "split"
+    coop = answers["family.network.yaml"]
+    assert coop["mode"] == "cooperative" and coop["draft_model"] == "captioner-draft"
+    assert set(coop["draft_assignment"]) == {"phone"} and coop["assignment"][-1] != "phone"
