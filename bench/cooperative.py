@@ -68,6 +68,8 @@ POINTS = (
     Point("100 Mbit/s, 2 ms / 5 ms", 100 * MBIT, 0.002, 0.005),
     Point("phone lends 16 MB; 20 Mbit/s, 10 ms / 25 ms", 20 * MBIT, 0.010, 0.025, SMALL),
     Point("phone lends 16 MB; 100 Mbit/s, 2 ms / 5 ms", 100 * MBIT, 0.002, 0.005, SMALL),
+    Point("phone lends 16 MB; 100 Mbit/s, 2 ms / 25 ms", 100 * MBIT, 0.002, 0.025, SMALL),
+    Point("phone lends 16 MB; 20 Mbit/s, 2 ms / 25 ms", 20 * MBIT, 0.002, 0.025, SMALL),
 )
 
 

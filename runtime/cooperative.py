@@ -249,13 +249,11 @@ class CoopClient:
                                tensor=target_in.contiguous(), meta={"pace_s": p.target_rest_s}))
         try:
             async def propose(tokens: Sequence[int], k: int) -> list[int]:
-                out: list[int] = []
-                for _ in range(k):
-                    t = time.perf_counter()
-                    out += greedy_propose(draft, [*tokens, *out], 1, eos)
-                    await sleep_until(t + p.draft_pass_s)
-                    if out[-1] == eos:
-                        break
+                # the passes run back to back on the source: paced once for all of them (one sleep
+                # per round rather than per pass, whose wake-up delays would add up)
+                t = time.perf_counter()
+                out = greedy_propose(draft, tokens, k, eos)
+                await sleep_until(t + len(out) * p.draft_pass_s)
                 return out
 
             async def verify(tokens: Sequence[int], proposed: Sequence[int]) -> tuple[int, list[int]]:
