@@ -60,3 +60,20 @@ def caption_distributed(images: Sequence[str | Path], model: str, network: Netwo
     results = run_on_network(model, net, pl, [str(p) for p in images], max_new_tokens=max_new_tokens,
                              emulate=emulate, profile=profile, dilation=dilation, trace_base=base, adapter=adapter)
     return [r.text for r in results]
+
+
+def caption_cooperative(images: Sequence[str | Path], model: str, draft: str, network: NetworkState | str | Path,
+                        plan: Plan | str | Path, *, max_new_tokens: int = 32, emulate: bool = True,
+                        target_profile: Any | None = None, draft_profile: Any | None = None,
+                        dilation: float = 1.0) -> list[Any]:
+    """Caption image files cooperatively: `draft` proposes on the source, `model` verifies where the
+    cooperative `plan` says (runtime.cooperative_session); the target's own greedy captions."""
+    from runtime.cooperative_session import run_cooperative
+
+    net, pl, base = load_network_and_plan(network, plan)
+    stray = sorted((set(pl.assignment) | set(pl.draft_assignment or [])) - {n.name for n in net.nodes})
+    if stray:
+        raise InputError(f"{plan}: node {stray[0]!r} is not in the network")
+    return run_cooperative(model, draft, net, pl, [str(p) for p in images], max_new_tokens=max_new_tokens,
+                           emulate=emulate, target_profile=target_profile, draft_profile=draft_profile,
+                           dilation=dilation, trace_base=base)

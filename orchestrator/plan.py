@@ -40,6 +40,12 @@ class Plan(BaseModel):
     bottleneck_s: float | None = None
     # Per-hop activation compression the runtime applies ("fp16", "int8"); absent means none.
     compression: str | None = None
+    # Cooperative (speculative) plans: `assignment` places the target, `draft_assignment` the draft
+    # (docs/planner.md, "Cooperative mode"); absent on the split plans of one model.
+    mode: Literal["split", "cooperative"] | None = None
+    draft_model: str | None = None
+    draft_assignment: list[str] | None = None
+    k: int | None = Field(default=None, ge=1)
 
 
 def load_plan(path: str | Path) -> Plan:

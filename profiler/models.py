@@ -23,6 +23,8 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 # Built-in names and what they are. Each (but smollm2-135m) is a folder under profiler/builtin/.
 BUILTINS: dict[str, str] = {
     "tiny-captioner": "the project's trained ViT + GPT-2 captioner (vision-encoder-decoder)",
+    "captioner-draft": "tiny-captioner's family: its encoder, a 2-block width-64 decoder (the draft; fp16 file)",
+    "captioner-target": "tiny-captioner's family: its encoder, a 4-block width-256 decoder (the target; fp16 file)",
     "tiny-gpt2": "GPT-2, 3 blocks of width 64, random-init",
     "tiny-llama": "Llama, 3 layers of width 64 with grouped-query attention, random-init",
     "tiny-vit": "ViT, 32 px, patch 8, 3 layers of width 64, random-init",

@@ -10,7 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from profiler.fileio import dump_json, load_document, parse_document
 
@@ -81,6 +90,34 @@ class Overheads(_Frozen):
     codec: dict[str, CodecCost] = Field(default_factory=dict)   # "fp16", "int8"
 
 
+class SpecStats(_Frozen):
+    """Speculative decoding with draft length k, measured on sample inputs (means per request)."""
+
+    acceptance: float = Field(ge=0.0, le=1.0)  # proposals the target kept / proposals made
+    rounds: PositiveFloat                      # target verification passes per request
+    draft_passes: NonNegativeFloat             # draft passes (proposed tokens) per request
+    tokens: NonNegativeFloat                   # tokens per request, EOS included
+    verify_ratio: PositiveFloat = 1.0          # a target pass over k+1 new positions / a one-token pass
+
+
+class Speculative(_Frozen):
+    """A draft model's measured agreement with its target (the draft profile's optional section)."""
+
+    target: str = Field(min_length=1)
+    samples: PositiveInt
+    new_tokens: PositiveInt
+    k: dict[str, SpecStats] = Field(min_length=1)     # keyed by k as text ("1", "2", ...)
+    # Where r_k was timed; other classes are assumed to scale a pass over k+1 positions the same way.
+    verify_ratio_hardware: str | None = None
+
+    @model_validator(mode="after")
+    def _ks(self) -> Speculative:
+        for key in self.k:
+            if not key.isdigit() or int(key) < 1:
+                raise ValueError(f"k.{key}: keys are draft lengths, whole numbers >= 1")
+        return self
+
+
 class Profile(_Frozen):
     format: Literal["aiflow.profile/v1"] = PROFILE_FORMAT
     model: str = Field(min_length=1)
@@ -97,6 +134,8 @@ class Profile(_Frozen):
     # Set on a profile whose activation bytes were scaled for a compressed wire ("fp16", "int8"):
     # the cost model then adds the codec's compute to every compressed hop.
     wire: Literal["fp16", "int8"] | None = None
+    # A draft model's measured acceptance against its target, per draft length k (cooperative mode).
+    speculative: Speculative | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:

@@ -29,8 +29,9 @@ class LocalWorkers:
     def __init__(self, model: str, names: Sequence[str], *, token: str | None = None, host: str = "127.0.0.1",
                  threads: int | None = None, release_unused: bool = False, python: str = sys.executable,
                  state_timeout_s: float = 120.0, hosts: Mapping[str, str] | None = None,
-                 launchers: Mapping[str, Sequence[str]] | None = None) -> None:
+                 launchers: Mapping[str, Sequence[str]] | None = None, module: str = "runtime.worker") -> None:
         self.model = model
+        self.module = module                             # runtime.worker, or runtime.cooperative (a verifier)
         self.names = list(dict.fromkeys(names))
         self.token = token or secrets.token_hex(16)
         self.host = host
@@ -67,7 +68,7 @@ class LocalWorkers:
         env["AIFLOW_TOKEN"] = self.token
         env["AIFLOW_PARENT_PID"] = str(os.getpid())       # workers stop if this process dies
         env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        cmd = [*self.launchers.get(name, ()), self.python, "-m", "runtime.worker", "--name", name,
+        cmd = [*self.launchers.get(name, ()), self.python, "-m", self.module, "--name", name,
                "--listen", f"{self.hosts.get(name, self.host)}:0",
                "--model", self.model, "--state-timeout", str(self.state_timeout_s)]
         if self.threads:

@@ -20,6 +20,8 @@ def caption(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption, scene}."),
     network: Path | None = typer.Option(None, "--network", help="Network file: caption through workers."),
     plan: Path | None = typer.Option(None, "--plan", help="Plan file: where each unit runs (with --network)."),
+    draft: str | None = typer.Option(None, "--draft", help="Draft captioner for a cooperative plan: it proposes "
+                                     "on the source, --model verifies (with --network and --plan)."),
 ) -> None:
     """Caption images with the unsplit model (greedy), or through workers with --network and --plan."""
     from transformers.utils import logging as hf_logging
@@ -31,7 +33,15 @@ def caption(
 
     if (network is None) != (plan is None):
         raise InputError("--network/--plan: give both to caption through workers, or neither")
-    if network is not None and plan is not None:
+    if draft is not None and network is None:
+        raise InputError("--draft: give --network and a cooperative --plan too")
+    if draft is not None and network is not None and plan is not None:
+        from orchestrator.apply import caption_cooperative
+        from profiler.captioner.model import MAX_NEW_TOKENS
+
+        captions = [r.text for r in caption_cooperative([str(p) for p in images], model, draft, str(network),
+                                                        str(plan), max_new_tokens=MAX_NEW_TOKENS)]
+    elif network is not None and plan is not None:
         captions = _distributed(images, model, network, plan)
     else:
         captions = caption_files(images, model)
@@ -59,8 +69,13 @@ def train_captioner(
     steps: int = typer.Option(4000, "--steps", help="Optimiser steps (batch 64)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data generator and of the initial weights."),
     out: Path = typer.Option(Path("tiny-captioner"), "--out", help="Folder to write the trained model to."),
+    member: str | None = typer.Option(None, "--member", help="Train a family member instead: captioner-draft or "
+                                      "captioner-target (its decoder; the encoder copied from --base, frozen)."),
+    base: str = typer.Option("tiny-captioner", "--base", help="With --member: the captioner whose encoder it keeps."),
+    threads: int = typer.Option(2, "--threads", help="torch threads."),
 ) -> None:
-    """Train tiny-captioner from scratch on generated scenes and save it with its training record."""
+    """Train tiny-captioner from scratch on generated scenes (or a family member on tiny-captioner's
+    encoder) and save it with its training record."""
     from profiler.captioner.train import Progress as Step
     from profiler.captioner.train import TrainOptions, train
 
@@ -68,7 +83,17 @@ def train_captioner(
         raise InputError(f"--steps: must be at least 1, got {steps}")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
-    opts = TrainOptions(steps=steps, seed=seed)
+    if threads < 1:
+        raise InputError(f"--threads: must be at least 1, got {threads}")
+    base_folder = None
+    if member is not None:
+        from profiler.captioner.family import MEMBERS
+        from profiler.captioner.inference import model_folder
+
+        if member not in MEMBERS:
+            raise InputError(f"--member: expected one of {', '.join(MEMBERS)}, got {member!r}")
+        base_folder = str(model_folder(base))
+    opts = TrainOptions(steps=steps, seed=seed, member=member, base=base_folder, threads=threads)
     columns = (TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:

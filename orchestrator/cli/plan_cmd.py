@@ -2,7 +2,8 @@
 
     aiflow plan --profile F --network F [--objective latency|throughput] [--solver cbc|highs|cpsat]
                 [--time-limit S] [--warm-start PLAN] [--no-fast-path] [--out FILE] [--json] [--no-store]
-    aiflow plan compare --profile F --network F [--solver S] [--json]
+    aiflow plan --profile F --draft-profile Q --network F [--json]     (split or cooperative, and k)
+    aiflow plan compare --profile F --network F [--draft-profile Q] [--solver S] [--json]
     aiflow plan explain PLAN --profile F --network F [--no-price] [--json]     (PLAN: a file or a stored id)
     aiflow plan diff A B [--profile F --network F] [--json]
     aiflow plan show PLAN | --live [--url URL] [--json]
@@ -33,6 +34,40 @@ err_console = Console(stderr=True)
 ProfileOpt = Annotated[Path, typer.Option("--profile", help="aiflow.profile/v1 file (JSON)")]
 NetworkOpt = Annotated[Path, typer.Option("--network", help="aiflow.network/v1 file (YAML or JSON)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+DraftOpt = Annotated[Path | None, typer.Option("--draft-profile", help="the draft model's profile with its "
+                                               "measured acceptance (aiflow profile speculative): also "
+                                               "consider cooperative plans")]
+
+
+def _load_draft(path: Path | None) -> Profile | None:
+    if path is None:
+        return None
+    draft = load_profile(path)
+    if draft.speculative is None:
+        raise InputError(f"{path}: no `speculative` section (measure it with `aiflow profile speculative`)")
+    return draft
+
+
+def _cooperative(split: Plan, prof: Profile, draft: Profile, net: NetworkState):  # noqa: ANN202
+    """choose_plan with its errors as one-line InputErrors."""
+    from orchestrator.cooperative import CooperativeUnsupported
+    from orchestrator.planner.cooperative import choose_plan
+
+    try:
+        return choose_plan(split, prof, draft, net)
+    except CooperativeUnsupported as exc:
+        raise InputError(f"--draft-profile: {exc}") from None
+
+
+def print_coop_terms(ev, title: str) -> None:  # noqa: ANN001 - a CoopEvaluation
+    table = Table(title=title, title_justify="left")
+    for col in ("term", "count", "where", "seconds"):
+        table.add_column(col, justify="right" if col in ("count", "seconds") else "left")
+    for t in ev.terms:
+        if t.seconds or t.kind in ("verify", "draft-pass"):
+            table.add_row(t.kind, f"{t.count:.2f}", t.label, _seconds(t.seconds))
+    table.add_row("[bold]L_coop[/bold]", "", f"k={ev.k}, verifier {ev.verifier}", f"[bold]{_seconds(ev.latency_s)}[/]")
+    console.print(table)
 
 
 def _seconds(s: float) -> str:
@@ -130,19 +165,38 @@ def solve_cmd(
     as_json: JsonOpt = False,
     store: Annotated[bool, typer.Option("--store/--no-store", help="record the solve in the history database")]
     = True,
+    draft_profile: DraftOpt = None,
 ) -> None:
     from orchestrator.planner import solve
 
     prof, net = load_profile(profile), load_network(network)
+    draft = _load_draft(draft_profile)
+    if draft is not None and objective != "latency":
+        raise InputError("--draft-profile: cooperative plans are chosen for the latency objective only")
     start = load_plan(warm_start) if warm_start else None
     plan = solve(prof, net, _options(objective, solver, time_limit, fast_path, start))  # type: ignore[arg-type]
+    search = None
+    if draft is not None:
+        plan, search = _cooperative(plan, prof, draft, net)
     plan_id = store_plan(plan, prof, net) if store else None
     if out:
         save_plan(plan, out)
     if as_json:
         _print_json(plan.model_dump(mode="json", by_alias=True, exclude_none=True))
+    elif plan.mode == "cooperative" and search is not None and search.best is not None:
+        print_coop_terms(search.best.evaluation, f"cooperative plan: {plan.draft_model} on {net.source} proposes "
+                                                 f"k={plan.k}, {plan.model} verifies")
+        console.print(f"target placement: {_placement(plan.assignment)}", highlight=False)
+        line = f"predicted latency: [bold]{_seconds(plan.predicted_latency_s)}[/bold] ({plan.status})"
+        console.print(line + (f"   stored as plan {plan_id}" if plan_id is not None else ""))
+        if out:
+            console.print(f"wrote {out}")
     else:
         print_plan(plan, prof, net, plan_id)
+        if draft is not None and search is not None and search.best is not None:
+            console.print(f"best cooperative plan: {_seconds(search.best.evaluation.latency_s)} "
+                          f"(k={search.best.k}, verifier {search.best.evaluation.verifier}): split is faster",
+                          highlight=False)
         if out:
             console.print(f"wrote {out}")
 
@@ -150,12 +204,16 @@ def solve_cmd(
 @app.command("compare", help="Every baseline beside the optimum, with the ratio of their latencies.")
 def compare_cmd(profile: ProfileOpt, network: NetworkOpt,
                 solver: Annotated[str, typer.Option(help="cbc, highs or cpsat")] = "cbc",
-                as_json: JsonOpt = False) -> None:
+                as_json: JsonOpt = False, draft_profile: DraftOpt = None) -> None:
     from orchestrator.planner import solve
     from orchestrator.planner.baselines import BaselineInfeasible, all_baselines
 
     prof, net = load_profile(profile), load_network(network)
     best = solve(prof, net, _options("latency", solver, None, True))  # type: ignore[arg-type]
+    draft = _load_draft(draft_profile)
+    if draft is not None:
+        _compare_family(prof, draft, net, best, network.name, as_json)
+        return
     rows = [{"strategy": "optimal", "latency_s": best.predicted_latency_s, "ratio": 1.0,
              "assignment": best.assignment, "status": best.status}]
     for label, fn in all_baselines(net):
@@ -179,6 +237,65 @@ def compare_cmd(profile: ProfileOpt, network: NetworkOpt,
         else:
             table.add_row(r["strategy"], _seconds(r["latency_s"]), f"{r['ratio']:.2f}", _placement(r["assignment"]))
     console.print(table)
+
+
+def family_rows(prof: Profile, draft: Profile, net: NetworkState, split: Plan) -> list[dict]:
+    """Draft-only on the source, target-only on each node, the best split of the target, the best
+    cooperative plan and the best for every measured k."""
+    from orchestrator.planner.baselines import BaselineInfeasible, single_node
+
+    rows: list[dict] = []
+
+    def single(model: Profile, node: str, label: str) -> None:
+        try:
+            p = single_node(model, net, node)
+            rows.append({"strategy": label, "model": model.model, "mode": "split", "latency_s": p.predicted_latency_s,
+                         "assignment": p.assignment})
+        except BaselineInfeasible as exc:
+            rows.append({"strategy": label, "model": model.model, "latency_s": None,
+                         "infeasible": "; ".join(exc.reasons)})
+
+    single(draft, net.source, f"draft-only ({net.source})")
+    for n in net.node_names:
+        single(prof, n, f"target-only ({n})")
+    rows.append({"strategy": "best split", "model": prof.model, "mode": "split", "latency_s": split.predicted_latency_s,
+                 "assignment": split.assignment})
+    _, search = _cooperative(split, prof, draft, net)
+    if search.best is not None:
+        b = search.best
+        rows.append({"strategy": f"best cooperative (k={b.k})", "model": prof.model, "mode": "cooperative",
+                     "latency_s": b.evaluation.latency_s, "assignment": b.assignment,
+                     "draft_assignment": b.draft_assignment, "k": b.k})
+    for k, c in sorted(search.per_k.items()):
+        rows.append({"strategy": f"cooperative k={k}", "model": prof.model, "mode": "cooperative",
+                     "latency_s": c.evaluation.latency_s, "assignment": c.assignment,
+                     "draft_assignment": c.draft_assignment, "k": k})
+    best = min(r["latency_s"] for r in rows if r["latency_s"] is not None)
+    for r in rows:
+        r["ratio"] = r["latency_s"] / best if r["latency_s"] is not None and best > 0 else None
+    return rows
+
+
+def _compare_family(prof: Profile, draft: Profile, net: NetworkState, split: Plan, net_name: str,
+                    as_json: bool) -> None:
+    rows = family_rows(prof, draft, net, split)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"{prof.model} with {draft.model} on {net_name}: modes against the fastest",
+                  title_justify="left")
+    for col in ("strategy", "latency", "x fastest", "placement"):
+        table.add_column(col, justify="right" if col in ("latency", "x fastest") else "left")
+    for r in rows:
+        if r["latency_s"] is None:
+            table.add_row(r["strategy"], "infeasible", "-", r["infeasible"])
+        else:
+            where = _placement(r["assignment"])
+            if r.get("draft_assignment"):
+                where = f"target {where}; draft {_placement(r['draft_assignment'])}"
+            table.add_row(r["strategy"], _seconds(r["latency_s"]), f"{r['ratio']:.2f}", where)
+    console.print(table)
+    console.print("draft-only gives the draft's captions; every other row gives the target's.", highlight=False)
 
 
 def _placement(assignment: list[str]) -> str:
@@ -241,11 +358,14 @@ def explain_cmd(plan: Annotated[str, typer.Argument(help="a plan file or a store
                 price: Annotated[bool, typer.Option("--price/--no-price",
                                                     help="re-solve without each constraint to see if it binds")]
                 = True,
-                as_json: JsonOpt = False) -> None:
+                as_json: JsonOpt = False, draft_profile: DraftOpt = None) -> None:
     from orchestrator.planner.explain import explain_plan
 
     p, _ = _load_plan_arg(plan)
     prof, net = load_profile(profile), load_network(network)
+    if p.mode == "cooperative":
+        _explain_cooperative(p, plan, prof, _load_draft(draft_profile), net, as_json)
+        return
     if len(p.assignment) != len(prof.units):
         raise InputError(f"{plan}: field assignment: {len(p.assignment)} units, the profile has {len(prof.units)}")
     ex = explain_plan(prof, net, p.assignment, price=price)
@@ -289,6 +409,38 @@ def explain_cmd(plan: Annotated[str, typer.Argument(help="a plan file or a store
     if ex.optimum_s is not None:
         console.print(f"best plan under every constraint: {_seconds(ex.optimum_s)} "
                       f"(this plan is {ex.latency_s / ex.optimum_s:.3f}x that)" if ex.optimum_s > 0 else "")
+
+
+def _explain_cooperative(p: Plan, name: str, prof: Profile, draft: Profile | None, net: NetworkState,
+                         as_json: bool) -> None:
+    from orchestrator.cooperative import CooperativeUnsupported, evaluate_cooperative
+
+    if draft is None:
+        raise InputError(f"{name}: a cooperative plan: give the draft's profile with --draft-profile")
+    if p.draft_assignment is None or p.k is None:
+        raise InputError(f"{name}: a cooperative plan needs draft_assignment and k")
+    if draft.model != p.draft_model:
+        raise InputError(f"--draft-profile: a profile of {draft.model}, the plan's draft is {p.draft_model}")
+    if len(p.assignment) != len(prof.units) or len(p.draft_assignment) != len(draft.units):
+        raise InputError(f"{name}: the plan's assignments do not match the profiles' unit counts")
+    try:
+        ev = evaluate_cooperative(prof, draft, net, p.assignment, p.draft_assignment, p.k)
+    except CooperativeUnsupported as exc:
+        raise InputError(f"--draft-profile: {exc}") from None
+    if ev.violations:
+        raise InputError(f"{name}: breaks {'; '.join(ev.violations)}")
+    st = draft.speculative.k[str(p.k)] if draft.speculative else None
+    if as_json:
+        _print_json({"mode": "cooperative", "latency_s": ev.latency_s, "k": ev.k, "verifier": ev.verifier,
+                     "acceptance": st.acceptance if st else None, "rounds": st.rounds if st else None,
+                     "draft_passes": st.draft_passes if st else None, "verify_ratio": st.verify_ratio if st else None,
+                     "terms": [t.__dict__ for t in ev.terms]})
+        return
+    print_coop_terms(ev, f"L_coop of plan {name} = {_seconds(ev.latency_s)}")
+    if st is not None:
+        console.print(f"measured for k={p.k}: acceptance {st.acceptance:.3f}, {st.rounds:.2f} rounds and "
+                      f"{st.draft_passes:.2f} draft passes per request, {st.tokens:.2f} tokens, "
+                      f"r_k {st.verify_ratio:.2f}", highlight=False)
 
 
 @app.command("diff", help="Units that move between two plans, and the latency change.")

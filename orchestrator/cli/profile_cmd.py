@@ -2,6 +2,8 @@
 
     aiflow profile MODEL [--input image=64,prompt=16,new=16] [--hardware NAME] [--estimate DEVICE ...]
                          [--out FILE] [--repeats N] [--warmup N] [--threads N] [--no-store]
+    aiflow profile speculative DRAFT_PROFILE --draft MODEL --target MODEL [--ks 1,2,3,4,6,8] [--samples N]
+                               [--prompt TEXT ...] [--max-new-tokens N] --out FILE
     aiflow profile merge A B [...] --out C
     aiflow profile estimate PROFILE DEVICE [...] --out C
     aiflow profile list
@@ -218,6 +220,84 @@ def profile_model(
     console.print(f"wrote {path}", highlight=False)
     if store:
         console.print(_store_profile(profile), highlight=False)
+
+
+def parse_ks(text: str) -> list[int]:
+    """"1,2,4" -> [1, 2, 4]; a one-line InputError otherwise."""
+    try:
+        ks = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise InputError(f"--ks: expected whole numbers separated by commas, got {text!r}") from None
+    if not ks or ks[0] < 1 or ks[-1] > 32:
+        raise InputError(f"--ks: draft lengths between 1 and 32, got {text!r}")
+    return ks
+
+
+@app.command("speculative", help="Measure a draft against its target (acceptance per k) into the draft's profile.")
+def speculative_cmd(
+    draft_profile: Path = typer.Argument(..., help="The draft model's profile (from `aiflow profile MODEL`)."),
+    draft: str = typer.Option(..., "--draft", help="The draft model (built-in name or folder)."),
+    target: str = typer.Option(..., "--target", help="The target model it proposes for."),
+    ks: str = typer.Option("1,2,3,4,6,8", "--ks", help="Draft lengths k to measure."),
+    samples: int = typer.Option(50, "--samples", help="Sample inputs: generated validation scenes (captioners)."),
+    prompt: list[str] = typer.Option([], "--prompt", help="Sample prompts for a causal LM; repeatable."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens per request at most."),
+    out: Path = typer.Option(..., "--out", help="The draft profile with its `speculative` section."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (r_k is timed with them)."),
+) -> None:
+    from profiler.hardware import hardware_class
+    from profiler.models import load_adapter
+    from profiler.profile import load_profile, save_profile
+    from profiler.speculative import encoder_range
+    from profiler.speculative_profile import measure_speculative
+
+    k_list = parse_ks(ks)
+    if threads < 1:
+        raise InputError(f"--threads: must be at least 1, got {threads}")
+    if samples < 1:
+        raise InputError(f"--samples: must be at least 1, got {samples}")
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
+    _check_out(out)
+    base = load_profile(draft_profile)
+    import torch
+
+    torch.set_num_threads(threads)
+    d, t = load_adapter(draft), load_adapter(target)
+    if base.model != d.name:
+        raise InputError(f"{draft_profile}: a profile of {base.model}, not of the draft {d.name}")
+    if d.eos_token_id != t.eos_token_id or d.decode_tokens(list(range(8))) != t.decode_tokens(list(range(8))):
+        raise InputError(f"--draft/--target: {d.name} and {t.name} do not share a tokenizer")
+    if encoder_range(t):
+        from profiler.captioner.data import fixed_examples
+
+        inputs = [e.pixel_values for e in fixed_examples("val", samples)]
+        where = f"{samples} generated validation scenes"
+    else:
+        if not prompt:
+            raise InputError("--prompt: give sample prompts for a causal LM")
+        inputs = [torch_ids(t.encode_text(p)) for p in prompt]
+        where = f"{len(prompt)} prompts"
+    with console.status(f"measuring {d.name} against {t.name} on {where}"):
+        prof = measure_speculative(base, d, t, inputs, k_list, max_new_tokens, hardware_class(threads=threads))
+    save_profile(prof, out)
+    table = Table(title=f"{d.name} proposing for {t.name} ({where})", title_justify="left")
+    for col in ("k", "acceptance", "rounds", "draft passes", "tokens", "r_k"):
+        table.add_column(col, justify="right")
+    assert prof.speculative is not None
+    for k, st in prof.speculative.k.items():
+        table.add_row(k, f"{st.acceptance:.3f}", f"{st.rounds:.2f}", f"{st.draft_passes:.2f}", f"{st.tokens:.2f}",
+                      f"{st.verify_ratio:.2f}")
+    console.print(table)
+    console.print(f"wrote {out}", highlight=False)
+
+
+def torch_ids(ids: list[int]):  # noqa: ANN201 - torch is imported lazily
+    import torch
+
+    if not ids:
+        raise InputError("--prompt: a prompt encodes to no tokens")
+    return torch.tensor([ids], dtype=torch.long)
 
 
 @app.command("merge", help="Combine profiles of one model from several hardware classes into one file.")

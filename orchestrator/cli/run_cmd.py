@@ -195,6 +195,10 @@ def run(
     kernel_links: bool = typer.Option(False, "--kernel-links",
                                       help="Each node in a network namespace, link rates shaped by tc tbf "
                                            "(root only); latencies stay in the transport."),
+    draft: str | None = typer.Option(None, "--draft", help="Draft model for a cooperative plan: it proposes on "
+                                     "the source and --model verifies where the plan says."),
+    draft_profile: Path | None = typer.Option(None, "--draft-profile", help="With --draft: the draft's profile "
+                                              "(with its measured acceptance) for pacing and the prediction."),
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
     from orchestrator.apply import load_network_and_plan
@@ -208,6 +212,12 @@ def run(
         raise InputError(f"--compression: expected fp16 or int8, got {compression!r}")
     if concurrency < 1:
         raise InputError(f"--concurrency: must be at least 1, got {concurrency}")
+    if draft is not None:
+        _run_cooperative(inputs, model, draft, network, plan, profile, draft_profile, as_json, max_new_tokens,
+                         no_emulation, dilation, local_hardware, record)
+        return
+    if draft_profile is not None:
+        raise InputError("--draft-profile goes with --draft")
     adapter = load_adapter(model)
     net, pl, base = load_network_and_plan(network, plan, adapter)
     prof, prof_source = _find_profile(profile, model, len(adapter.units()))
@@ -244,6 +254,67 @@ def run(
             print(json.dumps(row))
     else:
         _print(rows, prof_source, k, emulate)
+    if note:
+        print(f"aiflow run: {note}", file=sys.stderr)
+
+
+def _run_cooperative(inputs: list[str], model: str, draft: str, network: Path, plan: Path, profile: Path | None,
+                     draft_profile: Path | None, as_json: bool, max_new_tokens: int, no_emulation: bool,
+                     dilation: str, local_hardware: str | None, record: bool) -> None:
+    """`aiflow run --draft`: the cooperative plan's requests, measured beside L_coop of each request."""
+    from orchestrator.apply import load_network_and_plan
+    from orchestrator.cooperative import CooperativeUnsupported, latency_for_rounds
+    from profiler.hardware import hardware_class
+    from profiler.models import load_adapter
+    from runtime.cooperative_session import run_cooperative
+
+    target_a, draft_a = load_adapter(model), load_adapter(draft)
+    net, pl, base = load_network_and_plan(network, plan)
+    if pl.mode != "cooperative" or pl.draft_assignment is None or pl.k is None:
+        raise InputError(f"{plan}: not a cooperative plan (make one with aiflow plan --draft-profile)")
+    prof, prof_source = _find_profile(profile, model, len(target_a.units()))
+    dprof, _ = _find_profile(draft_profile, draft, len(draft_a.units()))
+    if dprof is not None and dprof.speculative is None:
+        raise InputError(f"{draft_profile or draft}: the draft profile has no measured acceptance "
+                         "(aiflow profile speculative)")
+    emulate = not no_emulation
+    local_hw = local_hardware or hardware_class()
+    k = 1.0
+    if emulate and prof is not None and dprof is not None:
+        k = max(_dilation(dilation, prof, net, local_hw), _dilation(dilation, dprof, net, local_hw))
+    results = run_cooperative(model, draft, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate,
+                              target_profile=prof, draft_profile=dprof, dilation=k, trace_base=base,
+                              adapters=(target_a, draft_a))
+    rows = []
+    for r in results:
+        res = r.result
+        predicted = None
+        if prof is not None and dprof is not None:
+            try:
+                predicted = latency_for_rounds(prof, dprof, net, pl.assignment, pl.draft_assignment, pl.k,
+                                               res.rounds, res.draft_passes)
+            except CooperativeUnsupported as exc:
+                raise InputError(f"--draft-profile: {exc}") from None
+        rows.append({"input": r.input, "output": r.text, "tokens": r.tokens, "mode": "cooperative", "k": pl.k,
+                     "rounds": res.rounds, "draft_passes": res.draft_passes, "accepted": res.accepted,
+                     "measured_s": res.measured_s, "dilation": res.dilation, "measured_scaled_s": res.scaled_s,
+                     "predicted_s": predicted, "plan_predicted_s": pl.predicted_latency_s,
+                     "ratio": res.scaled_s / predicted if predicted else None, "emulated": emulate,
+                     "paced": emulate and prof is not None and dprof is not None, "bytes": res.bytes_sent})
+    note = None
+    if record:
+        note = _record(pl, model, [{**r, "breakdown": {"bytes": r["bytes"], "rounds": r["rounds"]}} for r in rows])
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        for row in rows:
+            console.print(f"[bold]{row['input']}[/]: {row['output']}", highlight=False, soft_wrap=True)
+            console.print(f"  k={row['k']}: {row['rounds']} rounds, {row['draft_passes']} draft passes, "
+                          f"{row['accepted']} kept; measured {row['measured_s']:.4f} s"
+                          + (f", / K ({row['dilation']:.3g}) {row['measured_scaled_s']:.4f} s" if emulate else "")
+                          + (f"; predicted {row['predicted_s']:.4f} s ({prof_source})" if row["predicted_s"] else ""),
+                          highlight=False)
     if note:
         print(f"aiflow run: {note}", file=sys.stderr)
 

@@ -122,7 +122,7 @@ def main() -> None:
     split = sys.argv[3] if len(sys.argv) > 3 else "test"
     if split not in ("train", "val", "test"):
         raise SystemExit(f"split: expected train, val or test, got {split!r}")
-    model = VisionEncoderDecoderModel.from_pretrained(folder)
+    model = VisionEncoderDecoderModel.from_pretrained(folder, dtype=torch.float32)  # fp16 files compute in fp32
     tokenizer = AutoTokenizer.from_pretrained(folder)
     scores, captions = evaluate_model(model, tokenizer, split=split, n=n)  # type: ignore[arg-type]
     print(json.dumps({"model": str(folder.name), "split": split, "seed": TEST_SEED, **scores.as_dict(),

@@ -59,7 +59,7 @@ def _adapter_captions(name_or_folder: str, pixels: torch.Tensor) -> list[str] | 
 
 def hf_captions(folder: Path, pixels: torch.Tensor) -> list[str]:
     """Greedy captions straight from the Hugging Face model (no adapter)."""
-    model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
+    model = VisionEncoderDecoderModel.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return caption_pixels(model, tokenizer, pixels)
 

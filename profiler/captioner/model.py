@@ -17,12 +17,17 @@ MAX_NEW_TOKENS = 32  # the longest caption the writer produces is 25 words plus 
 
 
 def build_model(tokenizer: PreTrainedTokenizerBase, *, width: int = 128, layers: int = 3,
-                heads: int = 4) -> VisionEncoderDecoderModel:
-    """A randomly initialised ViT (64 px, patch 8) + GPT-2 decoder with cross-attention."""
+                heads: int = 4, decoder_width: int | None = None, decoder_layers: int | None = None,
+                decoder_heads: int | None = None) -> VisionEncoderDecoderModel:
+    """A randomly initialised ViT (64 px, patch 8) + GPT-2 decoder with cross-attention. The decoder
+    takes the encoder's width, depth and heads unless given its own (the captioner family's members
+    keep tiny-captioner's encoder and change the decoder; a width change adds enc_to_dec_proj)."""
+    d_width, d_layers, d_heads = decoder_width or width, decoder_layers or layers, decoder_heads or heads
     encoder = ViTConfig(image_size=IMAGE_SIZE, patch_size=8, num_channels=3, hidden_size=width,
                         num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * width)
-    decoder = GPT2Config(vocab_size=len(tokenizer), n_positions=MAX_NEW_TOKENS + 8, n_embd=width, n_layer=layers,
-                         n_head=heads, n_inner=4 * width, add_cross_attention=True, is_decoder=True,
+    decoder = GPT2Config(vocab_size=len(tokenizer), n_positions=MAX_NEW_TOKENS + 8, n_embd=d_width,
+                         n_layer=d_layers, n_head=d_heads, n_inner=4 * d_width, add_cross_attention=True,
+                         is_decoder=True,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)

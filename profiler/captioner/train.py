@@ -17,6 +17,7 @@ import transformers
 
 from profiler.captioner.data import IGNORE_INDEX, TEST_SEED, fixed_examples, training_batch
 from profiler.captioner.evaluate import evaluate_model
+from profiler.captioner.family import MEMBERS, build_member, decoder_flops_per_token, load_base
 from profiler.captioner.model import build_model
 from profiler.captioner.tokenizer import build_tokenizer, encode_caption
 
@@ -34,6 +35,10 @@ class TrainOptions:
     val_scenes: int = 200  # validation scenes scored at each evaluation
     test_scenes: int = 500  # held-out test scenes scored at the end (the record's test scores)
     threads: int = 2
+    # A family member (profiler.captioner.family.MEMBERS) instead of tiny-captioner: its decoder shape,
+    # the encoder copied from `base` (a captioner folder) and frozen, so only the decoder trains.
+    member: str | None = None
+    base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,19 @@ def _val_loss(model: torch.nn.Module, tokenizer, examples) -> float:
     return float(loss)
 
 
+def _initial_model(opts: TrainOptions, tokenizer) -> torch.nn.Module:
+    if opts.member is None:
+        return build_model(tokenizer)
+    if opts.member not in MEMBERS:
+        raise ValueError(f"member: expected one of {', '.join(MEMBERS)}, got {opts.member!r}")
+    base = load_base(Path(opts.base)) if opts.base else None
+    model = build_member(MEMBERS[opts.member], tokenizer, base)
+    if base is not None:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    return model
+
+
 def train(opts: TrainOptions, out: Path, on_progress: Callable[[Progress], None] | None = None,
           report_every: int = 50) -> dict:
     """Train, save the model and tokenizer to `out`, score the test scenes and write the record."""
@@ -74,9 +92,10 @@ def train(opts: TrainOptions, out: Path, on_progress: Callable[[Progress], None]
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer)
+    model = _initial_model(opts, tokenizer)
     model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=opts.lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=opts.lr)
     val_examples = fixed_examples("val", opts.val_scenes)
     losses: list[float] = []
     history: list[dict] = []
@@ -89,7 +108,7 @@ def train(opts: TrainOptions, out: Path, on_progress: Callable[[Progress], None]
         loss = model(pixel_values=pixels, labels=labels).loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         losses.append(loss.item())
         window.append(loss.item())
@@ -112,14 +131,20 @@ def train(opts: TrainOptions, out: Path, on_progress: Callable[[Progress], None]
 
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
+    if opts.member is not None:
+        model = model.half()  # the family ships lean: fp16 weights (the runtime computes in fp32)
     model.save_pretrained(out, safe_serialization=True)
+    if opts.member is not None:
+        model = model.float()
     tokenizer.save_pretrained(out)
     test_scores, _ = evaluate_model(model, tokenizer, split="test", n=opts.test_scenes)
     record = {
-        "model": "tiny-captioner",
+        "model": opts.member or "tiny-captioner",
         "data_seed": opts.seed,
         "options": opts.__dict__,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "trained_parameters": sum(p.numel() for p in trainable),
+        "decoder_flops_per_token": decoder_flops_per_token(model),
         "train_seconds": round(train_seconds, 1),
         "final_train_loss": sum(losses[-100:]) / len(losses[-100:]),
         "final_val_loss": history[-1]["val_loss"],
@@ -133,18 +158,28 @@ def train(opts: TrainOptions, out: Path, on_progress: Callable[[Progress], None]
     return record
 
 
-def main() -> None:  # python -m profiler.captioner.train OUT [STEPS] [SEED]: a bare runner without the CLI
-    import sys
+def main() -> None:
+    """python -m profiler.captioner.train OUT [--steps N] [--seed S] [--member NAME --base FOLDER]
+    [--threads T] [--eval-every E]: a bare runner without the CLI that logs progress lines."""
+    import argparse
 
-    out = Path(sys.argv[1])
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else TrainOptions.steps
-    seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    ap = argparse.ArgumentParser(prog="python -m profiler.captioner.train")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--steps", type=int, default=TrainOptions.steps)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--member", choices=sorted(MEMBERS), default=None)
+    ap.add_argument("--base", default=None, help="captioner folder whose encoder the member copies")
+    ap.add_argument("--threads", type=int, default=TrainOptions.threads)
+    ap.add_argument("--eval-every", type=int, default=TrainOptions.eval_every)
+    args = ap.parse_args()
 
     def show(p: Progress) -> None:
         extra = f" val_loss {p.val_loss:.3f} val_acc {p.val_scene_accuracy:.3f}" if p.val_loss is not None else ""
         print(f"step {p.step}/{p.steps} loss {p.train_loss:.3f} {p.elapsed_s:.0f}s{extra}", flush=True)
 
-    record = train(TrainOptions(steps=steps, seed=seed), out, show)
+    opts = TrainOptions(steps=args.steps, seed=args.seed, member=args.member, base=args.base,
+                        threads=args.threads, eval_every=args.eval_every)
+    record = train(opts, args.out, show, report_every=10)
     print(json.dumps(record["test"], indent=2))
 
 
