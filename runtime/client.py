@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -28,6 +29,8 @@ from runtime.codec import Frame, ack_frame, decode_frame, encode_frame, with_met
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, stamped_arrival
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport
+
+MAX_IDLE_S = 3600.0          # the most a worker keeps a request's state idle (runtime.worker.MAX_IDLE_S)
 
 
 class RequestFailed(RuntimeError):
@@ -79,6 +82,9 @@ class Client:
         missing = [n for n in plan.hosting_nodes() if plan.node(n).address is None]
         if missing:
             raise ValueError(f"plan v{plan.version}: no address for node(s) {', '.join(missing)}")
+        # the deadline is also every worker's idle timeout for the request's state: finite and capped there
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and 0 < timeout_s <= MAX_IDLE_S):
+            raise ValueError(f"timeout_s: a request's deadline must be seconds in (0, {MAX_IDLE_S:g}], got {timeout_s}")
         self.plan = plan
         self.plans: dict[int, StagePlan] = {plan.version: plan}
         self.in_flight: dict[int, int] = defaultdict(int)

@@ -47,21 +47,22 @@ from typing import Any
 import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
+from runtime.client import MAX_IDLE_S
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival
 from runtime.measure import Meter, emulation_from
 from runtime.samples import ComputeSample, Samples, send_stamp
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
-from runtime.validate import RequestRejected, check_edge, check_input, data_segment, probe_shapes
+from runtime.validate import RequestRejected, check_edge, check_input, data_segment, frame_budget, probe_shapes
 
 MODES = ("generate", "forward")
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
 # Bounds on what an `open` may ask for: a request's state lives on the worker until it ends or idles out.
 MAX_BATCH = 64
 MAX_NEW_TOKENS = 4096
-MAX_IDLE_S = 3600.0
 MAX_OPEN_REQUESTS = 1024
+MAX_OPEN_PER_CLIENT = 256               # per reply address: one client cannot take every slot
 
 
 @dataclass
@@ -77,6 +78,8 @@ class Request:
     deadline: float                       # perf_counter time after which the state is dropped
     idle_s: float
     state: RequestState
+    max_frames: int = 1 << 30             # data + edge frames it may receive (validate.frame_budget)
+    frames: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     edge_ready: asyncio.Event = field(default_factory=asyncio.Event)
     last_active: float = field(default_factory=time.perf_counter)
@@ -342,11 +345,15 @@ class Worker:
         if len(self.requests) >= MAX_OPEN_REQUESTS:
             raise RequestRejected(f"open: {MAX_OPEN_REQUESTS} requests are open on {self.name}; retry later",
                                   "too-many-requests")
+        if sum(1 for r in self.requests.values() if r.reply == reply) >= MAX_OPEN_PER_CLIENT:
+            raise RequestRejected(f"open: {MAX_OPEN_PER_CLIENT} requests of this client are open on {self.name}; "
+                                  "retry later", "too-many-requests")
         state = self.adapter.new_state()
         state.extra["batch"] = batch
         self.requests[rid] = Request(rid=rid, plan=plan, reply=reply, mode=mode, batch=batch, max_new_tokens=max_new,
                                      eos=eos, all_logits=bool(m.get("all_logits", False)),
-                                     deadline=time.perf_counter() + idle, idle_s=idle, state=state)
+                                     deadline=time.perf_counter() + idle, idle_s=idle, state=state,
+                                     max_frames=frame_budget(plan, self.name, max_new))
         return ack_frame(rid)
 
     def _drop(self, rid: str) -> None:
@@ -383,16 +390,26 @@ class Worker:
         task.add_done_callback(self._detached.discard)
 
     # -- data and edges (checked by runtime.validate before the ack) ------------------------------
+    def _count_frame(self, req: Request) -> None:
+        """Frames accepted for a request, against its budget: a peer replaying or looping frames is cut off."""
+        req.frames += 1
+        if req.frames > req.max_frames:
+            self._drop(req.rid)
+            raise RequestRejected(f"request {req.rid} sent more than the {req.max_frames} frames its plan and "
+                                  "max_new_tokens allow; it is dropped", "too-many-frames")
+
     def _accept_data(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
         phase, seg = data_segment(req.plan, frame, self.name)
         check_input(frame, phase, req.batch, self.shapes, self.phase_infos, self.adapter.source_input)
+        self._count_frame(req)
         req.touch()
         self._spawn(req, self._process(req, frame, seg.first, seg.last))
 
     def _accept_edge(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
         check_edge(frame, req.plan, self.name, req.batch)
+        self._count_frame(req)
         req.touch()
         self._spawn(req, self._deliver_edge(req, frame))
 
