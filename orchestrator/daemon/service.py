@@ -131,9 +131,15 @@ class Daemon:
         self.accepting = False
         self.open_requests = 0
         self._solve_lock = asyncio.Lock()
+        self._recover_lock = asyncio.Lock()
         self._scheduler: Any = None
         self._background: set[asyncio.Task] = set()
         self._writes: set[asyncio.Task] = set()          # history writes close() waits for
+        # history writes that failed (the database unreachable), in order, written again by the flush job;
+        # bounded: beyond settings.history_buffer the oldest is dropped and counted
+        self._unwritten: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.history_dropped = 0
+        self._flush_lock = asyncio.Lock()
         self.probes_sent_bytes: dict[str, int] = defaultdict(int)
         self._stored_profile_id: int | None = None
 
@@ -171,6 +177,9 @@ class Daemon:
                                 max_instances=1, coalesce=True, misfire_grace_time=None)
         self._scheduler.add_job(self._job, "interval", args=[self._scheduled_resolve], seconds=s.solve_interval_s,
                                 id="resolve", max_instances=1, coalesce=True, misfire_grace_time=None)
+        if self.store is not None:
+            self._scheduler.add_job(self._job, "interval", args=[self.flush_history], seconds=s.history_retry_s,
+                                    id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
         if self.store is not None and s.retain_raw_s > 0:
             self._scheduler.add_job(self._job, "interval", args=[self.roll_up], seconds=s.rollup_interval_s,
                                     id="rollup", max_instances=1, coalesce=True, misfire_grace_time=None,
@@ -206,6 +215,11 @@ class Daemon:
         writes = [t for t in self._background if t in self._writes]
         if writes:
             await asyncio.wait(writes, timeout=10.0)
+        if self._unwritten:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush_history(), timeout=10.0)
+            if self._unwritten:
+                log.warning("history: %d record(s) could not be written before stopping", len(self._unwritten))
         for task in list(self._background):
             task.cancel()
         if self.client is not None:
@@ -359,7 +373,7 @@ class Daemon:
     async def probe(self) -> NetworkState:
         """Measure health, links and loads; take and record a snapshot; re-solve at once if nodes changed."""
         t_start = time.monotonic()
-        changed = await self._check_health()
+        await self._check_nodes()
         up = [s for s in self.nodes.values() if s.state == "up" and s.address]
         reports = await asyncio.gather(*(self._send(s.address, encode_frame(Frame("report"))) for s in up),
                                        return_exceptions=True)
@@ -374,12 +388,11 @@ class Daemon:
         shifted = self._estimate(now)
         down = {n for n, s in self.nodes.items() if s.state == "down"}
         self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
-        self.snapshot_id = await self._record(self._save_probe_rows, self.snapshot)
+        self.snapshot_id = await self._record(self._save_probe_rows, self.snapshot, *self._probe_rows(),
+                                              datetime.now(UTC), buffered=True)
         self.metrics.observe_snapshot(self.links, self.slowdown, self.nodes)
         self.metrics.probe_seconds.observe(time.monotonic() - t_start)
-        if changed:
-            await self.resolve("node-" + changed)
-        elif shifted:
+        if shifted:
             await self.resolve("link-change")
         return self.snapshot
 
@@ -388,9 +401,11 @@ class Daemon:
         change: str | None = None
         statuses = list(self.nodes.values())
         results = await asyncio.gather(*(self._health(s) for s in statuses))
+        restarted = False
         for s, ok in zip(statuses, results, strict=True):
             if not ok and s.local and self.workers is not None and not self.workers.alive(s.name):
                 ok = await self._restart(s)
+                restarted = restarted or ok
             new = "up" if ok else "down"
             if new != s.state:
                 log.warning("node %s is %s", s.name, new)
@@ -398,6 +413,11 @@ class Daemon:
                 change = change or new
                 if new == "up":
                     await self._push_emulation()
+        if restarted:
+            # a restarted worker listens at a new address and holds no plan: the plan in force is applied
+            # again (as a new version) even if the planner would keep it
+            await self._push_emulation()
+            change = "restarted"
         return change
 
     async def _health(self, s: NodeStatus) -> bool:
@@ -583,8 +603,10 @@ class Daemon:
         recent = [t for t in self.request_times if t >= now - self.settings.window_s]
         return len(recent) / self.settings.window_s
 
-    async def resolve(self, trigger: str = "manual") -> Decision:
-        """Solve for the latest snapshot (warm-started from the plan in force), decide, switch if worth it."""
+    async def resolve(self, trigger: str = "manual", *, force: bool = False) -> Decision:
+        """Solve for the latest snapshot (warm-started from the plan in force), decide, switch if worth it.
+        `force`: when the candidate is not taken, apply the plan in force again as a new version (a worker
+        was restarted at a new address)."""
         async with self._solve_lock:
             snapshot, snapshot_id = self.snapshot, self.snapshot_id
             current = self.current.plan.assignment if self.current else None
@@ -607,6 +629,8 @@ class Daemon:
             self._note_decision(decision, trigger, candidate)
             if decision.apply:
                 await self.switch(candidate, snapshot, cand_id, decision_id)
+            elif force and self.current is not None:
+                await self.switch(self.current.plan, snapshot, self.current.plan_id, decision_id)
             return decision
 
     def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> None:
@@ -648,7 +672,8 @@ class Daemon:
         if old is not None:
             self._spawn(self._retire(old, app_id))
         elif app_id is not None:
-            await self._record(self._finish_application, app_id, "applied (first plan)")
+            await self._record(self._finish_application, app_id, "applied (first plan)", datetime.now(UTC),
+                               buffered=True)
 
     async def _retire(self, old: Version, application_id: int | None) -> None:
         """Free an old version once its last request finished (bounded by the request timeout), then
@@ -662,26 +687,40 @@ class Daemon:
         self.versions.pop(old.number, None)
         if application_id is not None:
             outcome = "switched" if left == 0 else f"switched; {left} request(s) still on v{old.number} at the deadline"
-            await self._record(self._finish_application, application_id, outcome)
+            await self._record(self._finish_application, application_id, outcome, datetime.now(UTC), buffered=True)
 
     # -- requests ----------------------------------------------------------------------------------
     async def run_request(self, source: torch.Tensor, max_new_tokens: int) -> tuple[RequestResult, Version, float]:
         """Run one request on the plan in force; (result, the version it ran on, its predicted latency).
-        A request whose plan version was replaced while it failed (a node died) is run once more."""
+
+        A request that fails because a node stopped answering (or whose plan was replaced while it failed)
+        runs again, on the plan the daemon applies after checking its nodes: a dead local worker is
+        restarted, a dead remote one taken out and the plan re-solved without it. At most
+        settings.max_retries times, and never past settings.request_timeout_s from its arrival; a
+        request a worker refused (bad input) is not run again."""
         if not self.accepting or self.client is None or self.current is None:
             raise ServiceUnavailable("the daemon is not serving (starting or stopping)")
         self.open_requests += 1
         self.request_times.append(time.monotonic())
+        deadline = time.monotonic() + self.settings.request_timeout_s
         try:
-            for attempt in (0, 1):
+            attempt = 0
+            while True:
                 started_on = self.client.plan.version
                 try:
                     res = await self.client.generate(source, max_new_tokens=max_new_tokens,
-                                                     eos=self.adapter.eos_token_id)
+                                                     eos=self.adapter.eos_token_id, deadline=deadline)
                     break
-                except RequestFailed:
-                    if attempt == 1 or self.client.plan.version == started_on:
+                except RequestFailed as exc:
+                    attempt += 1
+                    if exc.down and attempt <= self.settings.max_retries and time.monotonic() < deadline:
+                        await self.recover(exc.down, started_on)
+                    moved = self.client.plan.version != started_on
+                    if attempt > self.settings.max_retries or time.monotonic() >= deadline or not moved:
                         self.metrics.requests.labels(outcome="failed").inc()
+                        if exc.down and not moved:
+                            raise RequestFailed(f"{exc}; no plan without {', '.join(exc.down)} could be applied",
+                                                exc.down) from None
                         raise
                     self.metrics.requests.labels(outcome="retried").inc()
         finally:
@@ -692,19 +731,81 @@ class Daemon:
         self.metrics.latency.labels(plan_version=str(res.plan_version)).observe(res.scaled_s)
         return res, version, predicted if predicted is not None else version.plan.predicted_latency_s
 
+    async def recover(self, down: tuple[str, ...], seen_version: int) -> None:
+        """Requests found `down` not answering on plan `seen_version`: check every node now (restarting
+        dead local workers), and re-plan at once. Requests that fail together recover once: a caller
+        that finds the plan already moved past `seen_version` has nothing to do."""
+        async with self._recover_lock:
+            if self.client is None or self.client.plan.version != seen_version:
+                return
+            log.warning("requests failed: %s not answering; checking nodes", ", ".join(down))
+            await self._check_nodes(locked=True)
+
+    async def _check_nodes(self, locked: bool = False) -> str | None:
+        """Health of every node (dead local workers restarted); on a change, a snapshot without the down
+        nodes and a re-solve at once. One at a time (the probe job and failing requests both call it)."""
+        if not locked:
+            async with self._recover_lock:
+                return await self._check_nodes(locked=True)
+        changed = await self._check_health()
+        if changed is not None:
+            gone = {n for n, st in self.nodes.items() if st.state == "down"}
+            self.snapshot = take_snapshot(self.base, self.links, self.slowdown, gone)
+            self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
+            await self.resolve("node-" + changed, force=changed == "restarted")
+        return changed
+
     def record_request(self, output: str, res: RequestResult, version: Version, predicted: float) -> None:
-        self._spawn(self._record(self._save_run, output, res, version, predicted), write=True)
+        self._spawn(self._record(self._save_run, output, res, version, predicted, datetime.now(UTC), buffered=True),
+                    write=True)
 
     # -- history (every store call runs in a thread: SQLAlchemy is synchronous) ----------------------
-    async def _record(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _record(self, fn: Callable[..., Any], *args: Any, buffered: bool = False) -> Any:
+        """One history write, in a thread. A failure never stops the service: it is logged and counted, and a
+        `buffered` write (a record that stands alone: a request, a probe round, a switch's end) is kept and
+        written by the flush job once the database answers again, in order, with its own timestamps."""
         if self.store is None:
+            return None
+        if buffered and self._unwritten:
+            self._buffer(fn, args)                  # behind the writes already waiting: order is kept
             return None
         try:
             return await asyncio.to_thread(fn, *args)
         except Exception as exc:  # noqa: BLE001 - history must never stop the service
-            log.warning("history: %s failed: %s", fn.__name__, exc)
+            log.warning("history: %s failed: %s", fn.__name__, _one_line(exc))
             self.metrics.history_errors.inc()
+            if buffered and _unreachable(exc):
+                self._buffer(fn, args)
             return None
+
+    def _buffer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if len(self._unwritten) >= self.settings.history_buffer:
+            self._unwritten.popleft()
+            self.history_dropped += 1
+            self.metrics.history_dropped.inc()
+        self._unwritten.append((fn, args))
+
+    async def flush_history(self) -> int:
+        """Write the records kept while the database was unreachable, oldest first; stop at the first
+        failure (the database is still away). Returns how many were written."""
+        written = 0
+        async with self._flush_lock:
+            while self._unwritten and self.store is not None:
+                fn, args = self._unwritten[0]
+                try:
+                    await asyncio.to_thread(fn, *args)
+                except Exception as exc:  # noqa: BLE001
+                    if _unreachable(exc):
+                        log.debug("history: still failing: %s", _one_line(exc))
+                        break
+                    log.warning("history: a buffered %s failed for good: %s", fn.__name__, _one_line(exc))
+                    self.history_dropped += 1
+                    self.metrics.history_dropped.inc()
+                self._unwritten.popleft()
+                written += 1
+        if written:
+            log.info("history: %d buffered record(s) written", written)
+        return written
 
     async def roll_up(self) -> None:
         """Retention: raw measurement rows older than settings.retain_raw_s become hourly roll-ups."""
@@ -718,11 +819,16 @@ class Daemon:
     def _save_snapshot(self, snapshot: NetworkState) -> int:
         return self.store.save_network(snapshot, origin="daemon")
 
-    def _save_probe_rows(self, snapshot: NetworkState) -> int:
-        self.store.record_samples(
-            [{"link": key, "bandwidth_bps": est.bandwidth_bps, "latency_s": est.latency_s,
-              "kind": f"estimate:{est.method}", "samples": est.samples} for key, est in self.links.items()],
-            [{"node": name, "state": st.state, "slowdown": self.slowdown.get(name)} for name, st in self.nodes.items()])
+    def _probe_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The link estimates and node states of this moment, as rows (taken now: a write may happen later)."""
+        return ([{"link": key, "bandwidth_bps": est.bandwidth_bps, "latency_s": est.latency_s,
+                  "kind": f"estimate:{est.method}", "samples": est.samples} for key, est in self.links.items()],
+                [{"node": name, "state": st.state, "slowdown": self.slowdown.get(name)}
+                 for name, st in self.nodes.items()])
+
+    def _save_probe_rows(self, snapshot: NetworkState, links: list[dict[str, Any]], nodes: list[dict[str, Any]],
+                         at: datetime) -> int:
+        self.store.record_samples(links, nodes, measured_at=at)
         return self.store.save_network(snapshot, origin="daemon")
 
     def _save_solve(self, plan: Plan, network_id: int | None, decision: Decision, trigger: str) -> tuple[int, int]:
@@ -751,13 +857,14 @@ class Daemon:
         return self.store.record_plan_application(plan_id, previous_plan_id=previous, version=version,
                                                   decision_id=decision_id)
 
-    def _finish_application(self, app_id: int, outcome: str) -> None:
-        self.store.finish_plan_application(app_id, outcome=outcome)
+    def _finish_application(self, app_id: int, outcome: str, at: datetime | None = None) -> None:
+        self.store.finish_plan_application(app_id, outcome=outcome, finished_at=at)
 
-    def _save_run(self, output: str, res: RequestResult, version: Version, predicted: float) -> int:
+    def _save_run(self, output: str, res: RequestResult, version: Version, predicted: float,
+                  at: datetime | None = None) -> int:
         return self.store.record_run(version.plan_id, strategy="daemon", output=output, measured_s=res.scaled_s,
                                      predicted_s=predicted, breakdown=res.breakdown(scale=True), model=self.model,
-                                     plan_version=version.number)
+                                     plan_version=version.number, created_at=at)
 
     # -- views -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -772,3 +879,17 @@ class Daemon:
                               "method": e.method} for k, e in self.links.items()},
                 "decisions": list(self.decisions)[-10:], "dilation": self.dilation, "emulated": self.emulated,
                 "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model}
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (a driver's message can span lines and quote SQL and its values)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The database did not answer (a connection refused or lost, a lock held past its timeout): the write
+    may succeed later. Anything else (a row the schema refuses) would fail again."""
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError))

@@ -177,13 +177,14 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
     store.close()
     # the named queries agree with the raw rows
     assert sum(d["applied"] for d in decisions) == applied and decisions[-1]["trigger"] == "start"
-    assert [m["version"] for m in switches] == [3, 2, 1]
-    assert switches[-1]["previous"] is None and switches[1]["placement"] == "phone[0-9]"
-    assert switches[0]["previous"] == "phone[0-9]"
+    # v4: the plan in force applied again at the restarted worker's new address
+    assert [m["version"] for m in switches] == [4, 3, 2, 1]
+    assert switches[-1]["previous"] is None and switches[2]["placement"] == "phone[0-9]"
+    assert switches[1]["previous"] == "phone[0-9]" and switches[0]["placement"] == switches[1]["placement"]
     assert all(m["duration_s"] >= 0 and m["runs_during"] >= 0 for m in switches)
-    assert applied == 3 and [v for v, _ in apps] == [1, 2, 3]
+    assert applied == 3 and [v for v, _ in apps] == [1, 2, 3, 4]
     assert all(o is not None and o.startswith(("switched", "applied")) for _, o in apps)
-    assert runs[0] == len(outputs) and runs[1] == 3
+    assert runs[0] == len(outputs) and runs[1] == 4
     assert probes > 0 and nodes > 0
 
 
