@@ -122,6 +122,7 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
         mode = "generate" if is_generative(adapter) else "forward"
         results = asyncio.run(run_requests(sp, sources, mode=mode, max_new_tokens=max_new_tokens,
                                            eos=adapter.eos_token_id, token=workers.token if workers else token,
+                                           controller_token=workers.controller_token if workers else None,
                                            concurrency=concurrency, timeout_s=timeout_s,
                                            reply_listen=f"{kernel.client_address}:0" if kernel else "127.0.0.1:0"))
     finally:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import itertools
 import json
+import logging
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -42,6 +44,11 @@ PUSH = f"/{SERVICE}/Push"
 STREAM = f"/{SERVICE}/Stream"
 HEALTH = f"/{SERVICE}/Health"
 TOKEN_KEY = "x-aiflow-token"
+# The controller's credential, beside the shared token: a server with a controller token takes the frames
+# that steer it (plans, opens, emulation, probes) only from a call that carries it (runtime.worker).
+CONTROLLER_KEY = "x-aiflow-controller"
+# Whether the call being answered carries the controller's credential (True where the server sets none).
+caller_is_controller: contextvars.ContextVar[bool] = contextvars.ContextVar("caller_is_controller", default=True)
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30     # gRPC's own default (4 MiB) is far below one activation
 DEFAULT_TIMEOUT_S = 30.0
 # A stream stays open while idle: the sender pings the connection every KEEPALIVE_MS when no data
@@ -166,8 +173,10 @@ class GrpcTransport(Transport):
     """One channel per address, created on first use, and one `Stream` call on it that every frame
     to that address travels (reopened when it ends); calls carry the shared token."""
 
-    def __init__(self, token: str | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, token: str | None = None, *, controller_token: str | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.token = token
+        self.controller_token = controller_token
         self.max_message_bytes = max_message_bytes
         self._channels: dict[str, tuple[grpc.aio.Channel, Any, Any]] = {}
         self._streams: dict[str, _FrameStream] = {}
@@ -183,7 +192,8 @@ class GrpcTransport(Transport):
         return entry[1], entry[2]
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((TOKEN_KEY, self.token),) if self.token else ()
+        meta = ((TOKEN_KEY, self.token),) if self.token else ()
+        return meta + (((CONTROLLER_KEY, self.controller_token),) if self.controller_token else ())
 
     def _stream(self, address: str) -> _FrameStream:
         stream = self._streams.get(address)
@@ -240,31 +250,33 @@ class FrameServer:
     """A gRPC server for one endpoint (a worker, or a client's reply address)."""
 
     def __init__(self, handler: FrameHandler, health: HealthHandler, *, token: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 controller_token: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._handler = handler
         self._health = health
         self._token = token
+        self._controller = controller_token
         self._max = max_message_bytes
         self._server: grpc.aio.Server | None = None
         self._streams: set[asyncio.Task] = set()      # open Stream calls, ended at stop
         self.address: str | None = None
 
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
-        if not self._token:
-            return True
-        for key, value in context.invocation_metadata() or ():
-            if key == TOKEN_KEY:
-                given = value if isinstance(value, str) else value.decode("utf-8", "replace")
-                return hmac.compare_digest(given.encode("utf-8"), self._token.encode("utf-8"))
-        return False
+        """The call carries the shared token (if the server has one); notes whether it carries the
+        controller's credential too (`caller_is_controller`, for the handler)."""
+        meta = {key: value if isinstance(value, str) else value.decode("utf-8", "replace")
+                for key, value in context.invocation_metadata() or ()}
+        caller_is_controller.set(self._controller is None or _same(meta.get(CONTROLLER_KEY), self._controller))
+        return not self._token or _same(meta.get(TOKEN_KEY), self._token)
 
     async def _push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if not self._authorised(context):
+            _refused(context, "Push")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
         return pack_frames(await self._handler(request))
 
     async def _stream_call(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         if not self._authorised(context):
+            _refused(context, "Stream")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
         # In a task of its own, so that stop() can end the stream (grpc's task around a handler
         # ignores a cancel); the call then ends with OK and the sender reopens or learns it is gone.
@@ -308,6 +320,7 @@ class FrameServer:
 
     async def _health_call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if not self._authorised(context):
+            _refused(context, "Health")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
         return json.dumps(self._health()).encode("utf-8")
 
@@ -337,3 +350,13 @@ class FrameServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+
+
+def _same(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _refused(context: grpc.aio.ServicerContext, method: str) -> None:
+    """An unauthenticated call is logged with where it came from, never with what it presented."""
+    logging.getLogger("aiflow.transport").warning("refused an unauthenticated %s call from %s", method,
+                                                  context.peer())

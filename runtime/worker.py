@@ -53,10 +53,21 @@ from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until
 from runtime.measure import Meter, emulation_from
 from runtime.samples import ComputeSample, Samples, send_stamp
 from runtime.stages import StagePlan
-from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
+from runtime.transport import (
+    DEFAULT_TIMEOUT_S,
+    FrameServer,
+    GrpcTransport,
+    Transport,
+    TransportError,
+    caller_is_controller,
+)
 from runtime.validate import RequestRejected, check_edge, check_input, data_segment, frame_budget, probe_shapes
 
 MODES = ("generate", "forward")
+# Frames that steer a worker: where it sends (plans, a request's reply address), what it runs, what it
+# measures. With a controller token they are taken only from calls that carry it; peers holding just the
+# shared token may send activations (data, edge) and probes.
+CONTROL_KINDS = frozenset({"plan", "forget", "open", "close", "cancel", "emulate", "measure", "profile", "report"})
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
 # Bounds on what an `open` may ask for: a request's state lives on the worker until it ends or idles out.
 MAX_BATCH = 64
@@ -98,7 +109,8 @@ class Worker:
 
     def __init__(self, name: str, model: str | None = None, *, adapter: ModelAdapter | None = None,
                  token: str | None = None, transport: Transport | None = None, state_timeout_s: float = 120.0,
-                 release_unused: bool = False, call_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 release_unused: bool = False, call_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 controller_token: str | None = None) -> None:
         if adapter is None and model is None:
             raise ValueError("a worker needs a model name or an adapter")
         self.name = name
@@ -111,6 +123,7 @@ class Worker:
         self.phase_infos = {p.name: p for p in adapter.phases(InputSpec())}
         self.shapes = probe_shapes(adapter)
         self.token = token
+        self.controller_token = controller_token
         self.transport = transport or GrpcTransport(token)
         self.state_timeout_s = state_timeout_s
         self.call_timeout_s = call_timeout_s
@@ -134,7 +147,7 @@ class Worker:
 
     # -- serving ---------------------------------------------------------------------------------
     async def start(self, listen: str = "127.0.0.1:0") -> str:
-        self._server = FrameServer(self.handle, self.health, token=self.token)
+        self._server = FrameServer(self.handle, self.health, token=self.token, controller_token=self.controller_token)
         self.address = await self._server.start(listen)
         self._reaper = asyncio.create_task(self._reap_loop())
         return self.address
@@ -181,6 +194,8 @@ class Worker:
 
     async def _dispatch(self, frame: Frame) -> list[bytes]:
         kind = frame.kind
+        if kind in CONTROL_KINDS and not caller_is_controller.get():
+            raise RequestRejected(f"{kind} frames are taken from the controller only", "forbidden")
         if kind == "plan":
             return [self._apply_plan(frame)]
         if kind == "open":
@@ -613,12 +628,14 @@ async def _arrival(frame: Frame) -> None:
 # -- the worker process --------------------------------------------------------------------------------
 async def serve(name: str, listen: str, model: str, *, token: str | None = None, threads: int | None = None,
                 state_timeout_s: float = 120.0, release_unused: bool = False,
-                on_ready: Callable[[str], Awaitable[None]] | None = None) -> None:
+                on_ready: Callable[[str], Awaitable[None]] | None = None,
+                controller_token: str | None = None) -> None:
     """Run a worker until SIGINT/SIGTERM. Prints `READY host:port` on stdout once it serves, then awaits
     `on_ready(address)` (joining a daemon, say); an exception there stops the worker and propagates."""
     if threads:
         torch.set_num_threads(threads)
-    worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused)
+    worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused,
+                    controller_token=controller_token)
     address = await worker.start(listen)
     print(f"READY {address}", flush=True)
     if on_ready is not None:
@@ -662,9 +679,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--release-unused", action="store_true")
     a = ap.parse_args(argv)
     token = a.token or os.environ.get("AIFLOW_TOKEN") or None
+    controller = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None     # only from the environment: not in `ps`
     try:
         asyncio.run(serve(a.name, a.listen, a.model, token=token, threads=a.threads,
-                          state_timeout_s=a.state_timeout, release_unused=a.release_unused))
+                          state_timeout_s=a.state_timeout, release_unused=a.release_unused,
+                          controller_token=controller))
     except ValueError as exc:     # InputError included: bad model name or folder
         print(f"aiflow worker: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

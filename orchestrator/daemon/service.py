@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -98,6 +99,9 @@ class Daemon:
         self.settings = settings or DaemonSettings()
         self.store = store
         self.token = token
+        # the controller's credential the workers take plans from: $AIFLOW_CONTROLLER_TOKEN (so remote workers
+        # started with the same can be steered), else generated for the local workers (LocalWorkers)
+        self.controller_token: str | None = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None
         self.threads = threads
         self.progress = progress or (lambda _msg: None)
         self.emulated = not any(n.address for n in network.nodes)
@@ -127,7 +131,7 @@ class Daemon:
         self.metrics = Metrics()
         self.workers: LocalWorkers | None = None
         self.client: Client | None = None
-        self.transport = GrpcTransport(token)
+        self.transport = GrpcTransport(token, controller_token=self.controller_token)
         self.accepting = False
         self.open_requests = 0
         self._solve_lock = asyncio.Lock()
@@ -149,9 +153,11 @@ class Daemon:
         local = [n for n, s in self.nodes.items() if s.local]
         if local:
             self.progress(f"starting {len(local)} local worker(s): {', '.join(local)}")
-            self.workers = LocalWorkers(self.model, local, token=self.token, threads=self.threads)
+            self.workers = LocalWorkers(self.model, local, token=self.token, threads=self.threads,
+                                        controller_token=self.controller_token)
             self.token = self.workers.token
-            self.transport = GrpcTransport(self.token)
+            self.controller_token = self.workers.controller_token
+            self.transport = GrpcTransport(self.token, controller_token=self.controller_token)
             addresses = await asyncio.to_thread(self.workers.start)
             for name, address in addresses.items():
                 self.nodes[name].address = address
@@ -648,7 +654,8 @@ class Daemon:
         t0 = time.perf_counter()
         try:
             if self.client is None:
-                self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s)
+                self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
+                                     controller_token=self.controller_token)
                 await self.client.start(apply=False)
                 if self.truth is not None:
                     self.client.set_emulation(self.truth)
