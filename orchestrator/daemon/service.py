@@ -22,7 +22,7 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ class Daemon:
     def __init__(self, model: str, network: NetworkState, profile: Profile, adapter: ModelAdapter, *,
                  settings: DaemonSettings | None = None, store: Any | None = None, token: str | None = None,
                  dilation: float = 1.0, trace_base: Path | None = None, threads: int | None = 1,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, resume: bool = False) -> None:
         self.model = model
         self.base = network
         self.profile = profile
@@ -104,6 +104,13 @@ class Daemon:
         self.controller_token: str | None = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None
         self.threads = threads
         self.progress = progress or (lambda _msg: None)
+        # resume: when the last daemon of this model in the history database died (no clean stop), take its
+        # settings, its joined nodes and its plan in force (as the next version) instead of starting afresh
+        self.resume = resume
+        self.resumed_from: int | None = None
+        self._resume_plan: tuple[Plan, int | None, int] | None = None
+        self._version_base = 0
+        self._state_id: int | None = None
         self.emulated = not any(n.address for n in network.nodes)
         self.dilation = dilation if self.emulated else 1.0
         self.trace_base = trace_base
@@ -149,7 +156,13 @@ class Daemon:
 
     # -- life ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start local workers, solve and apply the first plan, start the jobs."""
+        """Start local workers, solve and apply the first plan (or resume a crashed daemon's), start the jobs."""
+        if self.resume and self.store is not None:
+            crashed = await self._record(self.store.crashed_daemon_state, self.model)
+            if crashed is not None:
+                self._take_over(crashed)
+        if self.store is not None:
+            self._state_id = await self._record(self._open_state)
         local = [n for n, s in self.nodes.items() if s.local]
         if local:
             self.progress(f"starting {len(local)} local worker(s): {', '.join(local)}")
@@ -165,14 +178,64 @@ class Daemon:
         try:
             await self._push_emulation()
             self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
-            decision = await self.resolve("start")
+            reason = "no plan was resumed"
+            if self._resume_plan is not None:
+                plan, plan_id, version = self._resume_plan
+                self._version_base = version
+                await self.switch(plan, self.snapshot, plan_id, None)
+                if self.current is not None:
+                    log.warning("resumed plan v%d of the daemon that died as v%d", version, self.current.number)
             if self.current is None:
-                raise RuntimeError(f"no plan could be applied: {decision.reason}")
+                decision = await self.resolve("start")
+                reason = decision.reason
+            if self.current is None:
+                raise RuntimeError(f"no plan could be applied: {reason}")
             self._start_jobs()
             self.accepting = True
         except BaseException:
             await self.close()
             raise
+
+    def _take_over(self, crashed: dict[str, Any]) -> None:
+        """Settings, joined nodes and the plan in force of a daemon that died (its history row)."""
+        known = {f.name for f in fields(DaemonSettings)}
+        try:
+            self.settings = DaemonSettings(**{k: v for k, v in crashed["settings"].items() if k in known})
+            net = NetworkState.model_validate(crashed["network"])
+        except (InputError, TypeError, ValueError) as exc:
+            log.warning("not resuming the daemon that died (history row %s): %s", crashed["id"], exc)
+            return
+        self.resumed_from = crashed["id"]
+        joined = [n for n in net.nodes if n.name not in self.nodes and n.address]
+        if joined:
+            names = {n.name for n in joined}
+            doc = self.base.model_dump(exclude_none=True)
+            doc["nodes"].extend(n.model_dump(exclude_none=True) for n in joined)
+            new_links = [lk for lk in net.links if {lk.a, lk.b} & names and {lk.a, lk.b} <= set(self.nodes) | names]
+            doc["links"].extend(lk.model_dump(exclude_none=True) for lk in new_links)
+            self.base = NetworkState.model_validate(doc)
+            for n in joined:
+                self.nodes[n.name] = NodeStatus(n.name, n.address, local=False, state="down")   # probed next
+            for lk in new_links:
+                self.links[link_key(lk.a, lk.b)] = LinkEstimate(lk.bandwidth_bps, lk.latency_s, 0, "declared")
+            if self.truth is not None:
+                self.truth = replace(self.truth, nodes=(*self.truth.nodes, *(NodeSpec(n.name, n.hardware, 1.0)
+                                                                             for n in joined)),
+                                     links=(*self.truth.links, *(LinkSpec(lk.a, lk.b, lk.bandwidth_bps, lk.latency_s)
+                                                                 for lk in new_links)))
+            self.snapshot = take_snapshot(self.base, self.links, self.slowdown, {n.name for n in joined})
+        if crashed.get("plan") and crashed.get("version"):
+            try:
+                plan = Plan.model_validate(crashed["plan"])
+            except ValueError:
+                plan = None
+            usable = {n for n, st in self.nodes.items() if st.state == "up"}
+            if plan is not None and len(plan.assignment) == len(self.profile.units) and set(plan.assignment) <= usable:
+                self._resume_plan = (plan, crashed.get("plan_id"), int(crashed["version"]))
+            else:
+                self._version_base = int(crashed["version"])
+        log.warning("resuming the daemon that died (history row %s): settings, %d joined node(s), plan %s",
+                    crashed["id"], len(joined), f"v{crashed.get('version')}" if self._resume_plan else "re-solved")
 
     def _start_jobs(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -221,6 +284,9 @@ class Daemon:
         writes = [t for t in self._background if t in self._writes]
         if writes:
             await asyncio.wait(writes, timeout=10.0)
+        if self._state_id is not None:
+            await self._record(self._save_state, None, None, None, True,
+                               datetime.now(UTC), buffered=True)
         if self._unwritten:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.flush_history(), timeout=10.0)
@@ -345,6 +411,10 @@ class Daemon:
         down = {n for n, st in self.nodes.items() if st.state == "down"}
         self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
         self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
+        if self._state_id is not None:
+            await self._record(self.store.update_daemon_state, self._state_id,
+                               self.base.model_dump(mode="json", exclude_none=True), None, None, False,
+                               datetime.now(UTC), buffered=True)
         decision = await self.resolve("node-join")
         return {"name": name, "joined": "new", "profile": how, "decision": decision.to_dict()}
 
@@ -647,7 +717,7 @@ class Daemon:
     async def switch(self, plan: Plan, snapshot: NetworkState, plan_id: int | None, decision_id: int | None) -> None:
         """Two phases: every worker of the new version loads it (the old keeps serving), then new requests
         take it; the old version is freed on its workers once no request holds it."""
-        number = (self.current.number if self.current else 0) + 1
+        number = (self.current.number if self.current else self._version_base) + 1
         addresses = {n: s.address for n, s in self.nodes.items() if s.address}
         sp = make_stage_plan(self.adapter, snapshot, plan, addresses=addresses, profile=self.profile,
                              emulate=self.emulated, dilation=self.dilation, version=number)
@@ -676,6 +746,9 @@ class Daemon:
         self.metrics.plan_version.set(number)
         self.metrics.switch_seconds.observe(time.perf_counter() - t0)
         log.info("plan v%d applied: %s", number, " ".join(plan.assignment))
+        if self._state_id is not None:
+            await self._record(self._save_state, None, plan_id, number, False,
+                               datetime.now(UTC), buffered=True)
         if old is not None:
             self._spawn(self._retire(old, app_id))
         elif app_id is not None:
@@ -864,6 +937,16 @@ class Daemon:
         return self.store.record_plan_application(plan_id, previous_plan_id=previous, version=version,
                                                   decision_id=decision_id)
 
+    def _open_state(self) -> int:
+        return self.store.open_daemon_state(self.model, settings=asdict(self.settings),
+                                            network=self.base.model_dump(mode="json", exclude_none=True))
+
+    def _save_state(self, network: dict[str, Any] | None, plan_id: int | None, version: int | None, stopped: bool,
+                    at: datetime) -> None:
+        assert self._state_id is not None
+        self.store.update_daemon_state(self._state_id, network=network, plan_id=plan_id, version=version,
+                                       stopped=stopped, at=at)
+
     def _finish_application(self, app_id: int, outcome: str, at: datetime | None = None) -> None:
         self.store.finish_plan_application(app_id, outcome=outcome, finished_at=at)
 
@@ -885,7 +968,8 @@ class Daemon:
                 "links": {k: {"bandwidth_bps": e.bandwidth_bps, "latency_s": e.latency_s, "samples": e.samples,
                               "method": e.method} for k, e in self.links.items()},
                 "decisions": list(self.decisions)[-10:], "dilation": self.dilation, "emulated": self.emulated,
-                "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model}
+                "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model,
+                "settings": asdict(self.settings), "resumed_from": self.resumed_from}
 
 
 def _one_line(exc: BaseException) -> str:

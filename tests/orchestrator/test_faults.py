@@ -99,3 +99,55 @@ def test_killed_workers_lose_no_request(tmp_path: Path) -> None:
     assert not wrong and not unclear and not late, (wrong, unclear, late)
     # every request of this run could be re-run on a working plan, so every one was answered
     assert all(a[0] == 200 for a in answers), [a for a in answers if a[0] != 200]
+
+
+def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
+    """SIGKILL the daemon; the next `aiflow daemon` on the same history database takes over the settings it
+    ran with and its plan in force (as the next version, without solving afresh); a clean stop is not
+    resumed."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}")
+    aiflow = str(Path(sys.executable).parent / "aiflow")
+    base = [aiflow, "daemon", "--model", "tiny-captioner", "--network", str(NETWORK), "--profile", str(PROFILE),
+            "--api", "127.0.0.1:0"]
+
+    def status(url: str) -> dict:
+        return httpx.get(f"{url}/v1/status", timeout=60, trust_env=False).json()
+
+    def run(extra: list[str]) -> tuple[subprocess.Popen, str]:
+        proc = subprocess.Popen(base + extra, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        line = proc.stdout.readline()
+        assert line.startswith("aiflow daemon: serving"), line
+        return proc, line.split()[-1]
+
+    procs: list[subprocess.Popen] = []
+    try:
+        first, url = run(["--probe-interval", "7", "--threshold", "0.3", "--solve-interval", "40"])
+        procs.append(first)
+        before = status(url)
+        assert before["plan"]["version"] == 1 and before["resumed_from"] is None
+        first.kill()
+        first.wait()
+
+        second, url = run([])                                   # no settings given: the dead daemon's are used
+        procs.append(second)
+        after = status(url)
+        assert after["resumed_from"] is not None
+        assert after["settings"]["probe_interval_s"] == 7 and after["settings"]["threshold"] == 0.3
+        assert after["settings"]["solve_interval_s"] == 40
+        assert after["plan"]["version"] == 2 and after["plan"]["assignment"] == before["plan"]["assignment"]
+        assert not after["decisions"]                           # taken over, not solved afresh
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+
+        from orchestrator.store import Store
+
+        with Store.open(env["AIFLOW_DATABASE_URL"]) as store:        # a clean stop leaves nothing to resume
+            assert store.crashed_daemon_state("tiny-captioner") is None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -29,7 +29,8 @@ TABLES_0001 = {"hardware_classes", "models", "profiles", "profile_hardware", "pr
 TABLES_0002 = {"networks", "plans", "runs", "probes", "plan_applications"}
 TABLES_0003 = {"decisions", "node_samples"}
 TABLES_0004 = {"probe_hours", "node_sample_hours", "run_hours"}
-ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003 | TABLES_0004
+TABLES_0005 = {"daemon_states"}
+ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003 | TABLES_0004 | TABLES_0005
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_migrations_up_down_up(url):
         db.upgrade(engine, "0002")
         assert _tables(engine) == TABLES_0001 | TABLES_0002
         db.upgrade(engine)
-        assert db.current_revision(engine) == "0004" == db.head_revision()
+        assert db.current_revision(engine) == "0005" == db.head_revision()
         assert _tables(engine) == ALL_TABLES
         db.downgrade(engine, "0001")
         assert _tables(engine) == TABLES_0001
@@ -456,13 +457,14 @@ def test_upgrade_to_0004_keeps_every_row_the_code_wrote(url):
         fill_every_table(store)
     engine = db.make_engine(url)
     try:
-        before = _dump(engine, ALL_TABLES - TABLES_0004)
-        assert all(before[t] for t in ALL_TABLES - TABLES_0004), "the fill left a table empty"
+        newer = TABLES_0004 | TABLES_0005
+        before = _dump(engine, ALL_TABLES - newer)
+        assert all(before[t] for t in ALL_TABLES - newer), "the fill left a table empty"
         db.downgrade(engine, "0003")
-        assert _tables(engine) == ALL_TABLES - TABLES_0004
+        assert _tables(engine) == ALL_TABLES - newer
         db.upgrade(engine)
-        assert db.current_revision(engine) == "0004"
-        assert _dump(engine, ALL_TABLES - TABLES_0004) == before
+        assert db.current_revision(engine) == "0005"
+        assert _dump(engine, ALL_TABLES - newer) == before
     finally:
         engine.dispose()
 
@@ -492,10 +494,10 @@ def _dump(engine, tables) -> dict[str, list[tuple]]:
 def test_cli_db_commands(cli_app, url):
     assert "none (empty" in _invoke(cli_app, url, "db", "current")
     assert "empty -> 0001" in _invoke(cli_app, url, "db", "upgrade", "0001")
-    assert "0001 (behind head 0004)" in _invoke(cli_app, url, "db", "current")
-    assert "0001 -> 0004" in _invoke(cli_app, url, "db", "upgrade")
-    assert "0004 (up to date)" in _invoke(cli_app, url, "db", "current")
-    assert "0004 -> empty" in _invoke(cli_app, url, "db", "downgrade", "base")
+    assert "0001 (behind head 0005)" in _invoke(cli_app, url, "db", "current")
+    assert "0001 -> 0005" in _invoke(cli_app, url, "db", "upgrade")
+    assert "0005 (up to date)" in _invoke(cli_app, url, "db", "current")
+    assert "0005 -> empty" in _invoke(cli_app, url, "db", "downgrade", "base")
     out = _invoke(cli_app, url, "db", "url")
     assert url in out and "AIFLOW_DATABASE_URL" in out
     out = CliRunner().invoke(cli_app, ["db", "url", "--url", "postgresql+psycopg://u:secret@h/db"]).output
