@@ -28,7 +28,7 @@ import torch
 from runtime.codec import Frame, ack_frame, decode_frame, encode_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, stamped_arrival
 from runtime.stages import StagePlan
-from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
+from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Tls, Transport, TransportError
 
 MAX_IDLE_S = 3600.0          # the most a worker keeps a request's state idle (runtime.worker.MAX_IDLE_S)
 
@@ -88,7 +88,8 @@ class Client:
 
     def __init__(self, plan: StagePlan, *, token: str | None = None, transport: Transport | None = None,
                  reply_listen: str = "127.0.0.1:0", timeout_s: float = 300.0,
-                 call_timeout_s: float = DEFAULT_TIMEOUT_S, controller_token: str | None = None) -> None:
+                 call_timeout_s: float = DEFAULT_TIMEOUT_S, controller_token: str | None = None,
+                 tls: Tls | None = None) -> None:
         missing = [n for n in plan.hosting_nodes() if plan.node(n).address is None]
         if missing:
             raise ValueError(f"plan v{plan.version}: no address for node(s) {', '.join(missing)}")
@@ -99,7 +100,8 @@ class Client:
         self.plans: dict[int, StagePlan] = {plan.version: plan}
         self.in_flight: dict[int, int] = defaultdict(int)
         self.token = token
-        self.transport = transport or GrpcTransport(token, controller_token=controller_token)
+        self.tls = tls
+        self.transport = transport or GrpcTransport(token, controller_token=controller_token, tls=tls)
         self.timeout_s = timeout_s
         self.call_timeout_s = call_timeout_s
         self._reply_listen = reply_listen
@@ -120,7 +122,8 @@ class Client:
         await self.close()
 
     async def start(self, apply: bool = True) -> None:
-        self._server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token)
+        self._server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token,
+                                   tls=self.tls)
         self.reply_address = await self._server.start(self._reply_listen)
         if apply:
             await self.apply()
@@ -357,11 +360,12 @@ def _merge_stats(result: RequestResult, stats: list[dict[str, Any]], client_hops
 async def run_requests(plan: StagePlan, sources: Sequence[torch.Tensor], *, mode: str = "generate",
                        max_new_tokens: int = 16, eos: int | None = None, token: str | None = None,
                        concurrency: int = 1, timeout_s: float = 300.0,
-                       reply_listen: str = "127.0.0.1:0", controller_token: str | None = None) -> list[RequestResult]:
+                       reply_listen: str = "127.0.0.1:0", controller_token: str | None = None,
+                       tls: Tls | None = None) -> list[RequestResult]:
     """Apply `plan` to its (running) workers and run every source; at most `concurrency` at once.
     `reply_listen` is where the client takes results: an address every worker can reach."""
     async with Client(plan, token=token, timeout_s=timeout_s, reply_listen=reply_listen,
-                      controller_token=controller_token) as client:
+                      controller_token=controller_token, tls=tls) as client:
         gate = asyncio.Semaphore(max(1, concurrency))
 
         async def one(src: torch.Tensor) -> RequestResult:

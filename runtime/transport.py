@@ -30,9 +30,12 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -62,6 +65,38 @@ _SEQ = struct.Struct("<Q")
 
 FrameHandler = Callable[[bytes | memoryview], Awaitable[list[bytes]]]
 HealthHandler = Callable[[], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Mutual TLS: this end's certificate and key, and the CA that signs every peer's certificate. A server
+    with it accepts only clients presenting a certificate of that CA; a sender checks the server's the same
+    way (its certificate must name the address's host: an IP or DNS subject alternative name)."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def from_files(cls, ca: str | Path, cert: str | Path, key: str | Path) -> Tls:
+        def read(path: str | Path, what: str) -> bytes:
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"TLS {what} {path}: {exc.strerror}") from None
+
+        return cls(read(ca, "CA"), read(cert, "certificate"), read(key, "key"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Tls | None:
+        """$AIFLOW_TLS_CA, $AIFLOW_TLS_CERT and $AIFLOW_TLS_KEY (paths), all three or none."""
+        env = os.environ if env is None else env
+        paths = [env.get(k) for k in ("AIFLOW_TLS_CA", "AIFLOW_TLS_CERT", "AIFLOW_TLS_KEY")]
+        if not any(paths):
+            return None
+        if not all(paths):
+            raise ValueError("TLS: set all of AIFLOW_TLS_CA, AIFLOW_TLS_CERT and AIFLOW_TLS_KEY, or none")
+        return cls.from_files(*paths)  # type: ignore[arg-type]
 
 
 class TransportError(RuntimeError):
@@ -174,9 +209,10 @@ class GrpcTransport(Transport):
     to that address travels (reopened when it ends); calls carry the shared token."""
 
     def __init__(self, token: str | None = None, *, controller_token: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, tls: Tls | None = None) -> None:
         self.token = token
         self.controller_token = controller_token
+        self.tls = tls
         self.max_message_bytes = max_message_bytes
         self._channels: dict[str, tuple[grpc.aio.Channel, Any, Any]] = {}
         self._streams: dict[str, _FrameStream] = {}
@@ -184,7 +220,13 @@ class GrpcTransport(Transport):
     def _stubs(self, address: str) -> tuple[Any, Any]:
         entry = self._channels.get(address)
         if entry is None:
-            channel = grpc.aio.insecure_channel(address, options=_channel_options(self.max_message_bytes))
+            options = _channel_options(self.max_message_bytes)
+            if self.tls is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                creds = grpc.ssl_channel_credentials(root_certificates=self.tls.ca, private_key=self.tls.key,
+                                                     certificate_chain=self.tls.cert)
+                channel = grpc.aio.secure_channel(address, creds, options=options)
             push = channel.unary_unary(PUSH, request_serializer=None, response_deserializer=None)
             health = channel.unary_unary(HEALTH, request_serializer=None, response_deserializer=None)
             entry = (channel, push, health)
@@ -250,7 +292,9 @@ class FrameServer:
     """A gRPC server for one endpoint (a worker, or a client's reply address)."""
 
     def __init__(self, handler: FrameHandler, health: HealthHandler, *, token: str | None = None,
-                 controller_token: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 controller_token: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 tls: Tls | None = None) -> None:
+        self._tls = tls
         self._handler = handler
         self._health = health
         self._token = token
@@ -336,7 +380,12 @@ class FrameServer:
             "Health": grpc.unary_unary_rpc_method_handler(self._health_call),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        bound = server.add_insecure_port(listen)
+        if self._tls is None:
+            bound = server.add_insecure_port(listen)
+        else:
+            creds = grpc.ssl_server_credentials([(self._tls.key, self._tls.cert)], root_certificates=self._tls.ca,
+                                                require_client_auth=True)
+            bound = server.add_secure_port(listen, creds)
         if bound == 0:
             raise OSError(f"cannot listen on {listen}")
         await server.start()

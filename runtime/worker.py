@@ -57,6 +57,7 @@ from runtime.transport import (
     DEFAULT_TIMEOUT_S,
     FrameServer,
     GrpcTransport,
+    Tls,
     Transport,
     TransportError,
     caller_is_controller,
@@ -110,7 +111,7 @@ class Worker:
     def __init__(self, name: str, model: str | None = None, *, adapter: ModelAdapter | None = None,
                  token: str | None = None, transport: Transport | None = None, state_timeout_s: float = 120.0,
                  release_unused: bool = False, call_timeout_s: float = DEFAULT_TIMEOUT_S,
-                 controller_token: str | None = None) -> None:
+                 controller_token: str | None = None, tls: Tls | None = None) -> None:
         if adapter is None and model is None:
             raise ValueError("a worker needs a model name or an adapter")
         self.name = name
@@ -124,7 +125,8 @@ class Worker:
         self.shapes = probe_shapes(adapter)
         self.token = token
         self.controller_token = controller_token
-        self.transport = transport or GrpcTransport(token)
+        self.tls = tls
+        self.transport = transport or GrpcTransport(token, tls=tls)
         self.state_timeout_s = state_timeout_s
         self.call_timeout_s = call_timeout_s
         self.release_unused = release_unused
@@ -147,7 +149,8 @@ class Worker:
 
     # -- serving ---------------------------------------------------------------------------------
     async def start(self, listen: str = "127.0.0.1:0") -> str:
-        self._server = FrameServer(self.handle, self.health, token=self.token, controller_token=self.controller_token)
+        self._server = FrameServer(self.handle, self.health, token=self.token, controller_token=self.controller_token,
+                                   tls=self.tls)
         self.address = await self._server.start(listen)
         self._reaper = asyncio.create_task(self._reap_loop())
         return self.address
@@ -629,13 +632,13 @@ async def _arrival(frame: Frame) -> None:
 async def serve(name: str, listen: str, model: str, *, token: str | None = None, threads: int | None = None,
                 state_timeout_s: float = 120.0, release_unused: bool = False,
                 on_ready: Callable[[str], Awaitable[None]] | None = None,
-                controller_token: str | None = None) -> None:
+                controller_token: str | None = None, tls: Tls | None = None) -> None:
     """Run a worker until SIGINT/SIGTERM. Prints `READY host:port` on stdout once it serves, then awaits
     `on_ready(address)` (joining a daemon, say); an exception there stops the worker and propagates."""
     if threads:
         torch.set_num_threads(threads)
     worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused,
-                    controller_token=controller_token)
+                    controller_token=controller_token, tls=tls)
     address = await worker.start(listen)
     print(f"READY {address}", flush=True)
     if on_ready is not None:
@@ -683,7 +686,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(serve(a.name, a.listen, a.model, token=token, threads=a.threads,
                           state_timeout_s=a.state_timeout, release_unused=a.release_unused,
-                          controller_token=controller))
+                          controller_token=controller, tls=Tls.from_env()))
     except ValueError as exc:     # InputError included: bad model name or folder
         print(f"aiflow worker: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

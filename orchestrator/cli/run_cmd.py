@@ -60,7 +60,17 @@ def worker(
     # opens are taken only from a controller that holds it (docs/runtime.md, Security)
     asyncio.run(serve(name, listen, model, token=token, state_timeout_s=state_timeout,
                       release_unused=release_unused, on_ready=on_ready,
-                      controller_token=os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None))
+                      controller_token=os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None, tls=_tls()))
+
+
+def _tls() -> Any:
+    """Mutual TLS from $AIFLOW_TLS_CA, $AIFLOW_TLS_CERT, $AIFLOW_TLS_KEY (all or none), else None."""
+    from runtime.transport import Tls
+
+    try:
+        return Tls.from_env()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _join_request(name: str, hardware: str | None, mem_bytes: float | None, links: list[str],

@@ -54,7 +54,7 @@ from runtime.links import Emulation, network_traces
 from runtime.local import LocalWorkers
 from runtime.session import make_stage_plan
 from runtime.stages import LinkSpec, NodeSpec
-from runtime.transport import GrpcTransport, TransportError
+from runtime.transport import GrpcTransport, Tls, TransportError
 
 log = logging.getLogger("aiflow.daemon")
 SMALL_PROBE_BYTES = 64
@@ -138,7 +138,10 @@ class Daemon:
         self.metrics = Metrics()
         self.workers: LocalWorkers | None = None
         self.client: Client | None = None
-        self.transport = GrpcTransport(token, controller_token=self.controller_token)
+        # mutual TLS for every call to the workers when $AIFLOW_TLS_CA/_CERT/_KEY are set (the local workers
+        # inherit the same environment)
+        self.tls = Tls.from_env()
+        self.transport = GrpcTransport(token, controller_token=self.controller_token, tls=self.tls)
         self.accepting = False
         self.open_requests = 0
         self._solve_lock = asyncio.Lock()
@@ -170,7 +173,7 @@ class Daemon:
                                         controller_token=self.controller_token)
             self.token = self.workers.token
             self.controller_token = self.workers.controller_token
-            self.transport = GrpcTransport(self.token, controller_token=self.controller_token)
+            self.transport = GrpcTransport(self.token, controller_token=self.controller_token, tls=self.tls)
             addresses = await asyncio.to_thread(self.workers.start)
             for name, address in addresses.items():
                 self.nodes[name].address = address
@@ -725,7 +728,7 @@ class Daemon:
         try:
             if self.client is None:
                 self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
-                                     controller_token=self.controller_token)
+                                     controller_token=self.controller_token, tls=self.tls)
                 await self.client.start(apply=False)
                 if self.truth is not None:
                     self.client.set_emulation(self.truth)
