@@ -126,7 +126,11 @@ class Client:
                                    tls=self.tls)
         self.reply_address = await self._server.start(self._reply_listen)
         if apply:
-            await self.apply()
+            try:
+                await self.apply()
+            except BaseException:
+                await self.close()       # `async with` does not exit a context whose enter failed
+                raise
 
     async def close(self) -> None:
         if self._watcher is not None:

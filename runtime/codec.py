@@ -197,6 +197,9 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
         if dtype is None:
             raise FrameError(f"header.dtype: unknown {dtype_name!r} (known: {', '.join(DTYPES)})")
         itemsize = torch.empty((), dtype=dtype).element_size()
+        if math.prod(max(d, 1) for d in shape) * itemsize >= 1 << 62:
+            # even with a zero dimension (no payload) the strides of such a tensor overflow
+            raise FrameError(f"header.shape: {shape} is larger than any tensor can be")
         expect = math.prod(shape) * itemsize
         if expect != payload_len:
             raise FrameError(f"payload is {payload_len} bytes but header says {dtype_name}{shape} = {expect} bytes")
