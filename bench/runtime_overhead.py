@@ -187,7 +187,7 @@ def end_to_end(profile_path: Path, bandwidths: list[float], requests: int, local
                 sp = make_stage_plan(ad, net, plan, addresses=workers.addresses, profile=profile, emulate=True,
                                      dilation=k, version=version)
                 results = asyncio.run(run_requests(sp, sources, max_new_tokens=new_tokens, eos=None,
-                                                   token=workers.token))
+                                                   token=workers.token, controller_token=workers.controller_token))
                 steps = results[0].steps
                 ev = evaluate(with_decode_repeat(profile, steps - 1), net, plan.assignment)
                 scaled = [r.scaled_s for r in results]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -27,11 +28,23 @@ import torch
 from runtime.codec import Frame, ack_frame, decode_frame, encode_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, stamped_arrival
 from runtime.stages import StagePlan
-from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport
+from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Tls, Transport, TransportError
+
+MAX_IDLE_S = 3600.0          # the most a worker keeps a request's state idle (runtime.worker.MAX_IDLE_S)
 
 
 class RequestFailed(RuntimeError):
-    """A request that a worker refused or failed, or that timed out."""
+    """A request that a worker refused or failed, or that timed out. `down`: the nodes found not answering
+    (a caller may re-plan without them and run the request again)."""
+
+    def __init__(self, message: str, down: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.down = tuple(down)
+
+
+# transport codes that say the peer is gone or stalled, not that it refused
+UNREACHABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN"})
+WATCH_INTERVAL_S = 0.5          # how often the nodes of requests in flight are health-checked
 
 
 @dataclass
@@ -75,20 +88,28 @@ class Client:
 
     def __init__(self, plan: StagePlan, *, token: str | None = None, transport: Transport | None = None,
                  reply_listen: str = "127.0.0.1:0", timeout_s: float = 300.0,
-                 call_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 call_timeout_s: float = DEFAULT_TIMEOUT_S, controller_token: str | None = None,
+                 tls: Tls | None = None) -> None:
         missing = [n for n in plan.hosting_nodes() if plan.node(n).address is None]
         if missing:
             raise ValueError(f"plan v{plan.version}: no address for node(s) {', '.join(missing)}")
+        # the deadline is also every worker's idle timeout for the request's state: finite and capped there
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and 0 < timeout_s <= MAX_IDLE_S):
+            raise ValueError(f"timeout_s: a request's deadline must be seconds in (0, {MAX_IDLE_S:g}], got {timeout_s}")
         self.plan = plan
         self.plans: dict[int, StagePlan] = {plan.version: plan}
         self.in_flight: dict[int, int] = defaultdict(int)
         self.token = token
-        self.transport = transport or GrpcTransport(token)
+        self.tls = tls
+        self.transport = transport or GrpcTransport(token, controller_token=controller_token, tls=tls)
         self.timeout_s = timeout_s
         self.call_timeout_s = call_timeout_s
         self._reply_listen = reply_listen
         self._server: FrameServer | None = None
         self._pending: dict[str, asyncio.Future] = {}
+        self._pending_on: dict[str, StagePlan] = {}        # the plan each pending request runs on
+        self._watcher: asyncio.Task | None = None
+        self.watch_interval_s = WATCH_INTERVAL_S
         self._network = EmulatedNetwork(plan.nodes, plan.links, plan.dilation)
         self._emulation: Emulation | None = None
         self.reply_address: str | None = None
@@ -101,12 +122,22 @@ class Client:
         await self.close()
 
     async def start(self, apply: bool = True) -> None:
-        self._server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token)
+        self._server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token,
+                                   tls=self.tls)
         self.reply_address = await self._server.start(self._reply_listen)
         if apply:
-            await self.apply()
+            try:
+                await self.apply()
+            except BaseException:
+                await self.close()       # `async with` does not exit a context whose enter failed
+                raise
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._server is not None:
             await self._server.stop()
             self._server = None
@@ -158,8 +189,12 @@ class Client:
         return address
 
     async def _control(self, node: str, data: bytes, plan: StagePlan | None = None) -> list[Frame]:
-        replies = [decode_frame(r) for r in await self.transport.send(self._address(node, plan), data,
-                                                                       timeout=self.call_timeout_s)]
+        try:
+            raw = await self.transport.send(self._address(node, plan), data, timeout=self.call_timeout_s)
+        except TransportError as exc:
+            down = (node,) if exc.code in UNREACHABLE_CODES else ()
+            raise RequestFailed(f"{node}: not answering: {exc.code}: {exc.detail}"[:500], down) from None
+        replies = [decode_frame(r) for r in raw]
         for r in replies:
             if r.kind == "error":
                 raise RequestFailed(f"{node}: {r.meta.get('error')}")
@@ -181,28 +216,30 @@ class Client:
         return [ack_frame(frame.request_id)]
 
     # -- requests --------------------------------------------------------------------------------
-    async def generate(self, source: torch.Tensor, *, max_new_tokens: int, eos: int | None = None) -> RequestResult:
-        """Greedy generation: prompt ids [B, S] for a causal LM, pixels [B, C, H, W] for a captioner."""
+    async def generate(self, source: torch.Tensor, *, max_new_tokens: int, eos: int | None = None,
+                       deadline: float | None = None) -> RequestResult:
+        """Greedy generation: prompt ids [B, S] for a causal LM, pixels [B, C, H, W] for a captioner.
+        `deadline` (time.monotonic()): the result is awaited until then at most (and timeout_s at most)."""
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        return await self._run(source, "generate", max_new_tokens=max_new_tokens, eos=eos)
+        return await self._run(source, "generate", max_new_tokens=max_new_tokens, eos=eos, deadline=deadline)
 
     async def forward(self, source: torch.Tensor, *, all_logits: bool = False) -> RequestResult:
         """One pass of every active phase but decode: logits of a causal LM or captioner, a ViT's output."""
         return await self._run(source, "forward", all_logits=all_logits)
 
     async def _run(self, source: torch.Tensor, mode: str, *, max_new_tokens: int = 1, eos: int | None = None,
-                   all_logits: bool = False) -> RequestResult:
+                   all_logits: bool = False, deadline: float | None = None) -> RequestResult:
         plan = self.plan
         self.in_flight[plan.version] += 1
         try:
             return await self._run_on(plan, source, mode, max_new_tokens=max_new_tokens, eos=eos,
-                                      all_logits=all_logits)
+                                      all_logits=all_logits, deadline=deadline)
         finally:
             self.in_flight[plan.version] -= 1
 
     async def _run_on(self, plan: StagePlan, source: torch.Tensor, mode: str, *, max_new_tokens: int,
-                      eos: int | None, all_logits: bool) -> RequestResult:
+                      eos: int | None, all_logits: bool, deadline: float | None = None) -> RequestResult:
         rid = uuid.uuid4().hex
         nodes = plan.hosting_nodes()
         meta = {"reply": self.reply_address, "mode": mode, "batch": int(source.shape[0]),
@@ -211,6 +248,8 @@ class Client:
         opened = encode_frame(Frame("open", rid, plan.version, meta=meta))
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
+        self._pending_on[rid] = plan
+        self._watch()
         try:
             await asyncio.gather(*(self._control(n, opened, plan) for n in nodes))
             first = plan.phases[0]
@@ -227,13 +266,14 @@ class Client:
             await self._control(dst, data, plan)
             if not plan.emulate and dst != plan.source:
                 client_hops = {f"{plan.source}->{dst}": time.perf_counter() - t_send}
+            wait = self.timeout_s if deadline is None else max(0.0, min(self.timeout_s, deadline - time.monotonic()))
             try:
-                frame = await asyncio.wait_for(fut, timeout=self.timeout_s)
+                frame = await asyncio.wait_for(fut, timeout=wait)
             except TimeoutError:
-                raise RequestFailed(f"request {rid} timed out after {self.timeout_s:g} s") from None
+                raise RequestFailed(f"request {rid} timed out after {wait:.3g} s") from None
             measured = time.perf_counter() - t0
             if frame.kind == "error":
-                raise RequestFailed(str(frame.meta.get("error")))
+                raise RequestFailed(str(frame.meta.get("error")), frame.meta.get("down", ()))
             closing = encode_frame(Frame("close", rid, plan.version))
             stats = await asyncio.gather(*(self._control(n, closing, plan) for n in nodes))
         except BaseException:
@@ -241,12 +281,52 @@ class Client:
             raise
         finally:
             self._pending.pop(rid, None)
+            self._pending_on.pop(rid, None)
         result = RequestResult(rid, frame.tensor if mode == "generate" else None,
                                frame.tensor if mode == "forward" else None, int(frame.meta.get("steps", 1)),
                                measured, plan.dilation if plan.emulate else 1.0, plan.emulate,
                                plan_version=plan.version)
         _merge_stats(result, [f.meta for fs in stats for f in fs if f.kind == "stats"], client_hops, len(data))
         return result
+
+    def _watch(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        """While requests are in flight, health-check the nodes they run on; a node that is gone (its port
+        refuses) or misses two checks in a row fails every pending request that runs on it at once, with
+        the node named, instead of leaving each to wait out its deadline for a result that cannot come."""
+        misses: dict[str, int] = defaultdict(int)
+        while self._pending:
+            await asyncio.sleep(self.watch_interval_s)
+            nodes = {(n, self._address(n, plan)) for plan in list(self._pending_on.values())
+                     for n in plan.hosting_nodes()}
+            checks = await asyncio.gather(*(self._alive(addr) for _, addr in nodes))
+            down: dict[str, str] = {}
+            for (node, addr), (ok, why, definite) in zip(nodes, checks, strict=True):
+                misses[addr] = 0 if ok else misses[addr] + 1
+                if not ok and (definite or misses[addr] >= 2):
+                    down[addr] = f"{node} ({addr}) stopped answering: {why}"
+            if not down:
+                continue
+            for rid, plan in list(self._pending_on.items()):
+                hit = [n for n in plan.hosting_nodes() if self._address(n, plan) in down]
+                fut = self._pending.get(rid)
+                if hit and fut is not None and not fut.done():
+                    why = "; ".join(down[self._address(n, plan)] for n in hit)
+                    fut.set_result(Frame("error", rid, plan.version, meta={"error": why, "code": "node-down",
+                                                                           "down": hit}))
+
+    async def _alive(self, address: str) -> tuple[bool, str, bool]:
+        """(answers, why not, whether the failure is definite: the port refuses, the process is gone)."""
+        try:
+            await self.transport.health(address, timeout=max(2.0, 2 * self.watch_interval_s))
+            return True, "", False
+        except TransportError as exc:
+            return False, f"{exc.code}", exc.code == "UNAVAILABLE"
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the node did not answer
+            return False, type(exc).__name__, False
 
     async def _cancel(self, rid: str, nodes: Sequence[str], plan: StagePlan) -> None:
         frame = encode_frame(Frame("cancel", rid, plan.version))
@@ -284,10 +364,12 @@ def _merge_stats(result: RequestResult, stats: list[dict[str, Any]], client_hops
 async def run_requests(plan: StagePlan, sources: Sequence[torch.Tensor], *, mode: str = "generate",
                        max_new_tokens: int = 16, eos: int | None = None, token: str | None = None,
                        concurrency: int = 1, timeout_s: float = 300.0,
-                       reply_listen: str = "127.0.0.1:0") -> list[RequestResult]:
+                       reply_listen: str = "127.0.0.1:0", controller_token: str | None = None,
+                       tls: Tls | None = None) -> list[RequestResult]:
     """Apply `plan` to its (running) workers and run every source; at most `concurrency` at once.
     `reply_listen` is where the client takes results: an address every worker can reach."""
-    async with Client(plan, token=token, timeout_s=timeout_s, reply_listen=reply_listen) as client:
+    async with Client(plan, token=token, timeout_s=timeout_s, reply_listen=reply_listen,
+                      controller_token=controller_token, tls=tls) as client:
         gate = asyncio.Semaphore(max(1, concurrency))
 
         async def one(src: torch.Tensor) -> RequestResult:

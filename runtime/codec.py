@@ -135,6 +135,18 @@ def _str(h: dict[str, Any], key: str, default: str = "") -> str:
     return v
 
 
+def _no_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity; a header that uses them is refused (and could not be re-encoded)."""
+    raise FrameError(f"header: {name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise FrameError(f"header: {text[:20]} is out of a float's range")
+    return value
+
+
 def read_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
     """The header object and the offset where the payload starts."""
     mv = memoryview(data)
@@ -145,9 +157,16 @@ def read_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], i
     if hlen > MAX_HEADER_BYTES or start + hlen > len(mv):
         raise FrameError(f"header length {hlen} does not fit in a frame of {len(mv)} bytes")
     try:
-        header = json.loads(bytes(mv[start:start + hlen]).decode("utf-8"))
+        header = json.loads(bytes(mv[start:start + hlen]).decode("utf-8"), parse_constant=_no_constant,
+                            parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FrameError(f"header: not UTF-8 JSON: {exc}") from None
+    except FrameError:
+        raise
+    except RecursionError:
+        raise FrameError("header: JSON nested too deeply") from None
+    except ValueError as exc:          # an integer of more digits than Python converts (4300)
+        raise FrameError(f"header: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("header: expected a JSON object")
     return header, start + hlen
@@ -178,6 +197,9 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
         if dtype is None:
             raise FrameError(f"header.dtype: unknown {dtype_name!r} (known: {', '.join(DTYPES)})")
         itemsize = torch.empty((), dtype=dtype).element_size()
+        if math.prod(max(d, 1) for d in shape) * itemsize >= 1 << 62:
+            # even with a zero dimension (no payload) the strides of such a tensor overflow
+            raise FrameError(f"header.shape: {shape} is larger than any tensor can be")
         expect = math.prod(shape) * itemsize
         if expect != payload_len:
             raise FrameError(f"payload is {payload_len} bytes but header says {dtype_name}{shape} = {expect} bytes")

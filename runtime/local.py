@@ -29,11 +29,14 @@ class LocalWorkers:
     def __init__(self, model: str, names: Sequence[str], *, token: str | None = None, host: str = "127.0.0.1",
                  threads: int | None = None, release_unused: bool = False, python: str = sys.executable,
                  state_timeout_s: float = 120.0, hosts: Mapping[str, str] | None = None,
-                 launchers: Mapping[str, Sequence[str]] | None = None, module: str = "runtime.worker") -> None:
+                 launchers: Mapping[str, Sequence[str]] | None = None, module: str = "runtime.worker",
+                 controller_token: str | None = None) -> None:
         self.model = model
         self.module = module                             # runtime.worker, or runtime.cooperative (a verifier)
         self.names = list(dict.fromkeys(names))
         self.token = token or secrets.token_hex(16)
+        # the controller's credential: plans, opens and emulation are taken only from whoever holds it
+        self.controller_token = controller_token or secrets.token_hex(16)
         self.host = host
         self.threads = threads
         self.release_unused = release_unused
@@ -66,6 +69,7 @@ class LocalWorkers:
     def _spawn(self, name: str) -> subprocess.Popen:
         env = dict(os.environ)
         env["AIFLOW_TOKEN"] = self.token
+        env["AIFLOW_CONTROLLER_TOKEN"] = self.controller_token
         env["AIFLOW_PARENT_PID"] = str(os.getpid())       # workers stop if this process dies
         env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         cmd = [*self.launchers.get(name, ()), self.python, "-m", self.module, "--name", name,

@@ -27,6 +27,7 @@ from runtime.links import network_traces
 from runtime.local import LocalWorkers
 from runtime.netns import KernelNetwork, refuse_traces
 from runtime.stages import StagePlan, build_stage_plan, links_from_network, nodes_from_network
+from runtime.transport import Tls
 
 
 @dataclass
@@ -122,6 +123,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
         mode = "generate" if is_generative(adapter) else "forward"
         results = asyncio.run(run_requests(sp, sources, mode=mode, max_new_tokens=max_new_tokens,
                                            eos=adapter.eos_token_id, token=workers.token if workers else token,
+                                           controller_token=workers.controller_token if workers else None,
+                                           tls=Tls.from_env(),
                                            concurrency=concurrency, timeout_s=timeout_s,
                                            reply_listen=f"{kernel.client_address}:0" if kernel else "127.0.0.1:0"))
     finally:

@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import itertools
 import json
+import logging
+import os
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,6 +47,11 @@ PUSH = f"/{SERVICE}/Push"
 STREAM = f"/{SERVICE}/Stream"
 HEALTH = f"/{SERVICE}/Health"
 TOKEN_KEY = "x-aiflow-token"
+# The controller's credential, beside the shared token: a server with a controller token takes the frames
+# that steer it (plans, opens, emulation, probes) only from a call that carries it (runtime.worker).
+CONTROLLER_KEY = "x-aiflow-controller"
+# Whether the call being answered carries the controller's credential (True where the server sets none).
+caller_is_controller: contextvars.ContextVar[bool] = contextvars.ContextVar("caller_is_controller", default=True)
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30     # gRPC's own default (4 MiB) is far below one activation
 DEFAULT_TIMEOUT_S = 30.0
 # A stream stays open while idle: the sender pings the connection every KEEPALIVE_MS when no data
@@ -55,6 +65,38 @@ _SEQ = struct.Struct("<Q")
 
 FrameHandler = Callable[[bytes | memoryview], Awaitable[list[bytes]]]
 HealthHandler = Callable[[], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Mutual TLS: this end's certificate and key, and the CA that signs every peer's certificate. A server
+    with it accepts only clients presenting a certificate of that CA; a sender checks the server's the same
+    way (its certificate must name the address's host: an IP or DNS subject alternative name)."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def from_files(cls, ca: str | Path, cert: str | Path, key: str | Path) -> Tls:
+        def read(path: str | Path, what: str) -> bytes:
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"TLS {what} {path}: {exc.strerror}") from None
+
+        return cls(read(ca, "CA"), read(cert, "certificate"), read(key, "key"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Tls | None:
+        """$AIFLOW_TLS_CA, $AIFLOW_TLS_CERT and $AIFLOW_TLS_KEY (paths), all three or none."""
+        env = os.environ if env is None else env
+        paths = [env.get(k) for k in ("AIFLOW_TLS_CA", "AIFLOW_TLS_CERT", "AIFLOW_TLS_KEY")]
+        if not any(paths):
+            return None
+        if not all(paths):
+            raise ValueError("TLS: set all of AIFLOW_TLS_CA, AIFLOW_TLS_CERT and AIFLOW_TLS_KEY, or none")
+        return cls.from_files(*paths)  # type: ignore[arg-type]
 
 
 class TransportError(RuntimeError):
@@ -166,8 +208,11 @@ class GrpcTransport(Transport):
     """One channel per address, created on first use, and one `Stream` call on it that every frame
     to that address travels (reopened when it ends); calls carry the shared token."""
 
-    def __init__(self, token: str | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, token: str | None = None, *, controller_token: str | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, tls: Tls | None = None) -> None:
         self.token = token
+        self.controller_token = controller_token
+        self.tls = tls
         self.max_message_bytes = max_message_bytes
         self._channels: dict[str, tuple[grpc.aio.Channel, Any, Any]] = {}
         self._streams: dict[str, _FrameStream] = {}
@@ -175,7 +220,13 @@ class GrpcTransport(Transport):
     def _stubs(self, address: str) -> tuple[Any, Any]:
         entry = self._channels.get(address)
         if entry is None:
-            channel = grpc.aio.insecure_channel(address, options=_channel_options(self.max_message_bytes))
+            options = _channel_options(self.max_message_bytes)
+            if self.tls is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                creds = grpc.ssl_channel_credentials(root_certificates=self.tls.ca, private_key=self.tls.key,
+                                                     certificate_chain=self.tls.cert)
+                channel = grpc.aio.secure_channel(address, creds, options=options)
             push = channel.unary_unary(PUSH, request_serializer=None, response_deserializer=None)
             health = channel.unary_unary(HEALTH, request_serializer=None, response_deserializer=None)
             entry = (channel, push, health)
@@ -183,7 +234,8 @@ class GrpcTransport(Transport):
         return entry[1], entry[2]
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((TOKEN_KEY, self.token),) if self.token else ()
+        meta = ((TOKEN_KEY, self.token),) if self.token else ()
+        return meta + (((CONTROLLER_KEY, self.controller_token),) if self.controller_token else ())
 
     def _stream(self, address: str) -> _FrameStream:
         stream = self._streams.get(address)
@@ -240,31 +292,35 @@ class FrameServer:
     """A gRPC server for one endpoint (a worker, or a client's reply address)."""
 
     def __init__(self, handler: FrameHandler, health: HealthHandler, *, token: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 controller_token: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 tls: Tls | None = None) -> None:
+        self._tls = tls
         self._handler = handler
         self._health = health
         self._token = token
+        self._controller = controller_token
         self._max = max_message_bytes
         self._server: grpc.aio.Server | None = None
         self._streams: set[asyncio.Task] = set()      # open Stream calls, ended at stop
         self.address: str | None = None
 
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
-        if not self._token:
-            return True
-        for key, value in context.invocation_metadata() or ():
-            if key == TOKEN_KEY:
-                given = value if isinstance(value, str) else value.decode("utf-8", "replace")
-                return hmac.compare_digest(given.encode("utf-8"), self._token.encode("utf-8"))
-        return False
+        """The call carries the shared token (if the server has one); notes whether it carries the
+        controller's credential too (`caller_is_controller`, for the handler)."""
+        meta = {key: value if isinstance(value, str) else value.decode("utf-8", "replace")
+                for key, value in context.invocation_metadata() or ()}
+        caller_is_controller.set(self._controller is None or _same(meta.get(CONTROLLER_KEY), self._controller))
+        return not self._token or _same(meta.get(TOKEN_KEY), self._token)
 
     async def _push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if not self._authorised(context):
+            _refused(context, "Push")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
         return pack_frames(await self._handler(request))
 
     async def _stream_call(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         if not self._authorised(context):
+            _refused(context, "Stream")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
         # In a task of its own, so that stop() can end the stream (grpc's task around a handler
         # ignores a cancel); the call then ends with OK and the sender reopens or learns it is gone.
@@ -308,6 +364,7 @@ class FrameServer:
 
     async def _health_call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if not self._authorised(context):
+            _refused(context, "Health")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
         return json.dumps(self._health()).encode("utf-8")
 
@@ -323,7 +380,12 @@ class FrameServer:
             "Health": grpc.unary_unary_rpc_method_handler(self._health_call),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        bound = server.add_insecure_port(listen)
+        if self._tls is None:
+            bound = server.add_insecure_port(listen)
+        else:
+            creds = grpc.ssl_server_credentials([(self._tls.key, self._tls.cert)], root_certificates=self._tls.ca,
+                                                require_client_auth=True)
+            bound = server.add_secure_port(listen, creds)
         if bound == 0:
             raise OSError(f"cannot listen on {listen}")
         await server.start()
@@ -337,3 +399,13 @@ class FrameServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+
+
+def _same(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _refused(context: grpc.aio.ServicerContext, method: str) -> None:
+    """An unauthenticated call is logged with where it came from, never with what it presented."""
+    logging.getLogger("aiflow.transport").warning("refused an unauthenticated %s call from %s", method,
+                                                  context.peer())

@@ -121,6 +121,21 @@ def check_input(frame: Frame, phase: PhaseRoute, batch: int, shapes: Shapes,
     if x.shape[0] != batch:
         raise RequestRejected(f"{where}: batch {x.shape[0]} but the request was opened with batch {batch}",
                               "wrong-shape")
+    check_finite(x, where)
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    """A float tensor with NaN or infinite values would only spread garbage down the pipeline."""
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        raise RequestRejected(f"{where}: the tensor holds NaN or infinite values", "not-finite")
+
+
+def frame_budget(plan: StagePlan, node: str, max_new_tokens: int) -> int:
+    """The most data and edge frames one request can send to `node` under `plan`: each pass of a phase
+    enters each of the node's segments once (decode runs at most max_new_tokens passes), plus one edge.
+    A peer that sends more is replaying or looping frames; the worker refuses them."""
+    passes = {"decode": max_new_tokens}
+    return sum(passes.get(phase, 1) for phase, _ in plan.segments_of(node)) + 1
 
 
 def check_edge(frame: Frame, plan: StagePlan, node: str, batch: int) -> None:
@@ -129,6 +144,7 @@ def check_edge(frame: Frame, plan: StagePlan, node: str, batch: int) -> None:
         raise RequestRejected("edge: expected a float tensor", "wrong-shape")
     if frame.tensor.shape[0] != batch:
         raise RequestRejected(f"edge: batch {frame.tensor.shape[0]} but the request has {batch}", "wrong-shape")
+    check_finite(frame.tensor, "edge")
     if not any(plan.assignment[u] == node for u in plan.reads_edge):
         raise RequestRejected(f"edge: node {node} hosts no unit that reads it", "wrong-unit")
 

@@ -47,21 +47,34 @@ from typing import Any
 import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
+from runtime.client import MAX_IDLE_S
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival, stretch_compute
 from runtime.measure import Meter, emulation_from
 from runtime.samples import ComputeSample, Samples, send_stamp
 from runtime.stages import StagePlan
-from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Transport, TransportError
-from runtime.validate import RequestRejected, check_edge, check_input, data_segment, probe_shapes
+from runtime.transport import (
+    DEFAULT_TIMEOUT_S,
+    FrameServer,
+    GrpcTransport,
+    Tls,
+    Transport,
+    TransportError,
+    caller_is_controller,
+)
+from runtime.validate import RequestRejected, check_edge, check_input, data_segment, frame_budget, probe_shapes
 
 MODES = ("generate", "forward")
+# Frames that steer a worker: where it sends (plans, a request's reply address), what it runs, what it
+# measures. With a controller token they are taken only from calls that carry it; peers holding just the
+# shared token may send activations (data, edge) and probes.
+CONTROL_KINDS = frozenset({"plan", "forget", "open", "close", "cancel", "emulate", "measure", "profile", "report"})
 MAX_STAMP_WAIT_S = 3600.0      # a stamp further ahead than this is a bad clock, not a slow link
 # Bounds on what an `open` may ask for: a request's state lives on the worker until it ends or idles out.
 MAX_BATCH = 64
 MAX_NEW_TOKENS = 4096
-MAX_IDLE_S = 3600.0
 MAX_OPEN_REQUESTS = 1024
+MAX_OPEN_PER_CLIENT = 256               # per reply address: one client cannot take every slot
 
 
 @dataclass
@@ -77,6 +90,8 @@ class Request:
     deadline: float                       # perf_counter time after which the state is dropped
     idle_s: float
     state: RequestState
+    max_frames: int = 1 << 30             # data + edge frames it may receive (validate.frame_budget)
+    frames: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     edge_ready: asyncio.Event = field(default_factory=asyncio.Event)
     last_active: float = field(default_factory=time.perf_counter)
@@ -95,7 +110,8 @@ class Worker:
 
     def __init__(self, name: str, model: str | None = None, *, adapter: ModelAdapter | None = None,
                  token: str | None = None, transport: Transport | None = None, state_timeout_s: float = 120.0,
-                 release_unused: bool = False, call_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 release_unused: bool = False, call_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 controller_token: str | None = None, tls: Tls | None = None) -> None:
         if adapter is None and model is None:
             raise ValueError("a worker needs a model name or an adapter")
         self.name = name
@@ -108,7 +124,9 @@ class Worker:
         self.phase_infos = {p.name: p for p in adapter.phases(InputSpec())}
         self.shapes = probe_shapes(adapter)
         self.token = token
-        self.transport = transport or GrpcTransport(token)
+        self.controller_token = controller_token
+        self.tls = tls
+        self.transport = transport or GrpcTransport(token, tls=tls)
         self.state_timeout_s = state_timeout_s
         self.call_timeout_s = call_timeout_s
         self.release_unused = release_unused
@@ -131,7 +149,8 @@ class Worker:
 
     # -- serving ---------------------------------------------------------------------------------
     async def start(self, listen: str = "127.0.0.1:0") -> str:
-        self._server = FrameServer(self.handle, self.health, token=self.token)
+        self._server = FrameServer(self.handle, self.health, token=self.token, controller_token=self.controller_token,
+                                   tls=self.tls)
         self.address = await self._server.start(listen)
         self._reaper = asyncio.create_task(self._reap_loop())
         return self.address
@@ -178,6 +197,8 @@ class Worker:
 
     async def _dispatch(self, frame: Frame) -> list[bytes]:
         kind = frame.kind
+        if kind in CONTROL_KINDS and not caller_is_controller.get():
+            raise RequestRejected(f"{kind} frames are taken from the controller only", "forbidden")
         if kind == "plan":
             return [self._apply_plan(frame)]
         if kind == "open":
@@ -342,11 +363,15 @@ class Worker:
         if len(self.requests) >= MAX_OPEN_REQUESTS:
             raise RequestRejected(f"open: {MAX_OPEN_REQUESTS} requests are open on {self.name}; retry later",
                                   "too-many-requests")
+        if sum(1 for r in self.requests.values() if r.reply == reply) >= MAX_OPEN_PER_CLIENT:
+            raise RequestRejected(f"open: {MAX_OPEN_PER_CLIENT} requests of this client are open on {self.name}; "
+                                  "retry later", "too-many-requests")
         state = self.adapter.new_state()
         state.extra["batch"] = batch
         self.requests[rid] = Request(rid=rid, plan=plan, reply=reply, mode=mode, batch=batch, max_new_tokens=max_new,
                                      eos=eos, all_logits=bool(m.get("all_logits", False)),
-                                     deadline=time.perf_counter() + idle, idle_s=idle, state=state)
+                                     deadline=time.perf_counter() + idle, idle_s=idle, state=state,
+                                     max_frames=frame_budget(plan, self.name, max_new))
         return ack_frame(rid)
 
     def _drop(self, rid: str) -> None:
@@ -383,16 +408,26 @@ class Worker:
         task.add_done_callback(self._detached.discard)
 
     # -- data and edges (checked by runtime.validate before the ack) ------------------------------
+    def _count_frame(self, req: Request) -> None:
+        """Frames accepted for a request, against its budget: a peer replaying or looping frames is cut off."""
+        req.frames += 1
+        if req.frames > req.max_frames:
+            self._drop(req.rid)
+            raise RequestRejected(f"request {req.rid} sent more than the {req.max_frames} frames its plan and "
+                                  "max_new_tokens allow; it is dropped", "too-many-frames")
+
     def _accept_data(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
         phase, seg = data_segment(req.plan, frame, self.name)
         check_input(frame, phase, req.batch, self.shapes, self.phase_infos, self.adapter.source_input)
+        self._count_frame(req)
         req.touch()
         self._spawn(req, self._process(req, frame, seg.first, seg.last))
 
     def _accept_edge(self, frame: Frame) -> None:
         req = self._known(frame.request_id)
         check_edge(frame, req.plan, self.name, req.batch)
+        self._count_frame(req)
         req.touch()
         self._spawn(req, self._deliver_edge(req, frame))
 
@@ -595,12 +630,14 @@ async def _arrival(frame: Frame) -> None:
 # -- the worker process --------------------------------------------------------------------------------
 async def serve(name: str, listen: str, model: str, *, token: str | None = None, threads: int | None = None,
                 state_timeout_s: float = 120.0, release_unused: bool = False,
-                on_ready: Callable[[str], Awaitable[None]] | None = None) -> None:
+                on_ready: Callable[[str], Awaitable[None]] | None = None,
+                controller_token: str | None = None, tls: Tls | None = None) -> None:
     """Run a worker until SIGINT/SIGTERM. Prints `READY host:port` on stdout once it serves, then awaits
     `on_ready(address)` (joining a daemon, say); an exception there stops the worker and propagates."""
     if threads:
         torch.set_num_threads(threads)
-    worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused)
+    worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused,
+                    controller_token=controller_token, tls=tls)
     address = await worker.start(listen)
     print(f"READY {address}", flush=True)
     if on_ready is not None:
@@ -644,9 +681,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--release-unused", action="store_true")
     a = ap.parse_args(argv)
     token = a.token or os.environ.get("AIFLOW_TOKEN") or None
+    controller = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None     # only from the environment: not in `ps`
     try:
         asyncio.run(serve(a.name, a.listen, a.model, token=token, threads=a.threads,
-                          state_timeout_s=a.state_timeout, release_unused=a.release_unused))
+                          state_timeout_s=a.state_timeout, release_unused=a.release_unused,
+                          controller_token=controller, tls=Tls.from_env()))
     except ValueError as exc:     # InputError included: bad model name or folder
         print(f"aiflow worker: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -94,7 +94,7 @@ def daemon(
             err.print(f"aiflow daemon: the API listens beyond loopback; its token (shown once): {api_token}",
                       highlight=False)
         d = Daemon(model, net, prof, adapter, settings=settings, store=store, dilation=k, token=worker_token,
-                   trace_base=Path(network).resolve().parent, progress=say)
+                   trace_base=Path(network).resolve().parent, progress=say, resume=True)
         if emulated:
             say(f"every node runs here; links and loads are emulated with time dilation K = {k:.3g}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,21 @@ def worker(
         on_ready = _joiner(join, request, advertise, api_token)
     elif link or advertise or hardware or mem_bytes or tier:
         raise InputError("--link, --advertise, --hardware, --mem-bytes and --tier go with --join URL")
+    # the controller's credential comes only from the environment (kept out of `ps`): with it, plans and
+    # opens are taken only from a controller that holds it (docs/runtime.md, Security)
     asyncio.run(serve(name, listen, model, token=token, state_timeout_s=state_timeout,
-                      release_unused=release_unused, on_ready=on_ready))
+                      release_unused=release_unused, on_ready=on_ready,
+                      controller_token=os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None, tls=_tls()))
+
+
+def _tls() -> Any:
+    """Mutual TLS from $AIFLOW_TLS_CA, $AIFLOW_TLS_CERT, $AIFLOW_TLS_KEY (all or none), else None."""
+    from runtime.transport import Tls
+
+    try:
+        return Tls.from_env()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _join_request(name: str, hardware: str | None, mem_bytes: float | None, links: list[str],

@@ -15,10 +15,12 @@ from typing import Any, Literal
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.daemon.dashboard import add_dashboard
+from orchestrator.daemon.limits import BodyLimit, OpenRequests, invalid_body
 from orchestrator.daemon.service import Daemon, ServiceUnavailable
 from orchestrator.daemon.view import finite
 from profiler.errors import InputError
@@ -31,7 +33,7 @@ MAX_PROMPT_CHARS = 20_000
 
 
 class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model: str | None = Field(None, description="The model to run; when given, it must be the one served")
     image: str | None = Field(None, description="Base64 of a PNG or JPEG file (captioners)")
     prompt: str | None = Field(None, description="Prompt text (language models)", max_length=MAX_PROMPT_CHARS)
@@ -49,32 +51,32 @@ class InferenceResponse(BaseModel):
 
 
 class LinkChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     a: str
     b: str
-    bandwidth_bps: float | None = Field(None, gt=0)
+    bandwidth_bps: float | None = Field(None, ge=1e3, le=1e12)
     latency_s: float | None = Field(None, ge=0, lt=3600)
 
 
 class JoinLink(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     to: str
-    bandwidth_bps: float = Field(gt=0)
+    bandwidth_bps: float = Field(ge=1e3, le=1e12)
     latency_s: float = Field(0.0, ge=0, lt=3600)
 
 
 class JoinRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(min_length=1, max_length=200)
     hardware: str = Field(min_length=1, max_length=200)
-    mem_bytes: float = Field(gt=0)
+    mem_bytes: float = Field(gt=0, le=1e15)
     address: str = Field(min_length=3, max_length=300, pattern=r"^[^\s]+:[0-9]{1,5}$")
     tier: Literal["device", "edge", "cloud"] | None = None
     links: list[JoinLink] = Field(default_factory=list, max_length=64)
 
 
 class NodeChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
     slowdown: float = Field(ge=1.0, lt=1e6)
 
@@ -84,6 +86,9 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
     (and so do reads, the dashboard's included, unless `open_reads`; the page itself is always served)."""
     app = FastAPI(title="aiflow daemon", version="1",
                   description="Split inference across device, edge and cloud, kept optimal while the network moves.")
+    app.add_middleware(BodyLimit, max_bytes=daemon.settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, invalid_body)
+    open_requests = OpenRequests(daemon.settings.max_open_requests, daemon.settings.max_open_per_client)
 
     def check(request: Request) -> None:
         if token is None:
@@ -120,32 +125,11 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
         return {**decision.to_dict(), "plan_version": daemon.current.number if daemon.current else None}
 
     @app.post("/v1/requests", response_model=InferenceResponse, dependencies=[Depends(check)])
-    async def requests(body: InferenceRequest) -> InferenceResponse:
+    async def requests(body: InferenceRequest, request: Request) -> InferenceResponse:
         if body.model is not None and body.model not in (daemon.model, daemon.adapter.name):
             raise HTTPException(404, f"model: this daemon serves {daemon.model!r}, not {body.model!r}")
-        if daemon.open_requests >= daemon.settings.max_open_requests:
-            raise HTTPException(429, f"{daemon.open_requests} requests are open, the most this daemon takes; "
-                                     "retry later")
-        limit = daemon.settings.max_new_tokens
-        max_new = body.max_new_tokens or (32 if takes_images(daemon.adapter) else 16)
-        if max_new > limit:
-            raise HTTPException(422, f"max_new_tokens: at most {limit}, got {max_new}")
-        source = await _input(daemon, body)
-        positions = max_positions(daemon.adapter)
-        prompt = 1 if takes_images(daemon.adapter) else int(source.shape[1])
-        if positions is not None and prompt + max_new > positions:
-            raise HTTPException(422, f"prompt and max_new_tokens: {prompt} + {max_new} tokens exceed the model's "
-                                     f"{positions} positions")
-        try:
-            res, version, predicted = await daemon.run_request(source, max_new)
-        except RequestFailed as exc:
-            raise HTTPException(502, f"request failed: {exc}") from None
-        ids = [int(t) for t in res.tokens[0]] if res.tokens is not None else []
-        text = daemon.adapter.decode_tokens(ids) if ids else ""
-        daemon.record_request(text, res, version, predicted)
-        return InferenceResponse(output=text, tokens=ids, plan_version=res.plan_version, latency_s=res.scaled_s,
-                                 predicted_latency_s=predicted, wall_s=res.measured_s,
-                                 breakdown=finite(res.breakdown(scale=True)))
+        with open_requests.hold(request.client.host if request.client else "?"):
+            return await _infer(daemon, body)
 
     @app.post("/v1/nodes", dependencies=[Depends(check)])
     async def join(body: JoinRequest) -> dict[str, Any]:
@@ -178,6 +162,30 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
 
     add_dashboard(app, daemon, check_read)
     return app
+
+
+async def _infer(daemon: Daemon, body: InferenceRequest) -> InferenceResponse:
+    """Check the request against the model's limits, run it, record it."""
+    limit = daemon.settings.max_new_tokens
+    max_new = body.max_new_tokens or (32 if takes_images(daemon.adapter) else 16)
+    if max_new > limit:
+        raise HTTPException(422, f"max_new_tokens: at most {limit}, got {max_new}")
+    source = await _input(daemon, body)
+    positions = max_positions(daemon.adapter)
+    prompt = 1 if takes_images(daemon.adapter) else int(source.shape[1])
+    if positions is not None and prompt + max_new > positions:
+        raise HTTPException(422, f"prompt and max_new_tokens: {prompt} + {max_new} tokens exceed the model's "
+                                 f"{positions} positions")
+    try:
+        res, version, predicted = await daemon.run_request(source, max_new)
+    except RequestFailed as exc:
+        raise HTTPException(502, f"request failed: {exc}") from None
+    ids = [int(t) for t in res.tokens[0]] if res.tokens is not None else []
+    text = daemon.adapter.decode_tokens(ids) if ids else ""
+    daemon.record_request(text, res, version, predicted)
+    return InferenceResponse(output=text, tokens=ids, plan_version=res.plan_version, latency_s=res.scaled_s,
+                             predicted_latency_s=predicted, wall_s=res.measured_s,
+                             breakdown=finite(res.breakdown(scale=True)))
 
 
 async def _input(daemon: Daemon, body: InferenceRequest) -> torch.Tensor:

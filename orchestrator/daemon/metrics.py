@@ -38,6 +38,8 @@ class Metrics:
         self.restarts = Counter("aiflow_worker_restarts", "Local workers restarted after they died", ["node"],
                                 registry=r)
         self.history_errors = Counter("aiflow_history_errors", "History writes that failed", registry=r)
+        self.history_dropped = Counter("aiflow_history_dropped", "Buffered history records dropped (buffer full)",
+                                       registry=r)
         self.job_errors = Counter("aiflow_job_errors", "Scheduled job runs that failed", ["job"], registry=r)
 
     def observe_snapshot(self, links: Mapping[str, Any], slowdown: Mapping[str, float],

@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from runtime.links import Emulation, network_traces
 from runtime.local import LocalWorkers
 from runtime.session import make_stage_plan
 from runtime.stages import LinkSpec, NodeSpec
-from runtime.transport import GrpcTransport, TransportError
+from runtime.transport import GrpcTransport, Tls, TransportError
 
 log = logging.getLogger("aiflow.daemon")
 SMALL_PROBE_BYTES = 64
@@ -91,7 +92,7 @@ class Daemon:
     def __init__(self, model: str, network: NetworkState, profile: Profile, adapter: ModelAdapter, *,
                  settings: DaemonSettings | None = None, store: Any | None = None, token: str | None = None,
                  dilation: float = 1.0, trace_base: Path | None = None, threads: int | None = 1,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, resume: bool = False) -> None:
         self.model = model
         self.base = network
         self.profile = profile
@@ -99,8 +100,18 @@ class Daemon:
         self.settings = settings or DaemonSettings()
         self.store = store
         self.token = token
+        # the controller's credential the workers take plans from: $AIFLOW_CONTROLLER_TOKEN (so remote workers
+        # started with the same can be steered), else generated for the local workers (LocalWorkers)
+        self.controller_token: str | None = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None
         self.threads = threads
         self.progress = progress or (lambda _msg: None)
+        # resume: when the last daemon of this model in the history database died (no clean stop), take its
+        # settings, its joined nodes and its plan in force (as the next version) instead of starting afresh
+        self.resume = resume
+        self.resumed_from: int | None = None
+        self._resume_plan: tuple[Plan, int | None, int] | None = None
+        self._version_base = 0
+        self._state_id: int | None = None
         self.emulated = not any(n.address for n in network.nodes)
         self.dilation = dilation if self.emulated else 1.0
         self.trace_base = trace_base
@@ -132,25 +143,42 @@ class Daemon:
         self.metrics = Metrics()
         self.workers: LocalWorkers | None = None
         self.client: Client | None = None
-        self.transport = GrpcTransport(token)
+        # mutual TLS for every call to the workers when $AIFLOW_TLS_CA/_CERT/_KEY are set (the local workers
+        # inherit the same environment)
+        self.tls = Tls.from_env()
+        self.transport = GrpcTransport(token, controller_token=self.controller_token, tls=self.tls)
         self.accepting = False
         self.open_requests = 0
         self._solve_lock = asyncio.Lock()
+        self._recover_lock = asyncio.Lock()
         self._scheduler: Any = None
         self._background: set[asyncio.Task] = set()
         self._writes: set[asyncio.Task] = set()          # history writes close() waits for
+        # history writes that failed (the database unreachable), in order, written again by the flush job;
+        # bounded: beyond settings.history_buffer the oldest is dropped and counted
+        self._unwritten: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.history_dropped = 0
+        self._flush_lock = asyncio.Lock()
         self.probes_sent_bytes: dict[str, int] = defaultdict(int)
         self._stored_profile_id: int | None = None
 
     # -- life ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start local workers, solve and apply the first plan, start the jobs."""
+        """Start local workers, solve and apply the first plan (or resume a crashed daemon's), start the jobs."""
+        if self.resume and self.store is not None:
+            crashed = await self._record(self.store.crashed_daemon_state, self.model)
+            if crashed is not None:
+                self._take_over(crashed)
+        if self.store is not None:
+            self._state_id = await self._record(self._open_state)
         local = [n for n, s in self.nodes.items() if s.local]
         if local:
             self.progress(f"starting {len(local)} local worker(s): {', '.join(local)}")
-            self.workers = LocalWorkers(self.model, local, token=self.token, threads=self.threads)
+            self.workers = LocalWorkers(self.model, local, token=self.token, threads=self.threads,
+                                        controller_token=self.controller_token)
             self.token = self.workers.token
-            self.transport = GrpcTransport(self.token)
+            self.controller_token = self.workers.controller_token
+            self.transport = GrpcTransport(self.token, controller_token=self.controller_token, tls=self.tls)
             addresses = await asyncio.to_thread(self.workers.start)
             for name, address in addresses.items():
                 self.nodes[name].address = address
@@ -158,14 +186,64 @@ class Daemon:
         try:
             await self._push_emulation()
             self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
-            decision = await self.resolve("start")
+            reason = "no plan was resumed"
+            if self._resume_plan is not None:
+                plan, plan_id, version = self._resume_plan
+                self._version_base = version
+                await self.switch(plan, self.snapshot, plan_id, None)
+                if self.current is not None:
+                    log.warning("resumed plan v%d of the daemon that died as v%d", version, self.current.number)
             if self.current is None:
-                raise RuntimeError(f"no plan could be applied: {decision.reason}")
+                decision = await self.resolve("start")
+                reason = decision.reason
+            if self.current is None:
+                raise RuntimeError(f"no plan could be applied: {reason}")
             self._start_jobs()
             self.accepting = True
         except BaseException:
             await self.close()
             raise
+
+    def _take_over(self, crashed: dict[str, Any]) -> None:
+        """Settings, joined nodes and the plan in force of a daemon that died (its history row)."""
+        known = {f.name for f in fields(DaemonSettings)}
+        try:
+            self.settings = DaemonSettings(**{k: v for k, v in crashed["settings"].items() if k in known})
+            net = NetworkState.model_validate(crashed["network"])
+        except (InputError, TypeError, ValueError) as exc:
+            log.warning("not resuming the daemon that died (history row %s): %s", crashed["id"], exc)
+            return
+        self.resumed_from = crashed["id"]
+        joined = [n for n in net.nodes if n.name not in self.nodes and n.address]
+        if joined:
+            names = {n.name for n in joined}
+            doc = self.base.model_dump(exclude_none=True)
+            doc["nodes"].extend(n.model_dump(exclude_none=True) for n in joined)
+            new_links = [lk for lk in net.links if {lk.a, lk.b} & names and {lk.a, lk.b} <= set(self.nodes) | names]
+            doc["links"].extend(lk.model_dump(exclude_none=True) for lk in new_links)
+            self.base = NetworkState.model_validate(doc)
+            for n in joined:
+                self.nodes[n.name] = NodeStatus(n.name, n.address, local=False, state="down")   # probed next
+            for lk in new_links:
+                self.links[link_key(lk.a, lk.b)] = LinkEstimate(lk.bandwidth_bps, lk.latency_s, 0, "declared")
+            if self.truth is not None:
+                self.truth = replace(self.truth, nodes=(*self.truth.nodes, *(NodeSpec(n.name, n.hardware, 1.0)
+                                                                             for n in joined)),
+                                     links=(*self.truth.links, *(LinkSpec(lk.a, lk.b, lk.bandwidth_bps, lk.latency_s)
+                                                                 for lk in new_links)))
+            self.snapshot = take_snapshot(self.base, self.links, self.slowdown, {n.name for n in joined})
+        if crashed.get("plan") and crashed.get("version"):
+            try:
+                plan = Plan.model_validate(crashed["plan"])
+            except ValueError:
+                plan = None
+            usable = {n for n, st in self.nodes.items() if st.state == "up"}
+            if plan is not None and len(plan.assignment) == len(self.profile.units) and set(plan.assignment) <= usable:
+                self._resume_plan = (plan, crashed.get("plan_id"), int(crashed["version"]))
+            else:
+                self._version_base = int(crashed["version"])
+        log.warning("resuming the daemon that died (history row %s): settings, %d joined node(s), plan %s",
+                    crashed["id"], len(joined), f"v{crashed.get('version')}" if self._resume_plan else "re-solved")
 
     def _start_jobs(self) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -177,6 +255,8 @@ class Daemon:
         self._scheduler.add_job(self._job, "interval", args=[self._scheduled_resolve], seconds=s.solve_interval_s,
                                 id="resolve", max_instances=1, coalesce=True, misfire_grace_time=None)
         if self.store is not None:
+            self._scheduler.add_job(self._job, "interval", args=[self.flush_history], seconds=s.history_retry_s,
+                                    id="flush", max_instances=1, coalesce=True, misfire_grace_time=None)
             self._scheduler.add_job(self._job, "interval", args=[self.roll_up], seconds=s.rollup_interval_s,
                                     id="rollup", max_instances=1, coalesce=True, misfire_grace_time=None,
                                     next_run_time=datetime.now(UTC))
@@ -213,6 +293,14 @@ class Daemon:
         writes = [t for t in self._background if t in self._writes]
         if writes:
             await asyncio.wait(writes, timeout=10.0)
+        if self._state_id is not None:
+            await self._record(self._save_state, None, None, None, True,
+                               datetime.now(UTC), buffered=True)
+        if self._unwritten:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush_history(), timeout=10.0)
+            if self._unwritten:
+                log.warning("history: %d record(s) could not be written before stopping", len(self._unwritten))
         for task in list(self._background):
             task.cancel()
         if self.client is not None:
@@ -334,6 +422,10 @@ class Daemon:
         down = {n for n, st in self.nodes.items() if st.state == "down"}
         self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
         self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
+        if self._state_id is not None:
+            await self._record(self.store.update_daemon_state, self._state_id,
+                               self.base.model_dump(mode="json", exclude_none=True), None, None, False,
+                               datetime.now(UTC), buffered=True)
         decision = await self.resolve("node-join")
         return {"name": name, "joined": "new", "profile": how, "decision": decision.to_dict()}
 
@@ -368,7 +460,7 @@ class Daemon:
     async def probe(self) -> NetworkState:
         """Measure health, links and loads; take and record a snapshot; re-solve at once if nodes changed."""
         t_start = time.monotonic()
-        changed = await self._check_health()
+        await self._check_nodes()
         up = [s for s in self.nodes.values() if s.state == "up" and s.address]
         reports = await asyncio.gather(*(self._send(s.address, encode_frame(Frame("report"))) for s in up),
                                        return_exceptions=True)
@@ -383,13 +475,12 @@ class Daemon:
         shifted = self._estimate(now)
         down = {n for n, s in self.nodes.items() if s.state == "down"}
         self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
-        self.snapshot_id = await self._record(self._save_probe_rows, self.snapshot)
+        self.snapshot_id = await self._record(self._save_probe_rows, self.snapshot, *self._probe_rows(),
+                                              datetime.now(UTC), buffered=True)
         self.metrics.observe_snapshot(self.links, self.slowdown, self.nodes)
         self.metrics.probe_seconds.observe(time.monotonic() - t_start)
         self.events.publish("state")
-        if changed:
-            await self.resolve("node-" + changed)
-        elif shifted:
+        if shifted:
             await self.resolve("link-change")
         return self.snapshot
 
@@ -398,9 +489,11 @@ class Daemon:
         change: str | None = None
         statuses = list(self.nodes.values())
         results = await asyncio.gather(*(self._health(s) for s in statuses))
+        restarted = False
         for s, ok in zip(statuses, results, strict=True):
             if not ok and s.local and self.workers is not None and not self.workers.alive(s.name):
                 ok = await self._restart(s)
+                restarted = restarted or ok
             new = "up" if ok else "down"
             if new != s.state:
                 log.warning("node %s is %s", s.name, new)
@@ -408,6 +501,11 @@ class Daemon:
                 change = change or new
                 if new == "up":
                     await self._push_emulation()
+        if restarted:
+            # a restarted worker listens at a new address and holds no plan: the plan in force is applied
+            # again (as a new version) even if the planner would keep it
+            await self._push_emulation()
+            change = "restarted"
         return change
 
     async def _health(self, s: NodeStatus) -> bool:
@@ -593,8 +691,10 @@ class Daemon:
         recent = [t for t in self.request_times if t >= now - self.settings.window_s]
         return len(recent) / self.settings.window_s
 
-    async def resolve(self, trigger: str = "manual") -> Decision:
-        """Solve for the latest snapshot (warm-started from the plan in force), decide, switch if worth it."""
+    async def resolve(self, trigger: str = "manual", *, force: bool = False) -> Decision:
+        """Solve for the latest snapshot (warm-started from the plan in force), decide, switch if worth it.
+        `force`: when the candidate is not taken, apply the plan in force again as a new version (a worker
+        was restarted at a new address)."""
         async with self._solve_lock:
             snapshot, snapshot_id = self.snapshot, self.snapshot_id
             current = self.current.plan.assignment if self.current else None
@@ -621,6 +721,8 @@ class Daemon:
                 after = self.current.number if self.current else None
                 noted["switched_to"] = after if after != before else None
                 self.events.publish("state")
+            elif force and self.current is not None:
+                await self.switch(self.current.plan, snapshot, self.current.plan_id, decision_id)
             return decision
 
     def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> dict[str, Any]:
@@ -634,14 +736,15 @@ class Daemon:
     async def switch(self, plan: Plan, snapshot: NetworkState, plan_id: int | None, decision_id: int | None) -> None:
         """Two phases: every worker of the new version loads it (the old keeps serving), then new requests
         take it; the old version is freed on its workers once no request holds it."""
-        number = (self.current.number if self.current else 0) + 1
+        number = (self.current.number if self.current else self._version_base) + 1
         addresses = {n: s.address for n, s in self.nodes.items() if s.address}
         sp = make_stage_plan(self.adapter, snapshot, plan, addresses=addresses, profile=self.profile,
                              emulate=self.emulated, dilation=self.dilation, version=number)
         t0 = time.perf_counter()
         try:
             if self.client is None:
-                self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s)
+                self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
+                                     controller_token=self.controller_token, tls=self.tls)
                 await self.client.start(apply=False)
                 if self.truth is not None:
                     self.client.set_emulation(self.truth)
@@ -665,10 +768,14 @@ class Daemon:
         self.metrics.plan_version.set(number)
         self.metrics.switch_seconds.observe(time.perf_counter() - t0)
         log.info("plan v%d applied: %s", number, " ".join(plan.assignment))
+        if self._state_id is not None:
+            await self._record(self._save_state, None, plan_id, number, False,
+                               datetime.now(UTC), buffered=True)
         if old is not None:
             self._spawn(self._retire(old, app_id))
         elif app_id is not None:
-            await self._record(self._finish_application, app_id, "applied (first plan)")
+            await self._record(self._finish_application, app_id, "applied (first plan)", datetime.now(UTC),
+                               buffered=True)
 
     async def _retire(self, old: Version, application_id: int | None) -> None:
         """Free an old version once its last request finished (bounded by the request timeout), then
@@ -682,26 +789,40 @@ class Daemon:
         self.versions.pop(old.number, None)
         if application_id is not None:
             outcome = "switched" if left == 0 else f"switched; {left} request(s) still on v{old.number} at the deadline"
-            await self._record(self._finish_application, application_id, outcome)
+            await self._record(self._finish_application, application_id, outcome, datetime.now(UTC), buffered=True)
 
     # -- requests ----------------------------------------------------------------------------------
     async def run_request(self, source: torch.Tensor, max_new_tokens: int) -> tuple[RequestResult, Version, float]:
         """Run one request on the plan in force; (result, the version it ran on, its predicted latency).
-        A request whose plan version was replaced while it failed (a node died) is run once more."""
+
+        A request that fails because a node stopped answering (or whose plan was replaced while it failed)
+        runs again, on the plan the daemon applies after checking its nodes: a dead local worker is
+        restarted, a dead remote one taken out and the plan re-solved without it. At most
+        settings.max_retries times, and never past settings.request_timeout_s from its arrival; a
+        request a worker refused (bad input) is not run again."""
         if not self.accepting or self.client is None or self.current is None:
             raise ServiceUnavailable("the daemon is not serving (starting or stopping)")
         self.open_requests += 1
         self.request_times.append(time.monotonic())
+        deadline = time.monotonic() + self.settings.request_timeout_s
         try:
-            for attempt in (0, 1):
+            attempt = 0
+            while True:
                 started_on = self.client.plan.version
                 try:
                     res = await self.client.generate(source, max_new_tokens=max_new_tokens,
-                                                     eos=self.adapter.eos_token_id)
+                                                     eos=self.adapter.eos_token_id, deadline=deadline)
                     break
-                except RequestFailed:
-                    if attempt == 1 or self.client.plan.version == started_on:
+                except RequestFailed as exc:
+                    attempt += 1
+                    if exc.down and attempt <= self.settings.max_retries and time.monotonic() < deadline:
+                        await self.recover(exc.down, started_on)
+                    moved = self.client.plan.version != started_on
+                    if attempt > self.settings.max_retries or time.monotonic() >= deadline or not moved:
                         self.metrics.requests.labels(outcome="failed").inc()
+                        if exc.down and not moved:
+                            raise RequestFailed(f"{exc}; no plan without {', '.join(exc.down)} could be applied",
+                                                exc.down) from None
                         raise
                     self.metrics.requests.labels(outcome="retried").inc()
         finally:
@@ -712,22 +833,84 @@ class Daemon:
         self.metrics.latency.labels(plan_version=str(res.plan_version)).observe(res.scaled_s)
         return res, version, predicted if predicted is not None else version.plan.predicted_latency_s
 
+    async def recover(self, down: tuple[str, ...], seen_version: int) -> None:
+        """Requests found `down` not answering on plan `seen_version`: check every node now (restarting
+        dead local workers), and re-plan at once. Requests that fail together recover once: a caller
+        that finds the plan already moved past `seen_version` has nothing to do."""
+        async with self._recover_lock:
+            if self.client is None or self.client.plan.version != seen_version:
+                return
+            log.warning("requests failed: %s not answering; checking nodes", ", ".join(down))
+            await self._check_nodes(locked=True)
+
+    async def _check_nodes(self, locked: bool = False) -> str | None:
+        """Health of every node (dead local workers restarted); on a change, a snapshot without the down
+        nodes and a re-solve at once. One at a time (the probe job and failing requests both call it)."""
+        if not locked:
+            async with self._recover_lock:
+                return await self._check_nodes(locked=True)
+        changed = await self._check_health()
+        if changed is not None:
+            gone = {n for n, st in self.nodes.items() if st.state == "down"}
+            self.snapshot = take_snapshot(self.base, self.links, self.slowdown, gone)
+            self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
+            await self.resolve("node-" + changed, force=changed == "restarted")
+        return changed
+
     def record_request(self, output: str, res: RequestResult, version: Version, predicted: float) -> None:
         point = {"at": time.time(), "latency_s": res.scaled_s, "predicted_s": predicted, "version": version.number}
         self.request_log.append(point)
         self.events.publish("request", point)
-        self._spawn(self._record(self._save_run, output, res, version, predicted), write=True)
+        self._spawn(self._record(self._save_run, output, res, version, predicted, datetime.now(UTC), buffered=True),
+                    write=True)
 
     # -- history (every store call runs in a thread: SQLAlchemy is synchronous) ----------------------
-    async def _record(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _record(self, fn: Callable[..., Any], *args: Any, buffered: bool = False) -> Any:
+        """One history write, in a thread. A failure never stops the service: it is logged and counted, and a
+        `buffered` write (a record that stands alone: a request, a probe round, a switch's end) is kept and
+        written by the flush job once the database answers again, in order, with its own timestamps."""
         if self.store is None:
+            return None
+        if buffered and self._unwritten:
+            self._buffer(fn, args)                  # behind the writes already waiting: order is kept
             return None
         try:
             return await asyncio.to_thread(fn, *args)
         except Exception as exc:  # noqa: BLE001 - history must never stop the service
-            log.warning("history: %s failed: %s", fn.__name__, exc)
+            log.warning("history: %s failed: %s", fn.__name__, _one_line(exc))
             self.metrics.history_errors.inc()
+            if buffered and _unreachable(exc):
+                self._buffer(fn, args)
             return None
+
+    def _buffer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if len(self._unwritten) >= self.settings.history_buffer:
+            self._unwritten.popleft()
+            self.history_dropped += 1
+            self.metrics.history_dropped.inc()
+        self._unwritten.append((fn, args))
+
+    async def flush_history(self) -> int:
+        """Write the records kept while the database was unreachable, oldest first; stop at the first
+        failure (the database is still away). Returns how many were written."""
+        written = 0
+        async with self._flush_lock:
+            while self._unwritten and self.store is not None:
+                fn, args = self._unwritten[0]
+                try:
+                    await asyncio.to_thread(fn, *args)
+                except Exception as exc:  # noqa: BLE001
+                    if _unreachable(exc):
+                        log.debug("history: still failing: %s", _one_line(exc))
+                        break
+                    log.warning("history: a buffered %s failed for good: %s", fn.__name__, _one_line(exc))
+                    self.history_dropped += 1
+                    self.metrics.history_dropped.inc()
+                self._unwritten.popleft()
+                written += 1
+        if written:
+            log.info("history: %d buffered record(s) written", written)
+        return written
 
     async def roll_up(self) -> None:
         """Hourly summaries of the finished hours, and retention: raw measurement rows older than
@@ -743,11 +926,16 @@ class Daemon:
     def _save_snapshot(self, snapshot: NetworkState) -> int:
         return self.store.save_network(snapshot, origin="daemon")
 
-    def _save_probe_rows(self, snapshot: NetworkState) -> int:
-        self.store.record_samples(
-            [{"link": key, "bandwidth_bps": est.bandwidth_bps, "latency_s": est.latency_s,
-              "kind": f"estimate:{est.method}", "samples": est.samples} for key, est in self.links.items()],
-            [{"node": name, "state": st.state, "slowdown": self.slowdown.get(name)} for name, st in self.nodes.items()])
+    def _probe_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The link estimates and node states of this moment, as rows (taken now: a write may happen later)."""
+        return ([{"link": key, "bandwidth_bps": est.bandwidth_bps, "latency_s": est.latency_s,
+                  "kind": f"estimate:{est.method}", "samples": est.samples} for key, est in self.links.items()],
+                [{"node": name, "state": st.state, "slowdown": self.slowdown.get(name)}
+                 for name, st in self.nodes.items()])
+
+    def _save_probe_rows(self, snapshot: NetworkState, links: list[dict[str, Any]], nodes: list[dict[str, Any]],
+                         at: datetime) -> int:
+        self.store.record_samples(links, nodes, measured_at=at)
         return self.store.save_network(snapshot, origin="daemon")
 
     def _save_solve(self, plan: Plan, network_id: int | None, decision: Decision, trigger: str) -> tuple[int, int]:
@@ -776,13 +964,24 @@ class Daemon:
         return self.store.record_plan_application(plan_id, previous_plan_id=previous, version=version,
                                                   decision_id=decision_id)
 
-    def _finish_application(self, app_id: int, outcome: str) -> None:
-        self.store.finish_plan_application(app_id, outcome=outcome)
+    def _open_state(self) -> int:
+        return self.store.open_daemon_state(self.model, settings=asdict(self.settings),
+                                            network=self.base.model_dump(mode="json", exclude_none=True))
 
-    def _save_run(self, output: str, res: RequestResult, version: Version, predicted: float) -> int:
+    def _save_state(self, network: dict[str, Any] | None, plan_id: int | None, version: int | None, stopped: bool,
+                    at: datetime) -> None:
+        assert self._state_id is not None
+        self.store.update_daemon_state(self._state_id, network=network, plan_id=plan_id, version=version,
+                                       stopped=stopped, at=at)
+
+    def _finish_application(self, app_id: int, outcome: str, at: datetime | None = None) -> None:
+        self.store.finish_plan_application(app_id, outcome=outcome, finished_at=at)
+
+    def _save_run(self, output: str, res: RequestResult, version: Version, predicted: float,
+                  at: datetime | None = None) -> int:
         return self.store.record_run(version.plan_id, strategy="daemon", output=output, measured_s=res.scaled_s,
                                      predicted_s=predicted, breakdown=res.breakdown(scale=True), model=self.model,
-                                     plan_version=version.number)
+                                     plan_version=version.number, created_at=at)
 
     # -- views -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -796,4 +995,19 @@ class Daemon:
                 "links": {k: {"bandwidth_bps": e.bandwidth_bps, "latency_s": e.latency_s, "samples": e.samples,
                               "method": e.method} for k, e in self.links.items()},
                 "decisions": list(self.decisions)[-10:], "dilation": self.dilation, "emulated": self.emulated,
-                "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model}
+                "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model,
+                "settings": asdict(self.settings), "resumed_from": self.resumed_from}
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (a driver's message can span lines and quote SQL and its values)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The database did not answer (a connection refused or lost, a lock held past its timeout): the write
+    may succeed later. Anything else (a row the schema refuses) would fail again."""
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from profiler.errors import InputError
+from runtime.worker import MAX_IDLE_S, MAX_NEW_TOKENS
 
 
 @dataclass(frozen=True)
@@ -28,20 +30,35 @@ class DaemonSettings:
     drain_s: float = 30.0                # on SIGTERM, requests in flight get this long to finish
     request_timeout_s: float = 120.0     # a request that has not finished by then fails
     max_new_tokens: int = 64             # the most a request may ask for
+    max_retries: int = 2                 # a request whose node died runs again on the re-applied plan, this often
     max_open_requests: int = 64          # more at once are refused (429)
+    max_open_per_client: int = 16        # ... and more from one client address
+    max_body_bytes: int = 12 << 20       # a larger HTTP body is refused (413): an 8 MiB image in base64 fits
     # retention: probe, node-sample and request rows older than this become hourly roll-ups (0: keep all)
     retain_raw_s: float = 7 * 86400.0
     rollup_interval_s: float = 3600.0    # how often the roll-up job runs
+    # history writes that fail (database unreachable) are kept, at most this many, and tried again this often
+    history_buffer: int = 100_000
+    history_retry_s: float = 2.0
     solver: str = "cbc"
     solve_time_limit_s: float | None = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
-                raise InputError(f"daemon settings: {f.name} must not be negative, got {v}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and v >= 0):
+                raise InputError(f"daemon settings: {f.name} must be a finite number, not negative, got {v}")
+        # a request's deadline is also its state's idle timeout on every worker, which caps it
+        if not 0 < self.request_timeout_s <= MAX_IDLE_S:
+            raise InputError(f"daemon settings: request_timeout_s must be in (0, {MAX_IDLE_S:g}] s, "
+                             f"got {self.request_timeout_s}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise InputError(f"daemon settings: max_new_tokens must be in [1, {MAX_NEW_TOKENS}], "
+                             f"got {self.max_new_tokens}")
+        if self.max_open_requests < 1 or self.max_open_per_client < 1:
+            raise InputError("daemon settings: max_open_requests and max_open_per_client must be at least 1")
         for name in ("probe_interval_s", "solve_interval_s", "window_s", "load_bytes_per_s", "health_timeout_s",
-                     "rollup_interval_s"):
+                     "rollup_interval_s", "history_retry_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"daemon settings: {name} must be positive, got {getattr(self, name)}")
         if self.probe_min_bytes > self.probe_max_bytes:

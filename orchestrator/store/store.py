@@ -25,6 +25,7 @@ from orchestrator.network import NetworkState, parse_network
 from orchestrator.plan import Plan, parse_plan
 from orchestrator.store.engine import ensure_schema, make_engine
 from orchestrator.store.tables import (
+    DaemonState,
     DecisionRow,
     HardwareClass,
     Model,
@@ -326,6 +327,42 @@ class Store:
             s.add(row)
             s.flush()
             return row.id
+
+    # -- a daemon's own state (revision 0005) -------------------------------------------------------
+
+    def open_daemon_state(self, model: str, *, settings: dict[str, Any], network: dict[str, Any]) -> int:
+        """A daemon run begins: its settings and network (never a token: the caller passes none)."""
+        with self._session() as s:
+            row = DaemonState(model=model, settings=_plain(settings), network=_plain(network))
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def update_daemon_state(self, state_id: int, *, network: dict[str, Any] | None = None,
+                            plan_id: int | None = None, version: int | None = None, stopped: bool = False,
+                            at: datetime | None = None) -> None:
+        with self._session() as s:
+            row = self._require(s, DaemonState, state_id, "daemon state")
+            assert row is not None
+            if network is not None:
+                row.network = _plain(network)
+            if version is not None:
+                self._require(s, PlanRow, plan_id, "plan")
+                row.plan_id, row.version = plan_id, version
+            if stopped:
+                row.stopped_at = at or datetime.now(UTC)
+            row.updated_at = at or datetime.now(UTC)
+
+    def crashed_daemon_state(self, model: str) -> dict[str, Any] | None:
+        """The newest run of a daemon of `model` if it never stopped cleanly (it died): what to resume from."""
+        with self._session() as s:
+            row = s.scalars(select(DaemonState).where(DaemonState.model == model)
+                            .order_by(DaemonState.id.desc()).limit(1)).first()
+            if row is None or row.stopped_at is not None:
+                return None
+            plan = s.get(PlanRow, row.plan_id).document if row.plan_id is not None else None
+            return {"id": row.id, "settings": dict(row.settings), "network": dict(row.network), "plan": plan,
+                    "plan_id": row.plan_id, "version": row.version, "updated_at": row.updated_at}
 
     def current_plan_id(self) -> int | None:
         """The plan applied most recently, or None when none was."""

@@ -307,7 +307,26 @@ class RunHour(Base):
     last_at: Mapped[datetime] = mapped_column()
 
 
-# -- revision 0005: how far each raw table is summarised (store/coverage.py) --------------------------------
+# -- revision 0005: what a daemon resumes from after a crash ---------------------------------------
+
+
+class DaemonState(Base):
+    """One daemon run: its settings, its network (joined nodes included), the plan in force and its version.
+    `stopped_at` is set by a clean stop; a row without it is a daemon that died, which the next one resumes."""
+
+    __tablename__ = "daemon_states"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(300), index=True)
+    settings: Mapped[dict[str, Any]]
+    network: Mapped[dict[str, Any]]
+    plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
+    version: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column()
+
+
+# -- revision 0006: how far each raw table is summarised (store/coverage.py) --------------------------------
 class SummaryMark(Base):
     """Every raw row of `raw_table` measured before `summarised_before` with id <= `last_id` is in its hourly
     summary table; raw rows before `raw_deleted_before` were deleted (retention)."""

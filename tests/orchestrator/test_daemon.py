@@ -189,22 +189,23 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
     store.close()
     # the named queries agree with the raw rows
     assert sum(d["applied"] for d in decisions) == applied and decisions[-1]["trigger"] == "start"
-    assert [m["version"] for m in switches] == [3, 2, 1]
-    assert switches[-1]["previous"] is None and switches[1]["placement"] == "phone[0-9]"
-    assert switches[0]["previous"] == "phone[0-9]"
+    # v4: the plan in force applied again at the restarted worker's new address
+    assert [m["version"] for m in switches] == [4, 3, 2, 1]
+    assert switches[-1]["previous"] is None and switches[2]["placement"] == "phone[0-9]"
+    assert switches[1]["previous"] == "phone[0-9]" and switches[0]["placement"] == switches[1]["placement"]
     assert all(m["duration_s"] >= 0 and m["runs_during"] >= 0 for m in switches)
-    assert applied == 3 and [v for v, _ in apps] == [1, 2, 3]
+    assert applied == 3 and [v for v, _ in apps] == [1, 2, 3, 4]
     assert all(o is not None and o.startswith(("switched", "applied")) for _, o in apps)
-    assert runs[0] == len(outputs) and runs[1] == 3
+    assert runs[0] == len(outputs) and runs[1] == 4
     assert probes > 0 and nodes > 0
 
 
 def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> None:
     """`aiflow daemon` as a user runs it: one serving line, `aiflow status` reads it, SIGTERM stops it
     and every worker it started, exit 0."""
-    env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}")
+    secrets = ("api-secret-7f3a9c", "worker-secret-2b8e4d", "controller-secret-5c1d0e")
+    env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", AIFLOW_CONTROLLER_TOKEN=secrets[2])
     aiflow = str(Path(sys.executable).parent / "aiflow")
-    secrets = ("api-secret-7f3a9c", "worker-secret-2b8e4d")
     proc = subprocess.Popen([aiflow, "daemon", "--model", "tiny-captioner", "--network", str(NETWORK),
                              "--profile", str(PROFILE), "--api", "127.0.0.1:0", "--probe-interval", "2",
                              "--token", secrets[0], "--worker-token", secrets[1], "-v"],
@@ -232,6 +233,20 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
         ok = httpx.post(f"{url}/v1/resolve", headers={"Authorization": f"Bearer {secrets[0]}"}, timeout=60,
                         trust_env=False)
         assert ok.status_code == 200
+        # a worker killed (warnings logged, plan re-applied) and bad requests: none of it shows a secret
+        os.kill(pids[1], signal.SIGKILL)
+        bad = httpx.post(f"{url}/v1/requests", json={"image": "nope"}, timeout=60, trust_env=False,
+                         headers={"Authorization": f"Bearer {secrets[0]}"})
+        assert bad.status_code == 422 and not any(x in bad.text for x in secrets)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            doc = json.loads(subprocess.run([aiflow, "status", "--url", url, "--json"], capture_output=True,
+                                            text=True, env=env, timeout=60).stdout)
+            if doc["plan"]["version"] > 1 and all(n["state"] == "up" for n in doc["nodes"]):
+                break
+            time.sleep(0.5)
+        assert not any(x in json.dumps(doc) for x in secrets)
+        pids = [n["pid"] for n in doc["nodes"]]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         time.sleep(0.5)

@@ -29,9 +29,10 @@ TABLES_0001 = {"hardware_classes", "models", "profiles", "profile_hardware", "pr
 TABLES_0002 = {"networks", "plans", "runs", "probes", "plan_applications"}
 TABLES_0003 = {"decisions", "node_samples"}
 TABLES_0004 = {"probe_hours", "node_sample_hours", "run_hours"}
-TABLES_0005 = {"summary_marks"}
-ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003 | TABLES_0004 | TABLES_0005
-HEAD = "0005"
+TABLES_0005 = {"daemon_states"}
+TABLES_0006 = {"summary_marks"}
+ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003 | TABLES_0004 | TABLES_0005 | TABLES_0006
+HEAD = "0006"
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ def test_migrations_up_down_up(url):
         db.upgrade(engine, "0002")
         assert _tables(engine) == TABLES_0001 | TABLES_0002
         db.upgrade(engine)
-        assert db.current_revision(engine) == "0005" == db.head_revision()
+        assert db.current_revision(engine) == HEAD == db.head_revision()
         assert _tables(engine) == ALL_TABLES
         db.downgrade(engine, "0001")
         assert _tables(engine) == TABLES_0001
@@ -458,13 +459,14 @@ def test_upgrade_to_0004_keeps_every_row_the_code_wrote(url):
         fill_every_table(store)
     engine = db.make_engine(url)
     try:
-        before = _dump(engine, ALL_TABLES - TABLES_0004 - TABLES_0005)
-        assert all(before[t] for t in ALL_TABLES - TABLES_0004 - TABLES_0005), "the fill left a table empty"
+        newer = TABLES_0004 | TABLES_0005 | TABLES_0006
+        before = _dump(engine, ALL_TABLES - newer)
+        assert all(before[t] for t in ALL_TABLES - newer), "the fill left a table empty"
         db.downgrade(engine, "0003")
-        assert _tables(engine) == ALL_TABLES - TABLES_0004 - TABLES_0005
+        assert _tables(engine) == ALL_TABLES - newer
         db.upgrade(engine)
-        assert db.current_revision(engine) == "0005"
-        assert _dump(engine, ALL_TABLES - TABLES_0004 - TABLES_0005) == before
+        assert db.current_revision(engine) == HEAD
+        assert _dump(engine, ALL_TABLES - newer) == before
     finally:
         engine.dispose()
 

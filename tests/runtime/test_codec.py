@@ -135,3 +135,42 @@ def test_mutated_frames_decode_or_raise_frame_error(cut: int, flip: int, value: 
             continue
         if f.tensor is not None:      # at most the payload, widened by decompression (int8 -> float64: 8x)
             assert f.tensor.numel() * f.tensor.element_size() <= 8 * len(data)
+
+
+_JSON_ATOMS = st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e999", b"9" * 5000, b"-0", b"null", b"true",
+                               b'"\\ud800"', b'"x"', b"[]", b"{}"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(depth=st.integers(0, 5000), atom=_JSON_ATOMS, key=st.sampled_from(["plan", "unit", "shape", "meta", "scale",
+                                                                           "dtype", "kind"]),
+       nest=st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
+def test_hostile_json_in_headers_is_a_frame_error(depth: int, atom: bytes, key: str, nest: tuple[bytes, bytes]) -> None:
+    """Headers that JSON itself makes dangerous: nesting thousands deep (Python's recursion limit),
+    integers of thousands of digits (Python refuses to convert them), NaN and Infinity (no JSON value, and a
+    header with them cannot be re-encoded): a FrameError naming the header, never another exception."""
+    value = nest[0] * depth + atom + nest[1] * depth
+    header = b'{"kind":"data","' + key.encode() + b'":' + value + b"}"
+    data = MAGIC + struct.pack("<I", len(header)) + header
+    try:
+        decode_frame(data)
+    except FrameError as exc:
+        assert str(exc)
+    if atom in (b"NaN", b"Infinity", b"-Infinity", b"1e999") or (atom == b"9" * 5000) or depth >= 2000:
+        with pytest.raises(FrameError, match="header"):
+            decode_frame(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=st.lists(st.integers(0, 2**62), min_size=1, max_size=8),
+       dtype=st.sampled_from(["float32", "float64", "int64", "bool", "complex64", "object", "float8", ""]),
+       payload=st.binary(max_size=64))
+def test_huge_shapes_and_wrong_dtypes_allocate_nothing(shape: list[int], dtype: str, payload: bytes) -> None:
+    """A header announcing an exabyte tensor, or a dtype that does not exist, is refused from the header and
+    the payload length alone: the only tensor ever built is one the payload really holds."""
+    data = raw({"kind": "data", "dtype": dtype, "shape": shape}, payload)
+    try:
+        f = decode_frame(data)
+    except FrameError:
+        return
+    assert f.tensor is not None and f.tensor.numel() * f.tensor.element_size() == len(payload)

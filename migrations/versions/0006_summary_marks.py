@@ -7,8 +7,8 @@ measured before `summarised_before` with an id up to `last_id` is in a summary (
 an earlier hour have a larger id and are read raw, then merged by the next pass), and raw rows before
 `raw_deleted_before` are gone.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

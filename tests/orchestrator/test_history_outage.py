@@ -1,0 +1,148 @@
+"""The history database goes away and comes back (connections cut, new ones refused, as in a PostgreSQL
+restart) while the daemon records requests and probe rounds: nothing raises into the service, the records
+are kept (bounded) and written when the database answers again, in order, with the times they happened.
+
+The outage is real at the network level: the daemon reaches PostgreSQL through a TCP proxy made here,
+which the test stops (closing every connection) and starts again on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from orchestrator.daemon.service import Daemon
+from orchestrator.daemon.settings import DaemonSettings
+from orchestrator.network import load_network
+from orchestrator.store import Store
+from profiler.models import load_adapter
+from profiler.profile import load_profile
+from runtime.client import RequestResult
+from tests.orchestrator.test_store_postgres import pg_url, server  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.postgres
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Proxy:
+    """A TCP relay 127.0.0.1:port -> target, in a thread; `stop` cuts every connection and refuses new ones."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def _run(self, coro) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection(*self.target)
+        self.writers |= {w, uw}
+        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+    def start(self) -> None:
+        self._run(self._start())
+
+    def stop(self) -> None:
+        self._run(self._stop())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def result(i: int) -> RequestResult:
+    return RequestResult(f"r{i}", None, None, 1, 0.1 + i / 1000, 1.0, False, plan_version=1)
+
+
+def test_history_survives_a_database_outage(pg_url: str) -> None:  # noqa: F811 - fixture
+    url = make_url(pg_url)
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.start()
+    store = Store.open(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    settings = DaemonSettings(history_buffer=50)
+    daemon = Daemon("tiny-captioner", load_network(ROOT / "examples" / "daemon.network.yaml"),
+                    load_profile(ROOT / "examples" / "tiny-captioner.profile.json"), load_adapter("tiny-captioner"),
+                    settings=settings, store=store)
+    version = SimpleNamespace(number=1, plan_id=None)
+
+    async def scenario() -> None:
+        for i in range(3):                                    # the database answers
+            await daemon._record(daemon._save_run, f"caption {i}", result(i), version, 0.1, datetime.now(UTC),
+                                 buffered=True)
+        proxy.stop()                                          # ... and goes away
+        outage_started = datetime.now(UTC)
+        for i in range(3, 43):
+            await daemon._record(daemon._save_run, f"caption {i}", result(i), version, 0.1, datetime.now(UTC),
+                                 buffered=True)
+        await daemon._record(daemon._save_probe_rows, daemon.snapshot, *daemon._probe_rows(), datetime.now(UTC),
+                             buffered=True)
+        assert len(daemon._unwritten) == 41 and daemon.history_dropped == 0
+        assert await daemon.flush_history() == 0              # still away: nothing written, nothing lost
+        assert len(daemon._unwritten) == 41
+        proxy.start()                                         # back
+        assert await daemon.flush_history() == 41
+        assert not daemon._unwritten
+        with store.engine.connect() as c:
+            rows = c.execute(text("SELECT output, created_at FROM runs ORDER BY id")).all()
+            probes = c.execute(text("SELECT COUNT(*), MIN(measured_at) FROM probes")).one()
+        assert [r.output for r in rows] == [f"caption {i}" for i in range(43)]         # all, in order
+        written_late = [r.created_at for r in rows[3:]]
+        assert all(t.replace(tzinfo=UTC) <= datetime.now(UTC) for t in written_late)
+        assert written_late[0].replace(tzinfo=UTC) >= outage_started.replace(microsecond=0)
+        assert probes[0] == len(daemon.links)
+
+        # the buffer is bounded: a longer outage keeps the newest `history_buffer` records and counts the rest
+        proxy.stop()
+        for i in range(60):
+            await daemon._record(daemon._save_run, f"late {i}", result(i), version, 0.1, datetime.now(UTC),
+                                 buffered=True)
+        assert len(daemon._unwritten) == 50 and daemon.history_dropped == 10
+        proxy.start()
+        assert await daemon.flush_history() == 50
+        with store.engine.connect() as c:
+            late = [o for (o,) in c.execute(text("SELECT output FROM runs WHERE output LIKE 'late%' ORDER BY id"))]
+        assert late == [f"late {i}" for i in range(10, 60)]
+        assert "aiflow_history_dropped_total 10.0" in daemon.metrics.render().decode()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+        proxy.stop() if proxy.server and proxy.server.is_serving() else None
+        proxy.close()
