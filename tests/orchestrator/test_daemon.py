@@ -150,9 +150,10 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
             await asyncio.sleep(PROBE_S)
             await ask(1)
 
-            # the dashboard's state agrees with what happened: three switches, every request, the decisions
+            # the dashboard's state agrees with what happened: three switches and the plan re-applied at the
+            # restarted worker's new address (v4), every request, the decisions
             board = (await api.get("/v1/dashboard")).json()
-            assert board["plan"]["version"] == 3 and [s["version"] for s in board["switches"]] == [1, 2, 3]
+            assert board["plan"]["version"] == 4 and [s["version"] for s in board["switches"]] == [1, 2, 3, 4]
             # (concurrent requests may be answered in another order than they were logged)
             logged = sorted((p["version"], p["latency_s"]) for p in board["requests"])
             assert logged == sorted((o[0], o[3]) for o in outputs)
