@@ -94,7 +94,10 @@ def test_measured_overheads_on_this_host_are_positive_and_below_a_second() -> No
     from runtime.overheads import measure_overheads
 
     o = measure_overheads(repeats=30)
-    assert 0 < o.hop_s < 1.0
+    # hop_s is what is left of the alternating run after the passes a cut starts; on a loaded 2-core host
+    # the pass estimate can absorb all of it (clamped to 0: a known limit, issue 10). That a hop costs time
+    # at all is the raw comparison below, alternating_s > single_s.
+    assert 0 <= o.hop_s < 1.0
     assert 0 < o.request_s < 1.0
     assert o.detail["alternating_s"] > o.detail["single_s"] > o.detail["compute_s"]
     assert o.detail["gen_single_s"] > o.detail["gen_compute_s"] and o.pass_s >= 0
