@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 import uuid
@@ -287,7 +286,7 @@ async def serve(name: str, listen: str, model: str, *, token: str | None = None,
                 state_timeout_s: float = 120.0) -> None:
     """Serve until SIGINT/SIGTERM; prints `READY host:port` once serving (as runtime.worker does)."""
     from profiler.models import load_adapter
-    from runtime.worker import _exit_with_parent
+    from runtime.worker import wait_until_stopped
 
     if threads:
         torch.set_num_threads(threads)
@@ -295,14 +294,7 @@ async def serve(name: str, listen: str, model: str, *, token: str | None = None,
     verifier.server = FrameServer(verifier.handle, verifier.health, token=token)
     address = await verifier.start(listen)
     print(f"READY {address}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    watch = asyncio.create_task(_exit_with_parent(stop))
-    await stop.wait()
-    watch.cancel()
+    await wait_until_stopped()
     await verifier.stop()
 
 

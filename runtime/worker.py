@@ -646,6 +646,12 @@ async def serve(name: str, listen: str, model: str, *, token: str | None = None,
         except BaseException:
             await worker.stop()
             raise
+    await wait_until_stopped()
+    await worker.stop()
+
+
+async def wait_until_stopped() -> None:
+    """Return on SIGINT or SIGTERM, or when the parent process is gone (a served process's main loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -654,7 +660,6 @@ async def serve(name: str, listen: str, model: str, *, token: str | None = None,
     watch = asyncio.create_task(_exit_with_parent(stop))
     await stop.wait()
     watch.cancel()
-    await worker.stop()
 
 
 async def _exit_with_parent(stop: asyncio.Event, every_s: float = 1.0) -> None:
