@@ -227,7 +227,10 @@ class Worker:
         if kind == "emulate":
             emulation = emulation_from(frame.meta, self.name)
             if emulation != self.emulation:
-                self.emulation, self._emulated = emulation, emulation.network()
+                # retuned in place: a changed rate reaches the messages this worker is sending now
+                self._emulated = (emulation.network() if self._emulated is None else
+                                  self._emulated.retune(emulation.nodes, emulation.links, emulation.dilation))
+                self.emulation = emulation
             return [ack_frame()]
         if kind == "probe":
             await _arrival(frame)            # acked once the probe has crossed the (emulated) link
@@ -558,8 +561,8 @@ class Worker:
         address = plan.node(node).address
         if address is None:
             raise RuntimeError(f"plan v{plan.version} gives no address for node {node}")
-        data = self._stamp(req, node, encode_frame(frame, plan.compression if frame.kind in ("data", "edge") else
-                                                   "none"))
+        data = await self._stamp(req, node, encode_frame(frame, plan.compression if frame.kind in ("data", "edge")
+                                                         else "none"))
         t0 = time.perf_counter()
         replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
         self._note_rpc(req, node, len(data), time.perf_counter() - t0)
@@ -568,27 +571,29 @@ class Worker:
             if f.kind == "error":
                 raise RuntimeError(f"{node} refused a {frame.kind} frame: {f.meta.get('error')}")
 
-    def _stamp(self, req: Request, node: str, data: bytes) -> bytes:
-        """With emulation: book the message on the emulated route now and stamp its arrival time.
+    async def _stamp(self, req: Request, node: str, data: bytes) -> bytes:
+        """With emulation: serialise the message on the emulated route (EmulatedNetwork.pace: at the rates
+        the links have while it goes out) and stamp its arrival time.
 
-        The real send starts at once and the receiver waits for `not_before` (perf_counter seconds; the
-        emulated workers share this machine's monotonic clock), so the real loopback transfer runs
-        inside the emulated transfer time instead of adding to it. The ~30 header bytes of the stamp
-        itself are not charged.
+        The real send starts once the last hop has serialised it and the receiver waits for `not_before`
+        (perf_counter seconds; the emulated workers share this machine's monotonic clock), so the real
+        loopback transfer runs inside the last hop's latency instead of adding to it. The ~30 header
+        bytes of the stamp itself are not charged. A stalled link holds the message here until it moves
+        again or the request is dropped (its deadline: the reaper cancels this task).
         """
         plan = req.plan
         now = time.perf_counter()
         if not plan.emulate:
             return with_meta(data, **send_stamp(self.name, [self.name, node], now))
         network = self._network(plan)
-        arrival, spent = network.schedule(self.name, node, len(data), now)
+        arrival, spent = await network.pace(self.name, node, len(data), now)
         route = [self.name, *(hop.split("->", 1)[1] for hop in spent)]
         for hop, s in spent.items():
             t = req.stats["transfer"].setdefault(hop, {"seconds": 0.0, "bytes": 0, "messages": 0})
             t["seconds"] += s
             t["bytes"] += len(data)
             t["messages"] += 1
-        return with_meta(data, **arrival_stamp(arrival, now, network.kernel_rate),
+        return with_meta(data, **arrival_stamp(arrival, time.perf_counter(), network.kernel_rate),
                          **send_stamp(self.name, route, now))
 
     async def _result(self, req: Request, out: torch.Tensor, steps: int) -> None:
@@ -596,7 +601,7 @@ class Worker:
         data = encode_frame(Frame("result", req.rid, plan.version, meta={"steps": steps, "node": self.name},
                                   tensor=out))
         if plan.sink != self.name:
-            data = self._stamp(req, plan.sink, data)
+            data = await self._stamp(req, plan.sink, data)
         t0 = time.perf_counter()
         await self.transport.send(req.reply, data, timeout=self.call_timeout_s)
         self._note_rpc(req, plan.sink, len(data), time.perf_counter() - t0)
