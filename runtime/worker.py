@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
-from runtime.client import MAX_IDLE_S
+from runtime.client import MAX_IDLE_S, UNREACHABLE_CODES
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival, stretch_compute
 from runtime.measure import Meter, emulation_from
@@ -465,7 +465,9 @@ class Worker:
             msg = f"{self.name}: {frame.phase} units {first}..{last}: {type(exc).__name__}: {exc}"
             if self.requests.get(req.rid) is req:
                 self._drop(req.rid)
-            await self._notify(req, msg, "failed")
+            # a peer that is gone is named, so the caller may re-plan without it and run the request again
+            down = [exc.node] if isinstance(exc, PeerUnreachable) else []
+            await self._notify(req, msg, "node-down" if down else "failed", down)
 
     async def _compute(self, req: Request, phase: str, first: int, last: int, x: torch.Tensor | None,
                        position: int) -> torch.Tensor:
@@ -564,7 +566,12 @@ class Worker:
         data = await self._stamp(req, node, encode_frame(frame, plan.compression if frame.kind in ("data", "edge")
                                                          else "none"))
         t0 = time.perf_counter()
-        replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
+        try:
+            replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
+        except TransportError as exc:
+            if exc.code in UNREACHABLE_CODES:
+                raise PeerUnreachable(node, str(exc)) from None
+            raise
         self._note_rpc(req, node, len(data), time.perf_counter() - t0)
         for r in replies:
             f = decode_frame(r)
@@ -615,14 +622,24 @@ class Worker:
             t["bytes"] += nbytes
             t["messages"] += 1
 
-    async def _notify(self, req: Request, message: str, code: str) -> None:
+    async def _notify(self, req: Request, message: str, code: str, down: list[str] | None = None) -> None:
+        frame = error_frame(message, req.rid, code) if not down else encode_frame(
+            Frame("error", req.rid, meta={"error": message, "code": code, "down": down}))
         try:
-            await self.transport.send(req.reply, error_frame(message, req.rid, code), timeout=self.call_timeout_s)
+            await self.transport.send(req.reply, frame, timeout=self.call_timeout_s)
         except TransportError:
             pass                                  # the client is gone: nothing more to tell
 
     def _stats_of(self, req: Request) -> dict[str, Any]:
         return {"node": self.name, **req.stats}
+
+
+class PeerUnreachable(RuntimeError):
+    """The next node of a request's plan did not answer (its port refuses, the call timed out)."""
+
+    def __init__(self, node: str, detail: str) -> None:
+        super().__init__(f"{node} not answering: {detail}")
+        self.node = node
 
 
 async def _arrival(frame: Frame) -> None:

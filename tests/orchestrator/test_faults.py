@@ -151,3 +151,170 @@ def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def _answers_check(answers: list[tuple[int, str, str, float, int]], deadline_s: float) -> None:
+    """Every answer is the unsplit model's caption or a clear error (a 502 naming the deadline or the node);
+    none came later than its deadline (plus the slack of a loaded machine)."""
+    wrong = [a for a in answers if a[0] == 200 and a[1] != a[2]]
+    unclear = [a for a in answers if a[0] != 200 and (a[0] != 502 or not a[1])]
+    late = [a for a in answers if a[3] > deadline_s + 5]
+    assert not wrong and not unclear and not late, (wrong, unclear, late)
+
+
+def test_a_link_stalled_mid_transfer_then_collapsed(tmp_path: Path) -> None:
+    """phone-edge stalls (1 kbit/s: a frame of the first plan would take minutes) while requests cross it,
+    for longer than their deadline, then comes back 20-fold slower than configured. The requests caught on
+    it end at their deadline with a clear error (the stall reached the transfers under way, and nothing
+    waited past the deadline); once bytes flow again, the slow transfers are the daemon's link samples, it
+    re-plans onto the phone alone, and the next requests are answered right on that plan."""
+    deadline = 6.0
+    paths = [im.path for im in write_test_images(tmp_path, 4)]
+    reference = unsplit_captions(load_adapter("tiny-captioner"), paths)
+    profile, net = load_profile(PROFILE), load_network(NETWORK)
+    k = min(dilation_factor(profile, net, profile.hardware_classes[0]), 6.0)
+    settings = DaemonSettings(probe_interval_s=1.0, solve_interval_s=60.0, request_timeout_s=deadline)
+    daemon = Daemon("tiny-captioner", net, profile, load_adapter("tiny-captioner"), settings=settings, dilation=k)
+    answers: list[tuple[int, str, str, float, int]] = []   # (status, caption or reason, reference, s, version)
+
+    async def scenario() -> None:
+        await daemon.start()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(daemon)), base_url="http://d",
+                                     timeout=4 * deadline) as api:
+            async def ask(i: int) -> tuple[int, str, str, float, int]:
+                t0 = time.monotonic()
+                r = await api.post("/v1/requests", json=body(paths[i % 4]))
+                j = r.json()
+                answers.append((r.status_code, j.get("output") or j.get("detail"), reference[i % 4],
+                                time.monotonic() - t0, j.get("plan_version", 0)))
+                return answers[-1]
+
+            async def link(bps: float) -> None:
+                r = await api.post("/v1/emulation/links", json={"a": "phone", "b": "edge", "bandwidth_bps": bps})
+                assert r.status_code == 200, r.text
+
+            v1 = daemon.current
+            assert set(v1.plan.assignment) != {"phone"}          # the first plan sends over phone-edge
+            assert (await ask(0))[0] == 200
+            # the stall: requests in flight, then no bytes (for longer than their deadline)
+            burst = [asyncio.create_task(ask(i)) for i in range(4)]
+            await asyncio.sleep(0.3)
+            await link(1e3)
+            caught = await asyncio.gather(*burst)
+            timed_out = [a for a in caught if a[0] == 502 and "timed out" in a[1]]
+            assert timed_out, f"no request was crossing the link when it stalled: {caught}"
+            assert daemon.current.number == v1.number              # nothing to learn from a link that is silent
+            # the link comes back 20-fold slower: a request crosses it slowly, the daemon sees it and re-plans
+            await link(1e6)
+            for i in range(12):
+                status, _, _, _, version = await ask(i)
+                if status == 200 and version > v1.number:
+                    break
+            assert daemon.current.number > v1.number, "the daemon never re-planned"
+            assert set(daemon.current.plan.assignment) == {"phone"}
+            assert [(await ask(i))[0] for i in range(2)] == [200, 200]
+        final = [s.pid for s in daemon.nodes.values() if s.pid]
+        await daemon.drain()
+        await daemon.close()
+        assert not any(alive(p) for p in final)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if daemon.workers is not None:
+            daemon.workers.stop()
+    _answers_check(answers, deadline)
+    assert answers[-1][4] > 1 and answers[-1][0] == 200
+
+
+def test_a_worker_killed_in_the_middle_of_a_plan_switch(tmp_path: Path) -> None:
+    """Two switches under load, each with a worker SIGKILLed at a fixed point inside it (the client's
+    `prepare`, the switch's first phase, is wrapped): (a) the phone, in both plans, once every worker
+    holds the new version and before requests take it; (b) a node of the target plan just before it is
+    given the new version, so the switch fails. Every request is answered with the unsplit model's caption
+    (run again where the dead node held it) or a clear error, none is lost or late, and the daemon ends on
+    a working plan with both workers restarted."""
+    paths = [im.path for im in write_test_images(tmp_path, 4)]
+    reference = unsplit_captions(load_adapter("tiny-captioner"), paths)
+    profile, net = load_profile(PROFILE), load_network(NETWORK)
+    k = min(dilation_factor(profile, net, profile.hardware_classes[0]), 6.0)
+    settings = DaemonSettings(probe_interval_s=60.0, solve_interval_s=60.0, request_timeout_s=DEADLINE_S)
+    daemon = Daemon("tiny-captioner", net, profile, load_adapter("tiny-captioner"), settings=settings, dilation=k)
+    answers: list[tuple[int, str, str, float]] = []
+    sent = 0
+
+    async def scenario() -> None:
+        nonlocal sent
+        await daemon.start()
+        assert daemon.client is not None
+        prepare = daemon.client.prepare
+        kill: dict[str, str] = {}            # "after" / "before" prepare -> the node to SIGKILL there
+
+        async def prepare_with_a_kill(sp: object) -> None:
+            if "before" in kill:
+                os.kill(daemon.nodes[kill.pop("before")].pid, signal.SIGKILL)
+            await prepare(sp)
+            if "after" in kill:
+                os.kill(daemon.nodes[kill.pop("after")].pid, signal.SIGKILL)
+
+        daemon.client.prepare = prepare_with_a_kill
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(daemon)), base_url="http://d",
+                                     timeout=2 * DEADLINE_S) as api:
+            async def ask(i: int) -> None:
+                t0 = time.monotonic()
+                r = await api.post("/v1/requests", json=body(paths[i % 4]))
+                j = r.json()
+                answers.append((r.status_code, j.get("output") or j.get("detail"), reference[i % 4],
+                                time.monotonic() - t0))
+
+            async def switch_under_load(assignment: list[str], when: str, victim: str) -> None:
+                nonlocal sent
+                burst = [asyncio.create_task(ask(i)) for i in range(6)]
+                sent += 6
+                await asyncio.sleep(0.5)                                  # requests on the workers now
+                old_pid = daemon.nodes[victim].pid
+                kill[when] = victim
+                plan = daemon.current.plan.model_copy(update={"assignment": assignment})
+                await daemon.switch(plan, daemon.snapshot, None, None)
+                assert not kill, "the switch never reached its first phase"
+                await asyncio.gather(*burst)
+                for _ in range(80):                                      # restarted (the request path or
+                    if daemon.nodes[victim].pid != old_pid and daemon.nodes[victim].state == "up":   # the
+                        break                                            # failed switch checked the nodes)
+                    await asyncio.sleep(0.25)
+                assert daemon.nodes[victim].pid != old_pid and alive(daemon.nodes[victim].pid)
+
+            v1 = daemon.current
+            offload = list(v1.plan.assignment)
+            other = next(n for n in offload if n != "phone")
+            # (a) to the phone alone; the phone dies once it holds the new version, before requests take it
+            await switch_under_load(["phone"] * len(offload), "after", "phone")
+            # (b) back to offloading; `other` dies as the switch begins: the switch fails, the daemon checks
+            #     its nodes, restarts it and applies a plan at its new address
+            failed = daemon.metrics.switches.labels(outcome="failed")._value.get()
+            await switch_under_load(offload, "before", other)
+            assert daemon.metrics.switches.labels(outcome="failed")._value.get() >= failed + 1
+            for _ in range(80):                  # the plan re-applied at the restarted worker's address
+                if all(daemon.client.plan.node(n).address == daemon.nodes[n].address
+                       for n in daemon.client.plan.hosting_nodes()):
+                    break
+                await asyncio.sleep(0.25)
+            await ask(0)                                                  # a working plan at the end
+            sent += 1
+            assert answers[-1][0] == 200
+            assert {n: s.state for n, s in daemon.nodes.items()} == {"phone": "up", "edge": "up", "cloud": "up"}
+            assert daemon.metrics.restarts.labels(node="phone")._value.get() == 1
+            assert daemon.metrics.restarts.labels(node=other)._value.get() == 1
+        final = [s.pid for s in daemon.nodes.values() if s.pid]
+        await daemon.drain()
+        await daemon.close()
+        assert not any(alive(p) for p in final)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if daemon.workers is not None:
+            daemon.workers.stop()
+    assert len(answers) == sent == 13                                     # none lost
+    _answers_check([(*a, 0) for a in answers], DEADLINE_S)
+    assert all(a[0] == 200 for a in answers), [a for a in answers if a[0] != 200]
