@@ -35,6 +35,13 @@ from profiler.errors import InputError
 from runtime.stages import LinkSpec, NodeSpec, best_link, route
 
 PACE_STEP_S = 0.05          # how often a message going out re-reads its link's rate (wall seconds)
+# What a real send over loopback gRPC takes per byte (about 40 ms for 8 MiB on this project's machine,
+# docs/runtime.md): a paced message is handed to the transport that long before its serialisation ends.
+REAL_SEND_S_PER_BYTE = 5e-9
+
+
+def real_send_s(nbytes: float) -> float:
+    return REAL_SEND_S_PER_BYTE * max(0.0, nbytes)
 
 
 @dataclass(frozen=True)
@@ -157,12 +164,15 @@ class EmulatedLink:
         end = tr.times[i + 1] if i + 1 < len(tr.times) else tr.period
         return tr.rate_bps[i], max(end - local, 1e-6) * self.k
 
-    async def pace(self, nbytes: float, now: float | None = None) -> tuple[float, float]:
+    async def pace(self, nbytes: float, now: float | None = None, lead_s: float = 0.0) -> tuple[float, float]:
         """Serialise one message at the link's rate *as it is while the message goes out*, after the
         messages before it (FIFO); (serialisation done, arrival) as perf_counter times. The rate is read
         again every PACE_STEP_S, so a change or a stall hits a transfer under way; with no rate at all
         this waits until there is one again or the caller is cancelled (its request's deadline).
-        `now`: when the message was handed over (a late wake-up of this task is not the link's time)."""
+        `now`: when the message was handed over (a late wake-up of this task is not the link's time).
+        `lead_s`: return that long before the end, with the end projected at the rate then, so the real
+        send of the bytes can run inside the emulated time instead of after it (a change within that
+        last moment does not reach the message)."""
         start = time.perf_counter() if now is None else now
         if self._fifo is None:
             self._fifo = asyncio.Lock()
@@ -176,8 +186,8 @@ class EmulatedLink:
                 if math.isinf(rate):
                     break
                 need = self.k * left / rate if rate > 0 else math.inf
-                if need <= min(PACE_STEP_S, holds):
-                    await sleep_until(t + need)          # the last step: precise
+                if need - lead_s <= min(PACE_STEP_S, holds):
+                    await sleep_until(t + max(0.0, need - lead_s))      # the last step: precise
                     t += need
                     break
                 await asyncio.sleep(max(0.0, t + min(PACE_STEP_S, holds) - time.perf_counter()))
@@ -337,17 +347,19 @@ class EmulatedNetwork:
             t = arrival
         return (t if t > start else start), spent
 
-    async def pace(self, src: str, dst: str, nbytes: float, now: float | None = None) -> tuple[float, dict[str, float]]:
+    async def pace(self, src: str, dst: str, nbytes: float, now: float | None = None,
+                   lead_s: float | None = None) -> tuple[float, dict[str, float]]:
         """Serialise a message over its route as the links are while it goes (EmulatedLink.pace), hop
-        after hop (store and forward: the next hop starts when the previous one delivers). Returns as
-        soon as the last hop has serialised it: (arrival perf_counter time, the last hop's latency
-        still to come; seconds per hop "a->b")."""
+        after hop (store and forward: the next hop starts when the previous one delivers). Returns
+        `lead_s` (default: the real loopback send's time for that size, see real_send_s) before the last
+        hop has serialised it: (arrival perf_counter time, still to come; seconds per hop "a->b")."""
+        lead = real_send_s(nbytes) if lead_s is None else lead_s
         t = start = time.perf_counter() if now is None else now
         spent: dict[str, float] = {}
         hops = route(self.nodes, self.links, src, dst, nbytes)
         for i, (a, b) in enumerate(hops):
             name, link = self._link(a, b, nbytes)
-            _, arrival = await link.pace(nbytes, t)
+            _, arrival = await link.pace(nbytes, t, lead if i + 1 == len(hops) else 0.0)
             spent[name] = spent.get(name, 0.0) + (arrival - t)
             if i + 1 < len(hops):
                 await sleep_until(arrival)
@@ -357,11 +369,11 @@ class EmulatedNetwork:
     async def pace_direct(self, a: str, b: str, nbytes: float, now: float | None = None) -> float:
         """Serialise a message on the direct link a -> b only (a probe of that link): its arrival time."""
         _, link = self._link(a, b, nbytes)
-        return (await link.pace(nbytes, now))[1]
+        return (await link.pace(nbytes, now, real_send_s(nbytes)))[1]
 
     async def carry(self, src: str, dst: str, nbytes: float) -> dict[str, float]:
         """Hold a message for its route's emulated time; seconds spent per hop "a->b"."""
-        arrival, spent = await self.pace(src, dst, nbytes)
+        arrival, spent = await self.pace(src, dst, nbytes, lead_s=0.0)
         await sleep_until(arrival)
         return spent
 
