@@ -109,9 +109,10 @@ async def link_throughput(rates_bps: list[float], nbytes: int) -> list[dict[str,
         await transport.send(address, data)              # warm the channel
         took = []
         for _ in range(3):
-            # as a worker sends: book the emulated link, send at once, the receiver waits for the arrival
+            # as a worker sends: pace the emulated link (handed to the transport a real send's time before
+            # the end), send, the receiver waits for the arrival
             t0 = time.perf_counter()
-            arrival, _ = net.schedule("a", "b", len(data), t0)
+            arrival, _ = await net.pace("a", "b", len(data), t0)
             await transport.send(address, data)
             await sleep_until(arrival)
             took.append(time.perf_counter() - t0)

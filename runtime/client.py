@@ -175,8 +175,10 @@ class Client:
     def set_emulation(self, emulation: Emulation | None) -> None:
         """The emulated network the request's first hop travels (the workers are told the same)."""
         self._emulation = emulation
-        self._network = emulation.network() if emulation is not None else EmulatedNetwork(
-            self.plan.nodes, self.plan.links, self.plan.dilation)
+        if emulation is not None:        # retuned in place: a change reaches a first hop going out now
+            self._network = self._network.retune(emulation.nodes, emulation.links, emulation.dilation)
+        else:
+            self._network = EmulatedNetwork(self.plan.nodes, self.plan.links, self.plan.dilation)
 
     async def health(self) -> dict[str, dict[str, Any]]:
         nodes = self.plan.hosting_nodes()
@@ -257,18 +259,21 @@ class Client:
             data = encode_frame(Frame("data", rid, plan.version, first.name, first.first, 0, 0,
                                       source if first.input != "none" else None))
             t0 = time.perf_counter()
-            client_hops: dict[str, float] = {}
-            if plan.emulate and dst != plan.source:
-                # book the emulated route and stamp the arrival; the worker waits for it (see Worker._stamp)
-                arrival, client_hops = self._network.schedule(plan.source, dst, len(data), t0)
-                data = with_meta(data, **arrival_stamp(arrival, t0, self._network.kernel_rate))
-            t_send = time.perf_counter()
-            await self._control(dst, data, plan)
-            if not plan.emulate and dst != plan.source:
-                client_hops = {f"{plan.source}->{dst}": time.perf_counter() - t_send}
             wait = self.timeout_s if deadline is None else max(0.0, min(self.timeout_s, deadline - time.monotonic()))
+            give_up = time.monotonic() + wait
+            client_hops: dict[str, float] = {}
             try:
-                frame = await asyncio.wait_for(fut, timeout=wait)
+                if plan.emulate and dst != plan.source:
+                    # serialise on the emulated route (a stalled link waits, up to the deadline) and stamp the
+                    # arrival; the worker waits for it (see Worker._stamp)
+                    arrival, client_hops = await asyncio.wait_for(
+                        self._network.pace(plan.source, dst, len(data), t0), timeout=wait)
+                    data = with_meta(data, **arrival_stamp(arrival, time.perf_counter(), self._network.kernel_rate))
+                t_send = time.perf_counter()
+                await self._control(dst, data, plan)
+                if not plan.emulate and dst != plan.source:
+                    client_hops = {f"{plan.source}->{dst}": time.perf_counter() - t_send}
+                frame = await asyncio.wait_for(fut, timeout=max(0.0, give_up - time.monotonic()))
             except TimeoutError:
                 raise RequestFailed(f"request {rid} timed out after {wait:.3g} s") from None
             measured = time.perf_counter() - t0

@@ -1,13 +1,20 @@
 """Emulated links and time dilation: one machine plays a whole network.
 
 An EmulatedLink carries one direction of a network link. Sending `n` bytes:
-1. waits for the link to be free and serialises the message at the link's rate (a token bucket
-   with `burst_bytes` of credit, zero by default, so each message costs 8 n / bandwidth as in the
-   planning model; messages queue FIFO behind each other, so concurrent requests share the rate);
+1. waits for the link to be free and serialises the message at the link's rate (each message costs
+   8 n / bandwidth as in the planning model; messages queue FIFO behind each other, so concurrent
+   requests share the rate);
 2. then holds it for the one-way latency (propagation does not occupy the link: the next message
    may start serialising meanwhile).
 With a bandwidth trace (seconds<TAB>Mbit/s), the rate follows the trace, replayed in a loop from
 the link's creation, starting `trace_start_s` seconds into the trace.
+
+`pace` serialises a message as time passes, re-reading the link's rate at least every
+PACE_STEP_S: a rate changed under a running system (`EmulatedNetwork.retune`, the controller's
+`emulate` frames) applies to the messages going out at that moment, and a stalled link (rate ~0)
+holds them until it moves again or their request is cancelled at its deadline. `reserve` books a
+message at once at the rates known then (a token bucket with `burst_bytes` of credit, zero by
+default): the arithmetic of the model, used by benchmarks and tests.
 
 Time dilation K >= 1 stretches every link time (rates divided by K, latencies and trace time axes
 multiplied by K) and every compute time the same way (see runtime.worker), so a node faster than
@@ -26,6 +33,15 @@ from pathlib import Path
 
 from profiler.errors import InputError
 from runtime.stages import LinkSpec, NodeSpec, best_link, route
+
+PACE_STEP_S = 0.05          # how often a message going out re-reads its link's rate (wall seconds)
+# What a real send over loopback gRPC takes per byte (about 40 ms for 8 MiB on this project's machine,
+# docs/runtime.md): a paced message is handed to the transport that long before its serialisation ends.
+REAL_SEND_S_PER_BYTE = 5e-9
+
+
+def real_send_s(nbytes: float) -> float:
+    return REAL_SEND_S_PER_BYTE * max(0.0, nbytes)
 
 
 @dataclass(frozen=True)
@@ -128,8 +144,60 @@ class EmulatedLink:
         self.trace_start_s = float(trace_start_s)
         self._free_at = 0.0          # when the link finishes serialising what it has accepted
         self._origin = time.perf_counter()
+        self._fifo: asyncio.Lock | None = None       # made in the event loop that paces (see pace)
+        self._paced_until = 0.0                        # when `pace` finished serialising the last message
         self.bytes_sent = 0
         self.messages = 0
+
+    def retune(self, spec: LinkSpec, trace: Trace | None) -> None:
+        """Take a changed rate, latency or trace now; messages going out continue at the new rate."""
+        self.bandwidth_bps, self.latency_s, self.trace = float(spec.bandwidth_bps), float(spec.latency_s), trace
+        self.trace_start_s = float(spec.trace_start_s)
+
+    def rate_bps(self, t: float) -> tuple[float, float]:
+        """(rate in bit/s, wall seconds it holds from perf_counter time t) before dilation."""
+        if self.trace is None or self.trace.period <= 0:
+            return (self.trace.rate_bps[0] if self.trace else self.bandwidth_bps), math.inf
+        tr = self.trace
+        local = ((t - self._origin) / self.k + self.trace_start_s) % tr.period
+        i = max(0, bisect_right(tr.times, local) - 1)
+        end = tr.times[i + 1] if i + 1 < len(tr.times) else tr.period
+        return tr.rate_bps[i], max(end - local, 1e-6) * self.k
+
+    async def pace(self, nbytes: float, now: float | None = None, lead_s: float = 0.0) -> tuple[float, float]:
+        """Serialise one message at the link's rate *as it is while the message goes out*, after the
+        messages before it (FIFO); (serialisation done, arrival) as perf_counter times. The rate is read
+        again every PACE_STEP_S, so a change or a stall hits a transfer under way; with no rate at all
+        this waits until there is one again or the caller is cancelled (its request's deadline).
+        `now`: when the message was handed over (a late wake-up of this task is not the link's time).
+        `lead_s`: return that long before the end, with the end projected at the rate then, so the real
+        send of the bytes can run inside the emulated time instead of after it (a change within that
+        last moment does not reach the message)."""
+        start = time.perf_counter() if now is None else now
+        if self._fifo is None:
+            self._fifo = asyncio.Lock()
+        async with self._fifo:
+            left = 8.0 * nbytes                          # bits still to serialise
+            # from when the message was handed over or the one before it was done, not from when this
+            # task woke up: the event loop's lateness is not the link's
+            t = max(start, self._paced_until)
+            while left > 0:
+                rate, holds = self.rate_bps(t)
+                if math.isinf(rate):
+                    break
+                need = self.k * left / rate if rate > 0 else math.inf
+                if need - lead_s <= min(PACE_STEP_S, holds):
+                    await sleep_until(t + max(0.0, need - lead_s))      # the last step: precise
+                    t += need
+                    break
+                await asyncio.sleep(max(0.0, t + min(PACE_STEP_S, holds) - time.perf_counter()))
+                woke = time.perf_counter()
+                left -= rate * (woke - t) / self.k      # what really went out, however late the wake-up
+                t = woke + (self.k * left / rate if left < 0 else 0.0)     # done before a late wake-up
+            self._paced_until = t
+        self.bytes_sent += int(nbytes)
+        self.messages += 1
+        return t, t + self.k * self.latency_s
 
     def serialise_time(self, start: float, nbytes: float) -> float:
         """Wall seconds to serialise `nbytes` starting at perf_counter time `start` (dilated)."""
@@ -172,7 +240,7 @@ class EmulatedLink:
     async def transmit(self, nbytes: float) -> float:
         """Carry one message; returns the wall seconds it took (queueing + serialisation + latency)."""
         t0 = time.perf_counter()
-        _, arrival = self.reserve(nbytes, t0)
+        _, arrival = await self.pace(nbytes)
         await sleep_until(arrival)
         return time.perf_counter() - t0
 
@@ -243,11 +311,28 @@ class EmulatedNetwork:
             if spec.kernel_rate:          # the kernel serialises; only the latency is added here
                 link = EmulatedLink(math.inf, spec.latency_s, dilation=self.dilation)
             else:
-                trace = parse_trace(spec.trace, f"link {spec.a}-{spec.b} trace") if spec.trace else None
-                link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=trace, dilation=self.dilation,
+                link = EmulatedLink(spec.bandwidth_bps, spec.latency_s, trace=_trace_of(spec), dilation=self.dilation,
                                     trace_start_s=spec.trace_start_s)
             self._links[key] = link
         return f"{a}->{b}", link
+
+    def retune(self, nodes: Sequence[NodeSpec], links: Sequence[LinkSpec], dilation: float) -> EmulatedNetwork:
+        """This network with changed rates and latencies, the link objects (and the messages they are
+        pacing) kept where a link is the same pair of nodes, so a change reaches transfers under way.
+        A new network when the dilation or the kind of a link changed."""
+        links = tuple(links)
+        same = (dilation == self.dilation and len(links) == len(self.links) and all(
+            (o.a, o.b, o.directed, o.kernel_rate) == (n.a, n.b, n.directed, n.kernel_rate)
+            for o, n in zip(self.links, links, strict=True)))
+        if not same:
+            return EmulatedNetwork(nodes, links, dilation)
+        self.nodes, self.links = tuple(nodes), links
+        for (_, _, i), link in self._links.items():
+            if not links[i].kernel_rate:
+                link.retune(links[i], _trace_of(links[i]))
+            else:
+                link.latency_s = links[i].latency_s
+        return self
 
     def schedule(self, src: str, dst: str, nbytes: float, now: float | None = None) -> tuple[float, dict[str, float]]:
         """Book a message on every hop of its route now: (arrival perf_counter time, seconds per hop).
@@ -262,17 +347,39 @@ class EmulatedNetwork:
             t = arrival
         return (t if t > start else start), spent
 
-    def schedule_direct(self, a: str, b: str, nbytes: float, now: float | None = None) -> float:
-        """Book a message on the direct link a -> b only (a probe of that link): its arrival time."""
-        t = time.perf_counter() if now is None else now
+    async def pace(self, src: str, dst: str, nbytes: float, now: float | None = None,
+                   lead_s: float | None = None) -> tuple[float, dict[str, float]]:
+        """Serialise a message over its route as the links are while it goes (EmulatedLink.pace), hop
+        after hop (store and forward: the next hop starts when the previous one delivers). Returns
+        `lead_s` (default: the real loopback send's time for that size, see real_send_s) before the last
+        hop has serialised it: (arrival perf_counter time, still to come; seconds per hop "a->b")."""
+        lead = real_send_s(nbytes) if lead_s is None else lead_s
+        t = start = time.perf_counter() if now is None else now
+        spent: dict[str, float] = {}
+        hops = route(self.nodes, self.links, src, dst, nbytes)
+        for i, (a, b) in enumerate(hops):
+            name, link = self._link(a, b, nbytes)
+            _, arrival = await link.pace(nbytes, t, lead if i + 1 == len(hops) else 0.0)
+            spent[name] = spent.get(name, 0.0) + (arrival - t)
+            if i + 1 < len(hops):
+                await sleep_until(arrival)
+            t = arrival
+        return (t if t > start else start), spent
+
+    async def pace_direct(self, a: str, b: str, nbytes: float, now: float | None = None) -> float:
+        """Serialise a message on the direct link a -> b only (a probe of that link): its arrival time."""
         _, link = self._link(a, b, nbytes)
-        return link.reserve(nbytes, t)[1]
+        return (await link.pace(nbytes, now, real_send_s(nbytes)))[1]
 
     async def carry(self, src: str, dst: str, nbytes: float) -> dict[str, float]:
         """Hold a message for its route's emulated time; seconds spent per hop "a->b"."""
-        arrival, spent = self.schedule(src, dst, nbytes)
+        arrival, spent = await self.pace(src, dst, nbytes, lead_s=0.0)
         await sleep_until(arrival)
         return spent
+
+
+def _trace_of(spec: LinkSpec) -> Trace | None:
+    return parse_trace(spec.trace, f"link {spec.a}-{spec.b} trace") if spec.trace else None
 
 
 # -- the emulated network under a running system -----------------------------------------------------

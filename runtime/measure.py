@@ -82,9 +82,9 @@ class Meter:
         data = encode_frame(Frame("probe", tensor=torch.zeros(nbytes, dtype=torch.uint8)))
         now = time.perf_counter()
         if network is not None:
-            arrival = network.schedule_direct(self.node, to, len(data), now)
-            data = with_meta(data, **arrival_stamp(arrival, now, network.kernel_rate))
-        # timed from the instant the link was booked: the arrival is relative to it, and stamping takes time
+            arrival = await network.pace_direct(self.node, to, len(data), now)
+            data = with_meta(data, **arrival_stamp(arrival, time.perf_counter(), network.kernel_rate))
+        # timed from the instant the probe was handed to the link: queueing and serialisation count
         await self.transport.send(address, data, timeout=self.timeout_s)
         rtt = time.perf_counter() - now
         self.samples.links.append(LinkSample(self.node, to, len(data), rtt, time.perf_counter(), "active"))

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
-from runtime.client import MAX_IDLE_S
+from runtime.client import MAX_IDLE_S, UNREACHABLE_CODES
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival, stretch_compute
 from runtime.measure import Meter, emulation_from
@@ -227,7 +227,10 @@ class Worker:
         if kind == "emulate":
             emulation = emulation_from(frame.meta, self.name)
             if emulation != self.emulation:
-                self.emulation, self._emulated = emulation, emulation.network()
+                # retuned in place: a changed rate reaches the messages this worker is sending now
+                self._emulated = (emulation.network() if self._emulated is None else
+                                  self._emulated.retune(emulation.nodes, emulation.links, emulation.dilation))
+                self.emulation = emulation
             return [ack_frame()]
         if kind == "probe":
             await _arrival(frame)            # acked once the probe has crossed the (emulated) link
@@ -462,7 +465,9 @@ class Worker:
             msg = f"{self.name}: {frame.phase} units {first}..{last}: {type(exc).__name__}: {exc}"
             if self.requests.get(req.rid) is req:
                 self._drop(req.rid)
-            await self._notify(req, msg, "failed")
+            # a peer that is gone is named, so the caller may re-plan without it and run the request again
+            down = [exc.node] if isinstance(exc, PeerUnreachable) else []
+            await self._notify(req, msg, "node-down" if down else "failed", down)
 
     async def _compute(self, req: Request, phase: str, first: int, last: int, x: torch.Tensor | None,
                        position: int) -> torch.Tensor:
@@ -558,37 +563,44 @@ class Worker:
         address = plan.node(node).address
         if address is None:
             raise RuntimeError(f"plan v{plan.version} gives no address for node {node}")
-        data = self._stamp(req, node, encode_frame(frame, plan.compression if frame.kind in ("data", "edge") else
-                                                   "none"))
+        data = await self._stamp(req, node, encode_frame(frame, plan.compression if frame.kind in ("data", "edge")
+                                                         else "none"))
         t0 = time.perf_counter()
-        replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
+        try:
+            replies = await self.transport.send(address, data, timeout=self.call_timeout_s)
+        except TransportError as exc:
+            if exc.code in UNREACHABLE_CODES:
+                raise PeerUnreachable(node, str(exc)) from None
+            raise
         self._note_rpc(req, node, len(data), time.perf_counter() - t0)
         for r in replies:
             f = decode_frame(r)
             if f.kind == "error":
                 raise RuntimeError(f"{node} refused a {frame.kind} frame: {f.meta.get('error')}")
 
-    def _stamp(self, req: Request, node: str, data: bytes) -> bytes:
-        """With emulation: book the message on the emulated route now and stamp its arrival time.
+    async def _stamp(self, req: Request, node: str, data: bytes) -> bytes:
+        """With emulation: serialise the message on the emulated route (EmulatedNetwork.pace: at the rates
+        the links have while it goes out) and stamp its arrival time.
 
-        The real send starts at once and the receiver waits for `not_before` (perf_counter seconds; the
-        emulated workers share this machine's monotonic clock), so the real loopback transfer runs
-        inside the emulated transfer time instead of adding to it. The ~30 header bytes of the stamp
-        itself are not charged.
+        The real send starts once the last hop has serialised it and the receiver waits for `not_before`
+        (perf_counter seconds; the emulated workers share this machine's monotonic clock), so the real
+        loopback transfer runs inside the last hop's latency instead of adding to it. The ~30 header
+        bytes of the stamp itself are not charged. A stalled link holds the message here until it moves
+        again or the request is dropped (its deadline: the reaper cancels this task).
         """
         plan = req.plan
         now = time.perf_counter()
         if not plan.emulate:
             return with_meta(data, **send_stamp(self.name, [self.name, node], now))
         network = self._network(plan)
-        arrival, spent = network.schedule(self.name, node, len(data), now)
+        arrival, spent = await network.pace(self.name, node, len(data), now)
         route = [self.name, *(hop.split("->", 1)[1] for hop in spent)]
         for hop, s in spent.items():
             t = req.stats["transfer"].setdefault(hop, {"seconds": 0.0, "bytes": 0, "messages": 0})
             t["seconds"] += s
             t["bytes"] += len(data)
             t["messages"] += 1
-        return with_meta(data, **arrival_stamp(arrival, now, network.kernel_rate),
+        return with_meta(data, **arrival_stamp(arrival, time.perf_counter(), network.kernel_rate),
                          **send_stamp(self.name, route, now))
 
     async def _result(self, req: Request, out: torch.Tensor, steps: int) -> None:
@@ -596,7 +608,7 @@ class Worker:
         data = encode_frame(Frame("result", req.rid, plan.version, meta={"steps": steps, "node": self.name},
                                   tensor=out))
         if plan.sink != self.name:
-            data = self._stamp(req, plan.sink, data)
+            data = await self._stamp(req, plan.sink, data)
         t0 = time.perf_counter()
         await self.transport.send(req.reply, data, timeout=self.call_timeout_s)
         self._note_rpc(req, plan.sink, len(data), time.perf_counter() - t0)
@@ -610,14 +622,24 @@ class Worker:
             t["bytes"] += nbytes
             t["messages"] += 1
 
-    async def _notify(self, req: Request, message: str, code: str) -> None:
+    async def _notify(self, req: Request, message: str, code: str, down: list[str] | None = None) -> None:
+        frame = error_frame(message, req.rid, code) if not down else encode_frame(
+            Frame("error", req.rid, meta={"error": message, "code": code, "down": down}))
         try:
-            await self.transport.send(req.reply, error_frame(message, req.rid, code), timeout=self.call_timeout_s)
+            await self.transport.send(req.reply, frame, timeout=self.call_timeout_s)
         except TransportError:
             pass                                  # the client is gone: nothing more to tell
 
     def _stats_of(self, req: Request) -> dict[str, Any]:
         return {"node": self.name, **req.stats}
+
+
+class PeerUnreachable(RuntimeError):
+    """The next node of a request's plan did not answer (its port refuses, the call timed out)."""
+
+    def __init__(self, node: str, detail: str) -> None:
+        super().__init__(f"{node} not answering: {detail}")
+        self.node = node
 
 
 async def _arrival(frame: Frame) -> None:

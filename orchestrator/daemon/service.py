@@ -736,7 +736,8 @@ class Daemon:
     async def switch(self, plan: Plan, snapshot: NetworkState, plan_id: int | None, decision_id: int | None) -> None:
         """Two phases: every worker of the new version loads it (the old keeps serving), then new requests
         take it; the old version is freed on its workers once no request holds it."""
-        number = (self.current.number if self.current else self._version_base) + 1
+        # a number is never used twice: a switch that failed in prepare may have left its version on some workers
+        number = max(self.current.number if self.current else 0, self._version_base) + 1
         addresses = {n: s.address for n, s in self.nodes.items() if s.address}
         sp = make_stage_plan(self.adapter, snapshot, plan, addresses=addresses, profile=self.profile,
                              emulate=self.emulated, dilation=self.dilation, version=number)
@@ -752,8 +753,14 @@ class Daemon:
         except (RequestFailed, TransportError, ValueError) as exc:
             log.warning("switch to v%d failed in prepare: %s", number, exc)
             self.metrics.switches.labels(outcome="failed").inc()
-            if self.client is not None and self.client.plans.get(number) is not None:
+            self._version_base = number
+            if self.client is not None:
+                # the workers that took the version before another failed free it again
+                self.client.plans.setdefault(number, sp)
                 self._spawn(self.client.forget(number))
+            if isinstance(exc, RequestFailed) and exc.down:
+                # a worker died under the switch: check the nodes now (restart, re-plan), not at the next probe
+                self._spawn(self._check_nodes())
             return
         old = self.current
         self.client.commit(number)

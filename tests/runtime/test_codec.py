@@ -174,3 +174,20 @@ def test_huge_shapes_and_wrong_dtypes_allocate_nothing(shape: list[int], dtype: 
     except FrameError:
         return
     assert f.tensor is not None and f.tensor.numel() * f.tensor.element_size() == len(payload)
+
+
+def test_the_fuzz_bench_checks_its_seeds_and_catches_a_broken_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench.fuzz_frames' contract check (run by atheris there, not here): every seed passes, truncations
+    are FrameErrors, and a decoder that lets another exception out is caught."""
+    from bench import fuzz_frames
+
+    for s in fuzz_frames.seeds():
+        fuzz_frames.check(s)
+        fuzz_frames.check(s[: len(s) // 2])
+
+    def broken(data: object) -> Frame:
+        raise KeyError("shape")
+
+    monkeypatch.setattr("runtime.codec.decode_frame", broken)
+    with pytest.raises(KeyError):
+        fuzz_frames.check(fuzz_frames.seeds()[0])

@@ -197,3 +197,52 @@ def test_arrival_stamps_with_kernel_rates_count_latency_from_receipt() -> None:
     kernel = EmulatedNetwork((NodeSpec("a"), NodeSpec("b")), (LinkSpec("a", "b", 8e6, 0.02, kernel_rate=True),))
     arrival, spent = kernel.schedule("a", "b", 1_000_000, now=5.0)
     assert kernel.kernel_rate and arrival == pytest.approx(5.02) and spent == {"a->b": pytest.approx(0.02)}
+
+
+def test_a_rate_change_reaches_a_message_going_out() -> None:
+    """The rate is read while a message goes out: cut 10-fold halfway, the second half takes 10x as long;
+    a stall (no rate) holds the message until the link moves again. Booked at send (the old emulation),
+    the message kept its first pace whatever happened to the link."""
+    nodes = (NodeSpec("a"), NodeSpec("b"))
+    fast, slow = LinkSpec("a", "b", 8e6, 0.0), LinkSpec("a", "b", 8e5, 0.0)     # 1 MB/s, 0.1 MB/s
+    net = EmulatedNetwork(nodes, (fast,))
+
+    async def cut_at(delay: float, *changes: tuple[float, LinkSpec]) -> float:
+        t0 = time.perf_counter()
+        go = asyncio.create_task(net.carry("a", "b", 400_000))          # 0.4 s at 1 MB/s
+        for at, spec in ((delay, None), *changes):
+            await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
+            if spec is not None:
+                assert net.retune(nodes, (spec,), 1.0) is net                  # the same links, retuned
+        await go
+        return time.perf_counter() - t0
+
+    # 0.2 s at 1 MB/s carries 200 kB; the other 200 kB at 0.1 MB/s take 2 s: 2.2 s in all (not 0.4 s)
+    took = asyncio.run(cut_at(0.0, (0.2, slow)))
+    assert 1.6 < took < 3.5, took
+    # a stall of 1.5 s in the middle (1 bit/s: nothing moves), then the link comes back: 0.4 + 1.5 s
+    net = EmulatedNetwork(nodes, (fast,))
+    took = asyncio.run(cut_at(0.0, (0.2, LinkSpec("a", "b", 1.0, 0.0)), (1.7, fast)))
+    assert 1.7 < took < 3.0, took
+
+
+def test_a_stalled_link_holds_a_message_until_its_caller_gives_up() -> None:
+    link = EmulatedLink(1.0, 0.0)                         # 1 bit/s: 10 kB would take a day
+
+    async def send() -> float:
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(link.transmit(10_000), timeout=0.3)
+        # the link is free again for the next message once the stalled one was given up
+        link.retune(LinkSpec("a", "b", 8e6, 0.0), None)
+        await asyncio.wait_for(link.transmit(10_000), timeout=5.0)
+        return time.perf_counter() - t0
+
+    assert asyncio.run(send()) < 5.0
+
+
+def test_retune_rebuilds_when_the_links_are_not_the_same() -> None:
+    nodes = (NodeSpec("a"), NodeSpec("b"))
+    net = EmulatedNetwork(nodes, (LinkSpec("a", "b", 8e6, 0.0),))
+    assert net.retune(nodes, (LinkSpec("a", "b", 8e6, 0.0),), 2.0) is not net              # another K
+    assert net.retune(nodes, (LinkSpec("b", "a", 8e6, 0.0, True),), 1.0) is not net        # another link
