@@ -128,6 +128,8 @@ class Daemon:
         self._load_samples: dict[str, deque[tuple[float, float, float]]] = defaultdict(lambda: deque(maxlen=500))
         # links a multi-hop sample put in doubt, with the lowest rate it implies: probed this round
         self._suspects: dict[str, float] = {}
+        self._silent_rounds: dict[str, int] = defaultdict(int)   # link -> probe rounds in a row without answer
+        self._silent_steps: set[str] = set()                     # links found silent: a step for _estimate
         # bytes each link may still spend on active probes: it earns probe_budget of its estimated rate
         # per second of (emulated) time, so probe traffic stays within that share whatever the sizes
         self._probe_credit: dict[str, float] = defaultdict(float)
@@ -617,7 +619,10 @@ class Daemon:
                 continue                   # an idle link waits until its budget pays for the probe
             self._probe_credit[key] -= cost
             meta = {"to": lk.b, "address": b.address, "sizes": sizes}
-            jobs.append(self._measure(a, meta, key))
+            # the wait is sized for the rate the link is believed to have, not the suspect one: a silent link
+            # is then noticed in seconds, and a slow one still answers a probe sized for its slowness
+            jobs.append(self._measure(a, meta, key, timeout=self._probe_timeout(sizes, est.bandwidth_bps,
+                                                                                  est.latency_s)))
         for name, st in self.nodes.items():
             if st.state != "up" or not st.address:
                 continue
@@ -640,11 +645,27 @@ class Daemon:
             return None
         return {"phase": p.name, "target_s": sum(lats)}
 
-    async def _measure(self, st: NodeStatus, meta: dict[str, Any], key: str | None) -> None:
+    def _probe_timeout(self, sizes: list[int], rate_bps: float, latency_s: float) -> float:
+        """Wall seconds to wait for a link's probes: five times what they should take at the rate they
+        were sized for (at least half a second of the network's time), plus two seconds for the hosts. A
+        silent link is noticed within that, not after a generic call timeout (29 s under dilation 6)."""
+        expected = sum(latency_s + 8.0 * (n + FRAME_OVERHEAD_BYTES) / max(rate_bps, 1.0) for n in sizes)
+        return 2.0 + self.dilation * max(0.5, 5.0 * expected)
+
+    async def _measure(self, st: NodeStatus, meta: dict[str, Any], key: str | None,
+                       timeout: float | None = None) -> None:
         assert st.address is not None
-        timeout = 5.0 + 2 * self.dilation * 2.0
-        replies = await self._send(st.address, encode_frame(Frame("measure", meta=meta)), timeout=timeout)
+        timeout = timeout or 5.0 + 2 * self.dilation * 2.0
+        try:
+            replies = await self._send(st.address, encode_frame(Frame("measure", meta=meta)), timeout=timeout)
+        except TransportError as e:
+            if key is None or e.code != "DEADLINE_EXCEEDED" or self.nodes[meta["to"]].state != "up":
+                raise
+            self._note_silent_link(key, meta["sizes"], timeout, time.monotonic())
+            return
         now = time.monotonic()
+        if key is not None:
+            self._silent_rounds.pop(key, None)
         for f in replies:
             if f.kind != "stats":
                 continue
@@ -658,6 +679,27 @@ class Daemon:
                 self._note_load(st.name, str(c["phase"]), int(c["first"]), int(c["last"]), float(c["busy_s"]),
                                 float(c["real_s"]), now)
 
+    def _note_silent_link(self, key: str, sizes: list[int], timeout_s: float, now: float) -> None:
+        """A link probe that got no answer in time, though both ends are up: the link carried its bytes
+        in no less than the timeout. Counted as one sample at that time (a bound on the bandwidth, not a
+        measurement of it), so a silent link moves its estimate and a re-solve leaves it; without this the
+        estimate of a link that carries nothing would never change. The link is probed again next round."""
+        nbytes = float(sum(sizes) + FRAME_OVERHEAD_BYTES * len(sizes))
+        seconds = timeout_s / self.dilation
+        samples = self._link_samples[key]
+        samples.append((now, nbytes, seconds, "timeout"))
+        bound = implied_bandwidth(nbytes, seconds, 0.0) or math.inf
+        self._suspects[key] = min(self._suspects.get(key, math.inf), bound)
+        self._silent_rounds[key] += 1
+        if self._silent_rounds[key] >= 2:
+            # two rounds in a row without an answer: the link changed. Only the silent rounds describe it
+            # now (the size test of shift_start would mix these bounds with the old probes' samples)
+            kept = [x for x in samples if x[3] == "timeout"][-self._silent_rounds[key]:]
+            samples.clear()
+            samples.extend(kept)
+            self._silent_steps.add(key)
+        log.warning("link %s: a probe got no answer in %.1f s; counted as at most %.3g bit/s", key, seconds, bound)
+
     def _estimate(self, now: float) -> bool:
         """Update every link and node estimate from its window; True when a link changed (a step)."""
         shifted = False
@@ -667,6 +709,12 @@ class Daemon:
                 samples.popleft()
             prior = self.links.get(key)
             if prior is None or not samples:
+                continue
+            if key in self._silent_steps:
+                self._silent_steps.discard(key)
+                log.info("link %s is silent: estimating from its %d unanswered probe rounds", key, len(samples))
+                shifted = True
+                self.links[key] = estimate_link([(b, t) for _, b, t, _ in samples], prior)
                 continue
             cut = shift_start([(b, t) for _, b, t, _ in samples], prior)
             if cut is not None:

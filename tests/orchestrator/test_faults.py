@@ -186,10 +186,10 @@ def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
 
 def test_a_link_stalled_mid_transfer_then_collapsed(tmp_path: Path) -> None:
     """phone-edge stalls (1 kbit/s: a frame of the first plan would take minutes) while requests cross it,
-    for longer than their deadline, then comes back 20-fold slower than configured. The requests caught on
-    it end at their deadline with a clear error (the stall reached the transfers under way, and nothing
-    waited past the deadline); once bytes flow again, the slow transfers are the daemon's link samples, it
-    re-plans onto the phone alone, and the next requests are answered right on that plan."""
+    for longer than their deadline, then stays silent. The requests caught on it end at their deadline with
+    a clear error (the stall reached the transfers under way, and nothing waited past the deadline); while
+    it is silent the daemon's link probes time out, it counts each as a bound on the bandwidth and re-plans
+    onto the phone alone; when the link comes back 20-fold slower, requests are answered right on that plan."""
     served = Served(tmp_path, probe_interval_s=1.0, solve_interval_s=60.0, request_timeout_s=6.0)
     daemon = served.daemon
 
@@ -209,15 +209,19 @@ def test_a_link_stalled_mid_transfer_then_collapsed(tmp_path: Path) -> None:
         caught = await asyncio.gather(*burst)
         timed_out = [a for a in caught if a[0] == 502 and "timed out" in a[1]]
         assert timed_out, f"no request was crossing the link when it stalled: {caught}"
-        # the link comes back 20-fold slower: a request crosses it slowly, the daemon sees it and re-plans
-        await link(1e6)
-        for i in range(12):
-            status, _, _, _, version = await served.ask(i)
-            if status == 200 and version > v1.number:
-                break
-        assert daemon.current.number > v1.number, "the daemon never re-planned"
+        # still silent, no request on it: the link's probes time out, each a bound on its bandwidth, and the
+        # daemon leaves it without a single byte having crossed
+        t0 = time.monotonic()
+        while daemon.current.number == v1.number and time.monotonic() - t0 < 30:
+            await asyncio.sleep(0.25)
+        assert daemon.current.number > v1.number, "the daemon never left the silent link"
         assert set(daemon.current.plan.assignment) == {"phone"}
-        assert (await served.ask(1))[0] == 200
+        samples = daemon._link_samples["edge~phone"]
+        assert any(s[3] == "timeout" for s in samples), samples
+        # the link comes back 20-fold slower; requests are answered right on the phone-only plan
+        await link(1e6)
+        for i in range(4):
+            assert (await served.ask(i))[0] == 200
 
     served.run(scenario)
     served.check()
