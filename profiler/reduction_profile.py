@@ -36,6 +36,7 @@ class ReductionOption(BaseModel):
     quality_loss: float                                   # points of scene accuracy; may be negative
     scene_accuracy: float | None = None
     agreement: float | None = None
+    bleu4: float | None = None
     reduce_s: dict[str, NonNegativeFloat] = Field(default_factory=dict)
     source: dict[str, Literal["measured", "estimated"]] = Field(default_factory=dict)
 
@@ -57,6 +58,7 @@ class Reductions(BaseModel):
     model: str | None = None                              # whose captions measured the quality
     scenes: int | None = None
     base_accuracy: float | None = None
+    base_bleu4: float | None = None
     options: list[ReductionOption] = Field(default_factory=list)
 
 
@@ -138,6 +140,8 @@ def build_reductions(profile: Profile, model: str, reductions: Sequence[Reductio
         reduce_s, src = scaled_reduce_s(profile, edge.from_, local_hw, local_s)
         options.append(ReductionOption(method=r.method, keep=r.keep, bytes=packed_bytes(tokens, dim, r),
                                        quality_loss=round(q.quality_loss, 4), scene_accuracy=round(q.scene_accuracy, 4),
-                                       agreement=round(q.agreement, 4), reduce_s=reduce_s, source=src))  # type: ignore[arg-type]
+                                       agreement=round(q.agreement, 4), bleu4=round(q.bleu4, 4),
+                                       reduce_s=reduce_s, source=src))  # type: ignore[arg-type]
     return Reductions(edge=edge.from_, tokens=tokens, dim=dim, bytes=edge.bytes, model=model, scenes=scenes,
-                      base_accuracy=round(rows[0].scene_accuracy, 4), options=options)
+                      base_accuracy=round(rows[0].scene_accuracy, 4), base_bleu4=round(rows[0].bleu4, 4),
+                      options=options)
