@@ -10,6 +10,7 @@ carries the choice in `extra["reduction"]` = {"edge": FROM_UNIT, "method": ..., 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,8 +41,9 @@ def install_edge(state: Any, plan: StagePlan, src_unit: int, tensor: torch.Tenso
         install(state, tensor)
 
 
-def stage_extra(plan: Any) -> dict[str, Any]:
-    """The stage plan's `extra` entry for a Plan's `reductions` (empty when it reduces nothing)."""
+def stage_extra(plan: Any, edge_sources: Sequence[int] | None = None) -> dict[str, Any]:
+    """The stage plan's `extra` entry for a Plan's `reductions` (empty when it reduces nothing);
+    with `edge_sources` (the model's edges' source units) the reduced edge must be one of them."""
     chosen = [r for r in (getattr(plan, "reductions", None) or []) if r.get("method") not in (None, "none")]
     if not chosen:
         return {}
@@ -49,4 +51,6 @@ def stage_extra(plan: Any) -> dict[str, Any]:
         raise ValueError("plan: reductions: the runtime reduces one edge, the plan names several")
     r = chosen[0]
     Reduction(str(r["method"]), int(r["keep"]))          # one-line error on a bad method or keep
+    if edge_sources is not None and int(r["edge"]) not in edge_sources:
+        raise ValueError(f"plan: reductions: the model has no edge from unit {r['edge']}")
     return {"reduction": {"edge": int(r["edge"]), "method": str(r["method"]), "keep": int(r["keep"])}}

@@ -86,7 +86,7 @@ def make_stage_plan(adapter: ModelAdapter, network: Any, plan: Any, *, addresses
         raise InputError(f"plan: {exc}") from None
     nodes = tuple(type(n)(n.name, n.hardware, n.slowdown, addresses.get(n.name, n.address)) for n in sp.nodes)
     try:
-        extra = stage_extra(plan)                 # token reduction at the split point (runtime.edge_reduction)
+        extra = stage_extra(plan, [e.src for e in adapter.edges()])   # token reduction (runtime.edge_reduction)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return replace(sp, nodes=nodes, extra={**sp.extra, **extra}) if extra else replace(sp, nodes=nodes)

@@ -67,3 +67,6 @@ def test_edge_value_and_plan_plumbing(folders) -> None:
     with pytest.raises(InputError, match="unknown method") as info:
         make_stage_plan(ad, network(("A",)), bad, addresses={})
     assert "\n" not in str(info.value)
+    elsewhere = SimpleNamespace(assignment=["A"] * n, reductions=[{"edge": 0, "method": "dpc", "keep": 3}])
+    with pytest.raises(InputError, match="no edge from unit 0"):
+        make_stage_plan(ad, network(("A",)), elsewhere, addresses={})
