@@ -64,12 +64,13 @@ def evaluate_reductions(model: str, reductions: Sequence[Reduction], n: int = 50
     refs = [e.references for e in examples]
     n_tokens = int(adapter.run(0, adapter.n_vision - 1, pixels[:1], phase="encode", position=0,  # type: ignore[attr-defined]
                                state=adapter.new_state()).shape[1])
+    for r in reductions:
+        if r.keep >= n_tokens:
+            raise ValueError(f"reduction {r.label}: keeps {r.keep} of {n_tokens} tokens, nothing to reduce")
     base_caps = captions_under(adapter, pixels, None)
     base = score(truths, base_caps, refs)
     rows = [ReductionQuality("none", n_tokens, n, 100 * base.scene_accuracy, 0.0, 100.0, base.bleu4)]
     for r in reductions:
-        if r.keep >= n_tokens:
-            raise ValueError(f"reduction {r.label}: keeps {r.keep} of {n_tokens} tokens, nothing to reduce")
         caps = captions_under(adapter, pixels, r)
         s = score(truths, caps, refs)
         agree = 100 * sum(a == b for a, b in zip(caps, base_caps, strict=True)) / n

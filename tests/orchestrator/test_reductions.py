@@ -136,3 +136,24 @@ def test_cli_plan_with_reductions(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, out, err = aiflow_in_process(capsys, monkeypatch, "plan", "--profile", pf, "--network", nf,
                                        "--no-store", "--max-quality-loss", "-2")
     assert code == 2 and err.count("\n") == 1 and "max-quality-loss" in err
+
+
+def test_cli_profile_reductions_writes_the_section(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "r.json"
+    code, stdout, err = aiflow_in_process(capsys, monkeypatch, "profile", "reductions",
+                                          root / "examples" / "tiny-captioner.profile.json", "--methods", "dpc",
+                                          "--keep", "24", "--scenes", "3", "--out", out)
+    assert code == 0, err
+    sec = reductions_of(parse_profile(json.loads(out.read_text())))
+    assert sec is not None and (sec.edge, sec.tokens, sec.dim, sec.bytes) == (4, 65, 128, 33280)
+    (opt,) = sec.options
+    assert (opt.label, opt.bytes) == ("dpc-24", 24 * 129 * 4)
+    assert opt.quality_loss == pytest.approx(sec.base_accuracy - opt.scene_accuracy)
+    assert "measured" in opt.source.values() and set(opt.reduce_s) >= {"phone-a78", "h200"}
+    for args, needle in ((["--methods", "blur"], "--methods"), (["--keep", "1"], "--keep"),
+                         (["--scenes", "0"], "--scenes")):
+        code, _, err = aiflow_in_process(capsys, monkeypatch, "profile", "reductions",
+                                         root / "examples" / "tiny-captioner.profile.json", *args, "--out", out)
+        assert code == 2 and needle in err and err.count("\n") == 1
