@@ -58,15 +58,16 @@ def evaluate_reductions(model: str, reductions: Sequence[Reduction], n: int = 50
     if n < 1:
         raise ValueError(f"scenes: must be >= 1, got {n}")
     adapter = load_adapter(model)
-    examples = fixed_examples("test", n, seed)
-    pixels = torch.cat([e.pixel_values for e in examples])
-    truths = [e.scene for e in examples]
-    refs = [e.references for e in examples]
-    n_tokens = int(adapter.run(0, adapter.n_vision - 1, pixels[:1], phase="encode", position=0,  # type: ignore[attr-defined]
+    first = fixed_examples("test", 1, seed)[0].pixel_values        # the encoder's token count, before scoring
+    n_tokens = int(adapter.run(0, adapter.n_vision - 1, first, phase="encode", position=0,  # type: ignore[attr-defined]
                                state=adapter.new_state()).shape[1])
     for r in reductions:
         if r.keep >= n_tokens:
             raise ValueError(f"reduction {r.label}: keeps {r.keep} of {n_tokens} tokens, nothing to reduce")
+    examples = fixed_examples("test", n, seed)
+    pixels = torch.cat([e.pixel_values for e in examples])
+    truths = [e.scene for e in examples]
+    refs = [e.references for e in examples]
     base_caps = captions_under(adapter, pixels, None)
     base = score(truths, base_caps, refs)
     rows = [ReductionQuality("none", n_tokens, n, 100 * base.scene_accuracy, 0.0, 100.0, base.bleu4)]
