@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
@@ -46,6 +46,9 @@ class Plan(BaseModel):
     draft_model: str | None = None
     draft_assignment: list[str] | None = None
     k: int | None = Field(default=None, ge=1)
+    # Token reduction of encoder-output edges the runtime applies (docs/planner.md, "Token reduction"):
+    # [] when the planner chose none, absent when it was not asked.
+    reductions: list[dict[str, Any]] | None = None
 
 
 def load_plan(path: str | Path) -> Plan:

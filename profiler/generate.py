@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from profiler.adapters.base import InputSpec, ModelAdapter, PhaseInfo, RequestState
+from profiler.token_merge import Reduction, install, reduce_packed
 
 
 @dataclass
@@ -51,11 +52,13 @@ def run_phase(adapter: ModelAdapter, phase: PhaseInfo, x: torch.Tensor | None, p
 
 
 def greedy_generate(adapter: ModelAdapter, source: torch.Tensor, *, new_tokens: int,
-                    cuts: Sequence[tuple[int, int]] | None = None, stop_at_eos: bool = True) -> Generation:
+                    cuts: Sequence[tuple[int, int]] | None = None, stop_at_eos: bool = True,
+                    reduction: Reduction | None = None) -> Generation:
     """Greedy decoding of `new_tokens` tokens from `source` (prompt ids [B, S], or pixels for a captioner).
 
     Stops early once every row has produced the adapter's eos token (kept in the output); rows
-    that finished earlier are padded with eos, as Hugging Face's generate pads them.
+    that finished earlier are padded with eos, as Hugging Face's generate pads them. With a
+    `reduction` the encoder output is merged (profiler.token_merge) before the decoder reads it.
     """
     if new_tokens < 1:
         raise ValueError("new_tokens must be >= 1")
@@ -71,9 +74,13 @@ def greedy_generate(adapter: ModelAdapter, source: torch.Tensor, *, new_tokens: 
 
     if "encode" in phases:
         enc = run_phase(adapter, phases["encode"], source, 0, ranges, states)
+        packed = reduce_packed(enc, reduction) if reduction is not None else None
         for (a, b), state in zip(ranges, states, strict=True):
             if any(units[u].reads_edge for u in range(a, b + 1)):
-                state.encoder_out = enc.clone()
+                if packed is None:
+                    state.encoder_out = enc.clone()
+                else:
+                    install(state, packed.clone())
         prefill_in, length = None, 1       # the decoder's first unit makes the start token
     else:
         prefill_in, length = source, adapter.positions(source)

@@ -23,6 +23,7 @@ import torch
 from profiler.adapters.base import InputSpec, ModelAdapter
 from profiler.errors import InputError
 from runtime.client import RequestResult, run_requests
+from runtime.edge_reduction import stage_extra
 from runtime.links import network_traces
 from runtime.local import LocalWorkers
 from runtime.netns import KernelNetwork, refuse_traces
@@ -84,7 +85,11 @@ def make_stage_plan(adapter: ModelAdapter, network: Any, plan: Any, *, addresses
     except ValueError as exc:
         raise InputError(f"plan: {exc}") from None
     nodes = tuple(type(n)(n.name, n.hardware, n.slowdown, addresses.get(n.name, n.address)) for n in sp.nodes)
-    return replace(sp, nodes=nodes)
+    try:
+        extra = stage_extra(plan, [e.src for e in adapter.edges()])   # token reduction (runtime.edge_reduction)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return replace(sp, nodes=nodes, extra={**sp.extra, **extra}) if extra else replace(sp, nodes=nodes)
 
 
 def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *, max_new_tokens: int = 16,

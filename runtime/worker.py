@@ -49,6 +49,7 @@ import torch
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from runtime.client import MAX_IDLE_S, UNREACHABLE_CODES
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame, with_meta
+from runtime.edge_reduction import install_edge, reduce_edge
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, sleep_until, stamped_arrival, stretch_compute
 from runtime.measure import Meter, emulation_from
 from runtime.samples import ComputeSample, Samples, send_stamp
@@ -436,7 +437,7 @@ class Worker:
 
     async def _deliver_edge(self, req: Request, frame: Frame) -> None:
         await _arrival(frame)
-        req.state.encoder_out = frame.tensor
+        install_edge(req.state, req.plan, frame.unit, frame.tensor)
         req.edge_ready.set()
 
     # -- execution -------------------------------------------------------------------------------
@@ -510,9 +511,10 @@ class Worker:
             return
         names = [p.name for p in plan.phases]
         if phase.name == "encode":
+            out = reduce_edge(plan, last, out)          # the plan's token reduction, if any
             for m in plan.edge_readers(last):
                 if m == self.name:
-                    req.state.encoder_out = out
+                    install_edge(req.state, plan, last, out)
                     req.edge_ready.set()
             sends = [self._send(req, m, Frame("edge", req.rid, plan.version, "encode", last, 0, 0, out))
                      for m in plan.edge_readers(last) if m != self.name]

@@ -2,6 +2,7 @@
 
     aiflow plan --profile F --network F [--objective latency|throughput] [--solver cbc|highs|cpsat]
                 [--time-limit S] [--warm-start PLAN] [--no-fast-path] [--out FILE] [--json] [--no-store]
+                [--max-quality-loss POINTS] [--no-reduction]       (token reduction, with a `reductions` profile)
     aiflow plan --profile F --draft-profile Q --network F [--json]     (split or cooperative, and k)
     aiflow plan compare --profile F --network F [--draft-profile Q] [--solver S] [--json]
     aiflow plan explain PLAN --profile F --network F [--no-price] [--json]     (PLAN: a file or a stored id)
@@ -166,6 +167,9 @@ def solve_cmd(
     store: Annotated[bool, typer.Option("--store/--no-store", help="record the solve in the history database")]
     = True,
     draft_profile: DraftOpt = None,
+    max_quality_loss: Annotated[float | None, typer.Option(
+        "--max-quality-loss", help="token reduction: points of scene accuracy a plan may lose (default 1)")] = None,
+    no_reduction: Annotated[bool, typer.Option("--no-reduction", help="never reduce the encoder output")] = False,
 ) -> None:
     from orchestrator.planner import solve
 
@@ -174,7 +178,11 @@ def solve_cmd(
     if draft is not None and objective != "latency":
         raise InputError("--draft-profile: cooperative plans are chosen for the latency objective only")
     start = load_plan(warm_start) if warm_start else None
-    plan = solve(prof, net, _options(objective, solver, time_limit, fast_path, start))  # type: ignore[arg-type]
+    if "reductions" in (prof.model_extra or {}) or max_quality_loss is not None:
+        plan = _reduced_solve(prof, net, _options(objective, solver, time_limit, fast_path, start),
+                              max_quality_loss, no_reduction)
+    else:
+        plan = solve(prof, net, _options(objective, solver, time_limit, fast_path, start))  # type: ignore[arg-type]
     search = None
     if draft is not None:
         plan, search = _cooperative(plan, prof, draft, net)
@@ -192,13 +200,40 @@ def solve_cmd(
         if out:
             console.print(f"wrote {out}")
     else:
-        print_plan(plan, prof, net, plan_id)
+        print_plan(plan, _plan_profile(prof, plan), net, plan_id)
         if draft is not None and search is not None and search.best is not None:
             console.print(f"best cooperative plan: {_seconds(search.best.evaluation.latency_s)} "
                           f"(k={search.best.k}, verifier {search.best.evaluation.verifier}): split is faster",
                           highlight=False)
         if out:
             console.print(f"wrote {out}")
+
+
+def _plan_profile(prof: Profile, plan: Plan) -> Profile:
+    """The profile whose terms add up to the plan's L (its token reduction applied, if any)."""
+    if not plan.reductions:
+        return prof
+    from orchestrator.reductions import profile_for_plan
+
+    return profile_for_plan(prof, plan)
+
+
+def _reduced_solve(prof: Profile, net: NetworkState, opts: object, max_quality_loss: float | None,
+                   no_reduction: bool) -> Plan:
+    """solve_with_reductions (orchestrator.reductions) with its errors as one-line InputErrors."""
+    from orchestrator.reductions import DEFAULT_MAX_QUALITY_LOSS, solve_with_reductions
+
+    cap = DEFAULT_MAX_QUALITY_LOSS if max_quality_loss is None else max_quality_loss
+    try:
+        plan, _ = solve_with_reductions(prof, net, opts, max_quality_loss=cap,  # type: ignore[arg-type]
+                                        reduce=not no_reduction)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    for r in plan.reductions or []:
+        err_console.print(f"token reduction: {r['method']}-{r['keep']} on the encoder output "
+                          f"({r['bytes']:.0f} of {r['bytes_in']:.0f} bytes, {r['quality_loss']:.2f} points lost)",
+                          highlight=False)
+    return plan
 
 
 @app.command("compare", help="Every baseline beside the optimum, with the ratio of their latencies.")
@@ -368,6 +403,13 @@ def explain_cmd(plan: Annotated[str, typer.Argument(help="a plan file or a store
         return
     if len(p.assignment) != len(prof.units):
         raise InputError(f"{plan}: field assignment: {len(p.assignment)} units, the profile has {len(prof.units)}")
+    if p.reductions:
+        from orchestrator.reductions import profile_for_plan
+
+        try:
+            prof = profile_for_plan(prof, p)          # L with the plan's token reduction
+        except ValueError as exc:
+            raise InputError(f"{plan}: {exc}") from None
     ex = explain_plan(prof, net, p.assignment, price=price)
     if as_json:
         _print_json(ex.to_dict())

@@ -4,6 +4,7 @@
                          [--out FILE] [--repeats N] [--warmup N] [--threads N] [--no-store]
     aiflow profile speculative DRAFT_PROFILE --draft MODEL --target MODEL [--ks 1,2,3,4,6,8] [--samples N]
                                [--prompt TEXT ...] [--max-new-tokens N] --out FILE
+    aiflow profile reductions PROFILE [--model M] [--methods dpc,tome] [--keep 48,32,24,16,8] [--scenes N] --out FILE
     aiflow profile merge A B [...] --out C
     aiflow profile estimate PROFILE DEVICE [...] --out C
     aiflow profile list
@@ -298,6 +299,66 @@ def torch_ids(ids: list[int]):  # noqa: ANN201 - torch is imported lazily
     if not ids:
         raise InputError("--prompt: a prompt encodes to no tokens")
     return torch.tensor([ids], dtype=torch.long)
+
+
+def parse_reductions(methods: str, keeps: str) -> list:  # noqa: ANN201 - Reductions, imported lazily
+    """"dpc,tome" x "48,24" -> [Reduction] (every method at every keep); a one-line InputError otherwise."""
+    from profiler.token_merge import METHODS, Reduction
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if not names or bad:
+        raise InputError(f"--methods: expected some of {', '.join(METHODS)}, got {methods!r}")
+    try:
+        ks = sorted({int(x) for x in keeps.split(",") if x.strip()}, reverse=True)
+    except ValueError:
+        raise InputError(f"--keep: expected whole numbers separated by commas, got {keeps!r}") from None
+    if not ks or ks[-1] < 2:
+        raise InputError(f"--keep: token counts of at least 2, got {keeps!r}")
+    return [Reduction(m, k) for m in names for k in ks]
+
+
+@app.command("reductions", help="Measure token-reduction options of the encoder output into the profile.")
+def reductions_cmd(
+    file: Path = typer.Argument(..., help="The model's profile (from `aiflow profile MODEL`)."),
+    model: str = typer.Option("tiny-captioner", "--model", help="Captioner whose caption quality is measured."),
+    methods: str = typer.Option("dpc,tome", "--methods", help="Merging methods: dpc, tome."),
+    keep: str = typer.Option("48,32,24,16,8", "--keep", help="Tokens kept (the CLS token included)."),
+    scenes: int = typer.Option(500, "--scenes", help="Held-out test scenes scored per option."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (the reduction is timed with them)."),
+    out: Path = typer.Option(..., "--out", help="The profile with its `reductions` section."),
+) -> None:
+    from profiler.hardware import hardware_class
+    from profiler.profile import load_profile, save_profile
+    from profiler.reduction_profile import build_reductions, with_reductions
+
+    wanted = parse_reductions(methods, keep)
+    if scenes < 1:
+        raise InputError(f"--scenes: must be at least 1, got {scenes}")
+    if threads < 1:
+        raise InputError(f"--threads: must be at least 1, got {threads}")
+    _check_out(out)
+    base = load_profile(file)
+    import torch
+
+    torch.set_num_threads(threads)
+    with console.status(f"scoring {len(wanted)} reductions of {base.model}'s encoder output on {scenes} test scenes"):
+        try:
+            section = build_reductions(base, model, wanted, scenes=scenes, local_hw=hardware_class(threads=threads))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    save_profile(with_reductions(base, section), out)
+    table = Table(title=f"token reduction of the {section.tokens} x {section.dim} encoder output "
+                        f"({section.model}, {scenes} test scenes, unreduced {section.base_accuracy:.1f}%)",
+                  title_justify="left")
+    for col in ("option", "bytes", "ratio", "scene accuracy", "lost (points)", "same caption", "reduce"):
+        table.add_column(col, justify="left" if col == "option" else "right")
+    for o in section.options:
+        local = [s for hw, s in o.reduce_s.items() if o.source.get(hw) == "measured"]
+        table.add_row(o.label, f"{o.bytes:.0f}", f"{o.bytes / section.bytes:.3f}", f"{o.scene_accuracy:.1f}%",
+                      f"{o.quality_loss:.1f}", f"{o.agreement:.1f}%", human_seconds(local[0]) if local else "-")
+    console.print(table)
+    console.print(f"wrote {out}", highlight=False)
 
 
 @app.command("merge", help="Combine profiles of one model from several hardware classes into one file.")

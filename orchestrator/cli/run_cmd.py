@@ -235,6 +235,13 @@ def run(
     adapter = load_adapter(model)
     net, pl, base = load_network_and_plan(network, plan, adapter)
     prof, prof_source = _find_profile(profile, model, len(adapter.units()))
+    if prof is not None and getattr(pl, "reductions", None):
+        from orchestrator.reductions import profile_for_plan
+
+        try:
+            prof = profile_for_plan(prof, pl)       # the plan's token reduction: its bytes and reduce cost
+        except ValueError as exc:
+            raise InputError(f"--plan: {exc}") from None
     emulate = not no_emulation
     # this machine's class as the profile names it (a legacy "cpu-<N>c" key counts when its fingerprint matches)
     local_hw = local_hardware or (local_key(prof.hardware, prof.hardware_classes, hardware_class()) if prof

@@ -95,7 +95,11 @@ def run_text_stack(stack: TextStack, first: int, last: int, x: torch.Tensor, *, 
         if cached != position:
             # A wrong position would silently attend to the wrong keys: refuse instead.
             raise ValueError(f"block {i}: position {position} but {cached} tokens are cached")
-        h = stack.block(i, h, pos, state.cache, state.encoder_out)
+        bias = state.extra.get("encoder_bias")          # set only for a reduced encoder output
+        if bias is None:
+            h = stack.block(i, h, pos, state.cache, state.encoder_out)
+        else:
+            h = stack.block(i, h, pos, state.cache, state.encoder_out, encoder_bias=bias)  # type: ignore[call-arg]
     if last == n + 1:
         h = stack.head(h, all_logits)
     return h

@@ -38,7 +38,7 @@ class GPT2Stack(TextStack):
         return self.tr.drop(self.tr.wte(ids) + self.tr.wpe(pos))
 
     def block(self, i: int, h: torch.Tensor, pos: torch.Tensor, cache: Any,
-              encoder_out: torch.Tensor | None) -> torch.Tensor:
+              encoder_out: torch.Tensor | None, encoder_bias: torch.Tensor | None = None) -> torch.Tensor:
         mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=None, cache=cache,
                                   position_ids=pos, layer_idx=i)
         enc_mask = None
@@ -47,6 +47,9 @@ class GPT2Stack(TextStack):
                 raise ValueError(f"text.block.{i} has cross-attention but the state holds no encoder output")
             enc_mask = create_bidirectional_mask(config=self.config, inputs_embeds=h, attention_mask=None,
                                                  encoder_hidden_states=encoder_out)
+            if encoder_bias is not None:
+                # merged encoder tokens (profiler.token_merge): log(size) added to the cross-attention logits
+                enc_mask = encoder_bias[:, None, None, :].to(h.dtype)
         return self.tr.h[i](h, cache, mask, encoder_out if self.cross else None,
                             encoder_attention_mask=enc_mask, use_cache=True, position_ids=pos)
 
