@@ -147,6 +147,41 @@ def map_workload(profile: Profile, work: Workload, devices: Sequence[str] = DEVI
             for raw, dev, lat, mbit in itertools.product((False, True), devices, ACCESS_LATENCY_S, mbits)]
 
 
+def compute_bound(profile: Profile, device: str) -> dict[str, float]:
+    """What a split could gain from compute alone on (device, edge, cloud): the best single node's compute
+    (among those whose memory holds the whole model) over the sum of every unit's fastest node's compute
+    (network free, memory ignored). No split computes faster than that; where the raw input is also the
+    smallest thing to send (as in all three workloads), the network cannot favour a split either, so a
+    bound near 1 explains why no split beats the best single tier by 20%."""
+    classes = (device, EDGE_CLASS, CLOUD_CLASS)
+
+    def t(u: int, c: str, phase: str, repeat: int) -> float:
+        return repeat * profile.units[u].latency_s[c][phase]
+
+    work = [(u, ph.name, ph.repeat) for ph in profile.active_phases for u in range(ph.first, ph.last + 1)]
+    need = sum(u.mem_bytes for u in profile.units)
+    tier = min(sum(t(u, c, p, r) for u, p, r in work) for c in classes if MEM_BYTES[c] >= need)
+    ideal = sum(min(t(u, c, p, r) for c in classes) for u, p, r in work)
+    return {"best_tier_compute_ms": 1e3 * tier, "per_unit_best_compute_ms": 1e3 * ideal, "bound": tier / ideal}
+
+
+def why_lines(profile: Profile, work: Workload, devices: Sequence[str]) -> list[str]:
+    """The numbers behind the map's answer for one workload: input size against the activations, and
+    the compute-only split bound per device."""
+    src = next(ph for ph in profile.phases if ph.input == "source")
+    acts = [u.out_bytes[src.name] for u in profile.units[src.first:src.last + 1] if src.name in u.out_bytes]
+    loops = [ph for ph in profile.active_phases if ph.input == "loop"]
+    out = [f"- input {src.in_bytes:.0f} B; activations of the first phase {min(acts):.0f}-{max(acts):.0f} B"
+           if acts else f"- input {src.in_bytes:.0f} B",
+           f"- decode passes per request: {loops[0].repeat if loops else 0} (a decoder cut costs a round trip each)"]
+    for dev in devices:
+        b = compute_bound(profile, dev)
+        out.append(f"- {dev}: best single node's compute {b['best_tier_compute_ms']:.1f} ms, each unit on its "
+                   f"fastest node {b['per_unit_best_compute_ms']:.1f} ms: compute-only split bound "
+                   f"{b['bound']:.3f}x")
+    return out
+
+
 def split_wins(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Unconstrained cells where a true split beats the best single tier by >= 20%."""
     return [r for r in rows if not r["raw_input_on_device"] and r["true_split"]
@@ -208,7 +243,8 @@ def markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"over {g['best_tier']}.", ""]
     for work in dict.fromkeys(r["workload"] for r in rows):
         label = next((w.label for w in WORKLOADS if w.key == work), work)
-        out += [f"## {work}: {label}", "", HEADER, "|" + "---|" * 4 + "---|" + "---:|" * 6 + "---|"]
+        out += [f"## {work}: {label}", "", *meta.get("why", {}).get(work, []), "", HEADER,
+                "|" + "---|" * 4 + "---|" + "---:|" * 6 + "---|"]
         out += [table_row(r) for r in rows if r["workload"] == work]
         out.append("")
     return "\n".join(out) + "\n"
@@ -234,13 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for k in _pick(args.workloads, [w.key for w in WORKLOADS], "--workloads")]
         devices = _pick(args.devices, DEVICES, "--devices")
         rows: list[dict[str, Any]] = []
+        why: dict[str, list[str]] = {}
         for work in works:
-            rows += map_workload(workload_profile(work), work, devices, args.mbit)
+            profile = workload_profile(work)
+            rows += map_workload(profile, work, devices, args.mbit)
+            why[work.key] = why_lines(profile, work, devices)
     except InputError as exc:
         print(f"split_map: error: {exc}", file=sys.stderr)
         return 2
     command = "python -m bench.split_map " + " ".join(sys.argv[1:] if argv is None else argv)
-    meta = {"command": command.strip(), "summary": summary(rows), "edge_cloud_mbit": EDGE_CLOUD_MBIT,
+    meta = {"command": command.strip(), "summary": summary(rows), "why": why, "edge_cloud_mbit": EDGE_CLOUD_MBIT,
             "edge_cloud_latency_ms": 1e3 * EDGE_CLOUD_LATENCY_S, "wall_s": round(time.perf_counter() - t0, 1)}
     text = markdown(rows, meta)
     write_results(args.out, "split_map", {"meta": meta, "rows": rows}, text)

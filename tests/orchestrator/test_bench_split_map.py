@@ -119,6 +119,17 @@ def test_report_format_and_summary(mapped: dict[str, Any]) -> None:
     for r in split_map.split_wins(rows):
         assert r["speedup_vs_best_tier"] >= split_map.SPLIT_GOAL and not r["raw_input_on_device"]
     assert f"**{s['split_wins_20pct']}**" in md
+    assert "compute-only split bound" in md and "- input 400 B; activations of the first phase 8000-49152 B" in md
+
+
+def test_compute_bound(synthetic: Profile) -> None:
+    # pi-zero: the h200 is fastest on the encoder, the edge on the launch-bound decoder passes
+    b = split_map.compute_bound(synthetic, "pi-zero-2w")
+    dec = 3 * (0.002 + 8 * 0.001)
+    assert b["per_unit_best_compute_ms"] == pytest.approx(1e3 * (0.002 * 1.5 + 0.010 * 0.5 + dec * 1.5))
+    edge, cloud = 0.012 * 1.5 + dec * 1.5, 0.002 * 1.5 + 0.005 + dec * 1.5
+    assert b["best_tier_compute_ms"] == pytest.approx(1e3 * min(edge, cloud))
+    assert b["bound"] >= 1.0
 
 
 def test_cell_network_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
