@@ -63,6 +63,8 @@ CELLS: tuple[Cell, ...] = (
          "low-end device, the image kept on it: the optimum decodes on the device and ships features"),
     Cell("pi0-png-kept-20ms", "tiny-png", "pi-zero-2w", 31.6, 0.020, True,
          "the same with 20 ms to the edge"),
+    Cell("pi0-png-free-20ms", "tiny-png", "pi-zero-2w", 31.6, 0.020, False,
+         "low-end device, no constraint: the optimum sends the PNG file to the cloud"),
     Cell("a78-png-free-2ms", "tiny-png", "phone-a78", 31.6, 0.002, False,
          "a flagship-class phone: device-only is the optimum", ("optimal", "device-only", "cloud-only")),
     Cell("sd695-smollm2-kept-2ms", "smollm2-text", "phone-sd695", 31.6, 0.002, True,
