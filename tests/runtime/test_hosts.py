@@ -1,0 +1,295 @@
+"""Workers on other hosts: every node in its own network namespace with its own address, its worker
+started there with `aiflow worker`, the controller in another namespace reaching it only by address.
+
+Layout (one module-scoped fixture, torn down by pid and namespace): a hub namespace holds a bridge;
+the `edge` and `cloud` namespaces and a controller namespace `ctl` each hang on it by a veth with an
+address in 10.215.<inst>.0/24, and so does the root namespace (where this process, the controller of
+the in-process tests, lives). Nothing routes between the namespaces but that bridge, so a worker can
+send a result only to an address the client advertised on it: its own loopback would be a dead end.
+
+The runtime's exactness tests, this way: a split caption equals the unsplit model's (in-process
+controller with a local phone worker, and `aiflow caption` in the ctl namespace), a split LLM
+generation equals the unsplit one, a wrong token is refused, and the daemon serves over the hosts.
+Root and network namespaces are needed; elsewhere every test here skips with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from orchestrator.network import parse_network
+from profiler.errors import InputError
+from runtime.client import RequestFailed
+from runtime.hosts import local_address_for, reply_host, split_host_port, worker_listen_host
+from runtime.netns import PREFIX, netns_unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "hosts-test-token"
+UNAVAILABLE = netns_unavailable()
+needs_netns = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"network namespaces unavailable: {UNAVAILABLE}")
+CAPTION_ASSIGNMENT = ["phone"] * 2 + ["edge"] * 3 + ["cloud"] * 3 + ["edge"] * 2      # 10 units, 4 cuts
+LLM_ASSIGNMENT = ["edge", "cloud", "edge", "cloud", "cloud"]                           # tiny-gpt2: 5 units
+LLM_PROMPT = "the cat sat on"
+LLM_TOKENS = 8
+
+
+# -- without root: the address helpers ------------------------------------------------------------------
+def test_split_and_join_host_port() -> None:
+    assert split_host_port("10.0.0.1:7000") == ("10.0.0.1", 7000)
+    assert split_host_port("[::1]:80") == ("::1", 80)
+    assert split_host_port("::1") == ("::1", None)
+    assert split_host_port("edge.example") == ("edge.example", None)
+    with pytest.raises(InputError, match="expected HOST:PORT"):
+        split_host_port("host:port")
+
+
+def test_routed_addresses_on_loopback() -> None:
+    assert local_address_for("127.0.0.1:9") == "127.0.0.1"
+    assert reply_host("127.0.0.1:9") == "127.0.0.1"
+    assert reply_host("127.0.0.1:9", "0.0.0.0") == "127.0.0.1"          # a wildcard: the routed address
+    assert reply_host("127.0.0.1:9", "192.0.2.7") == "192.0.2.7"          # a named host is taken as given
+    assert worker_listen_host([]) == "127.0.0.1"
+    assert worker_listen_host(["127.0.0.1:5"], "10.1.2.3:0") == "10.1.2.3"
+    with pytest.raises(InputError, match="cannot resolve"):
+        local_address_for("no-such-host.invalid:1")
+
+
+# -- the hosts --------------------------------------------------------------------------------------------
+def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+
+class Hosts:
+    """The namespaces, their addresses and the workers started in them."""
+
+    def __init__(self) -> None:
+        pid = os.getpid()
+        used = subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
+        self.inst = next(i for i in [*range(pid % 200 + 20, 250), *range(20, 250)] if f"10.215.{i}." not in used)
+        self.ns: dict[str, str] = {}
+        self.addr: dict[str, str] = {}
+        self.root_dev = f"ahr{self.inst}"
+        self.procs: list[subprocess.Popen] = []
+        self.workers: dict[str, str] = {}        # "model/node" -> HOST:PORT
+
+    def build(self) -> None:
+        net = f"10.215.{self.inst}"
+        hub = self._ns("hub")
+        _ip("link", "add", "br0", "type", "bridge", ns=hub)
+        _ip("link", "set", "br0", "up", ns=hub)
+        for i, name in enumerate(("edge", "cloud", "ctl"), start=1):
+            ns = self._ns(name)
+            self.addr[name] = f"{net}.{i}"
+            self._wire(f"ah{self.inst}n{i}", ns, "eth0", self.addr[name])
+        # the root namespace (the in-process controller and its local phone worker) on the same bridge
+        self.addr["root"] = f"{net}.100"
+        _ip("link", "add", self.root_dev, "type", "veth", "peer", "name", f"ah{self.inst}h0", "netns", hub)
+        _ip("link", "set", f"ah{self.inst}h0", "master", "br0", "up", ns=hub)
+        _ip("addr", "add", f"{self.addr['root']}/24", "dev", self.root_dev)
+        _ip("link", "set", self.root_dev, "up")
+
+    def _ns(self, name: str) -> str:
+        ns = f"{PREFIX}{os.getpid()}-hosts-{name}"
+        _ip("netns", "add", ns)
+        _ip("link", "set", "lo", "up", ns=ns)
+        self.ns[name] = ns
+        return ns
+
+    def _wire(self, hub_dev: str, ns: str, dev: str, address: str) -> None:
+        hub = self.ns["hub"]
+        _ip("link", "add", hub_dev, "type", "veth", "peer", "name", dev, "netns", ns, ns=hub)
+        _ip("link", "set", hub_dev, "master", "br0", "up", ns=hub)
+        _ip("addr", "add", f"{address}/24", "dev", dev, ns=ns)
+        _ip("link", "set", dev, "up", ns=ns)
+
+    def start_worker(self, node: str, model: str, where: str | None = None) -> subprocess.Popen:
+        where = where or node
+        env = {**os.environ, "AIFLOW_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+        env.pop("AIFLOW_CONTROLLER_TOKEN", None)
+        cmd = ["ip", "netns", "exec", self.ns[where], sys.executable, "-m", "orchestrator.cli", "worker",
+               "--name", node, "--model", model, "--listen", f"{self.addr[where]}:0", "--threads", "1"]
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        _ip("link", "del", self.root_dev, check=False)
+        for ns in self.ns.values():
+            _ip("netns", "del", ns, check=False)
+
+
+def _ready(proc: subprocess.Popen, deadline: float) -> str:
+    """The HOST:PORT a worker prints once it serves."""
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            line = proc.stdout.readline()
+            if line.startswith("READY "):
+                return line.split()[1]
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {proc.stderr.read().strip()[-300:] if proc.stderr else ''}")
+    raise RuntimeError("worker did not start in time")
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[Hosts]:
+    if UNAVAILABLE is not None:
+        pytest.skip(f"network namespaces unavailable: {UNAVAILABLE}")
+    h = Hosts()
+    try:
+        h.build()
+        started = {f"{m}/{n}": h.start_worker(n, m) for m in ("tiny-captioner", "tiny-gpt2") for n in ("edge", "cloud")}
+        deadline = time.monotonic() + 120
+        h.workers = {key: _ready(proc, deadline) for key, proc in started.items()}
+        yield h
+    finally:
+        h.stop()
+
+
+def _network(h: Hosts, model: str, phone: str | None = None) -> Any:
+    """The network file (a dict) with edge and cloud at their workers' addresses; `phone` local or given."""
+    return {"format": "aiflow.network/v1", "source": "phone", "nodes": [
+        {"name": "phone", "hardware": "phone-a78", "mem_bytes": 4e9, **({"address": phone} if phone else {})},
+        {"name": "edge", "hardware": "jetson-orin-nano", "mem_bytes": 8e9, "address": h.workers[f"{model}/edge"]},
+        {"name": "cloud", "hardware": "h200", "mem_bytes": 1.41e11, "address": h.workers[f"{model}/cloud"]}],
+        "links": [{"a": "phone", "b": "edge", "bandwidth_bps": 1e9, "latency_s": 0.0},
+                  {"a": "edge", "b": "cloud", "bandwidth_bps": 1e9, "latency_s": 0.0}]}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[str]]:
+    from orchestrator.demo import unsplit_captions, write_test_images
+    from profiler.models import load_adapter
+
+    paths = [im.path for im in write_test_images(tmp_path_factory.mktemp("hosts-images"), 2)]
+    return paths, unsplit_captions(load_adapter("tiny-captioner"), paths)
+
+
+@needs_netns
+def test_the_controller_replies_on_the_address_that_routes_to_the_workers(hosts: Hosts) -> None:
+    for address in hosts.workers.values():
+        assert local_address_for(address) == hosts.addr["root"]
+    assert worker_listen_host(hosts.workers.values()) == hosts.addr["root"]
+
+
+@needs_netns
+def test_split_caption_over_hosts_equals_the_unsplit_model(hosts: Hosts, images: tuple[list[Path], list[str]]) -> None:
+    """Edge and cloud on their hosts; the phone a local worker here, listening where they reach it."""
+    from orchestrator.apply import caption_distributed
+
+    paths, reference = images
+    net = parse_network(_network(hosts, "tiny-captioner"))
+    plan = SimpleNamespace(assignment=CAPTION_ASSIGNMENT, compression=None)
+    got = caption_distributed([str(p) for p in paths], "tiny-captioner", net, plan, max_new_tokens=32,
+                              emulate=False, token=TOKEN)
+    assert got == reference
+
+
+@needs_netns
+def test_split_llm_over_hosts_equals_the_unsplit_model(hosts: Hosts) -> None:
+    from profiler.generate import greedy_generate
+    from profiler.models import load_adapter
+    from runtime.session import run_on_network
+
+    ad = load_adapter("tiny-gpt2")
+    want = greedy_generate(ad, torch.tensor([ad.encode_text(LLM_PROMPT)]), new_tokens=LLM_TOKENS).tokens[0].tolist()
+    net = parse_network(_network(hosts, "tiny-gpt2"))
+    plan = SimpleNamespace(assignment=LLM_ASSIGNMENT, compression=None)
+    (res,) = run_on_network("tiny-gpt2", net, plan, [LLM_PROMPT], max_new_tokens=LLM_TOKENS, adapter=ad,
+                            emulate=False, token=TOKEN)
+    assert res.tokens == want
+    assert set(res.result.compute_s) == {"edge", "cloud"}
+
+
+@needs_netns
+def test_a_wrong_token_is_refused_by_the_hosts(hosts: Hosts) -> None:
+    from profiler.models import load_adapter
+    from runtime.session import run_on_network
+
+    net = parse_network(_network(hosts, "tiny-gpt2"))
+    plan = SimpleNamespace(assignment=LLM_ASSIGNMENT, compression=None)
+    with pytest.raises(RequestFailed, match="UNAUTHENTICATED"):
+        run_on_network("tiny-gpt2", net, plan, [LLM_PROMPT], max_new_tokens=2, adapter=load_adapter("tiny-gpt2"),
+                       emulate=False, token="not-the-token")
+
+
+@needs_netns
+def test_aiflow_caption_from_another_namespace(hosts: Hosts, images: tuple[list[Path], list[str]],
+                                               tmp_path: Path) -> None:
+    """`aiflow caption --token --reply-listen` in the ctl namespace: it reaches edge and cloud only by
+    address, and its own phone worker listens on the ctl address they reach."""
+    paths, reference = images
+    net_file, plan_file = tmp_path / "net.json", tmp_path / "plan.json"
+    net_file.write_text(json.dumps(_network(hosts, "tiny-captioner")))
+    plan_file.write_text(json.dumps({"format": "aiflow.plan/v1", "model": "tiny-captioner",
+                                     "assignment": CAPTION_ASSIGNMENT, "predicted_latency_s": 0.0,
+                                     "status": "heuristic", "solver": "hand"}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("AIFLOW_TOKEN", None)
+    cmd = ["ip", "netns", "exec", hosts.ns["ctl"], sys.executable, "-m", "orchestrator.cli", "caption",
+           *map(str, paths), "--network", str(net_file), "--plan", str(plan_file), "--json",
+           "--token", TOKEN, "--reply-listen", hosts.addr["ctl"]]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert [row["caption"] for row in json.loads(done.stdout)] == reference
+
+
+@needs_netns
+def test_the_daemon_serves_over_the_hosts(hosts: Hosts, images: tuple[list[Path], list[str]]) -> None:
+    import asyncio
+
+    from orchestrator.daemon.service import Daemon
+    from orchestrator.daemon.settings import DaemonSettings
+    from profiler.models import load_adapter
+    from profiler.profile import load_profile
+    from runtime.session import prepare_input
+
+    paths, reference = images
+    ad = load_adapter("tiny-captioner")
+    net = parse_network(_network(hosts, "tiny-captioner"))
+    settings = DaemonSettings(probe_interval_s=30.0, solve_interval_s=60.0, drain_s=5.0)
+    daemon = Daemon("tiny-captioner", net, load_profile(ROOT / "examples" / "tiny-captioner.profile.json"), ad,
+                    settings=settings, token=TOKEN)
+
+    async def scenario() -> list[str]:
+        await daemon.start()
+        try:
+            assert daemon.workers is not None and list(daemon.workers.addresses) == ["phone"]
+            assert daemon.workers.addresses["phone"].startswith(hosts.addr["root"] + ":")
+            out = []
+            for p in paths:
+                res, _, _ = await daemon.run_request(prepare_input(ad, str(p)), 32)
+                assert res.tokens is not None
+                out.append(ad.decode_tokens([int(t) for t in res.tokens[0]]))
+            return out
+        finally:
+            await daemon.close()
+
+    assert asyncio.run(scenario()) == reference
