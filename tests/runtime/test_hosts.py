@@ -86,6 +86,7 @@ class Hosts:
         self.root_dev = f"ahr{self.inst}"
         self.procs: list[subprocess.Popen] = []
         self.workers: dict[str, str] = {}        # "model/node" -> HOST:PORT
+        self.caption_cli: subprocess.Popen = None  # type: ignore[assignment]
 
     def build(self) -> None:
         net = f"10.215.{self.inst}"
@@ -128,12 +129,15 @@ class Hosts:
         return proc
 
     def stop(self) -> None:
+        """Stop every process started here by its pid (SIGTERM, then SIGKILL after a short grace: a worker has
+        stopped serving by then), then remove the namespaces and the root namespace's veth."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + 2.0
         for proc in self.procs:
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -159,7 +163,18 @@ def _ready(proc: subprocess.Popen, deadline: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def hosts() -> Iterator[Hosts]:
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[str]]:
+    from orchestrator.demo import unsplit_captions, write_test_images
+    from profiler.models import load_adapter
+
+    paths = [im.path for im in write_test_images(tmp_path_factory.mktemp("hosts-images"), 2)]
+    return paths, unsplit_captions(load_adapter("tiny-captioner"), paths)
+
+
+@pytest.fixture(scope="module")
+def hosts(images: tuple[list[Path], list[str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    """The namespaces, edge and cloud workers of both models in theirs, and (in the background, collected by
+    the last test) `aiflow caption` run from the ctl namespace."""
     if UNAVAILABLE is not None:
         pytest.skip(f"network namespaces unavailable: {UNAVAILABLE}")
     h = Hosts()
@@ -168,9 +183,28 @@ def hosts() -> Iterator[Hosts]:
         started = {f"{m}/{n}": h.start_worker(n, m) for m in ("tiny-captioner", "tiny-gpt2") for n in ("edge", "cloud")}
         deadline = time.monotonic() + 120
         h.workers = {key: _ready(proc, deadline) for key, proc in started.items()}
+        h.caption_cli = _start_caption_cli(h, images[0], tmp_path_factory.mktemp("hosts-cli"))
         yield h
     finally:
         h.stop()
+
+
+def _start_caption_cli(h: Hosts, paths: list[Path], folder: Path) -> subprocess.Popen:
+    """`aiflow caption --token --reply-listen` in the ctl namespace: it reaches edge and cloud only by
+    address, and the phone worker it starts itself listens on the ctl address they reach."""
+    net_file, plan_file = folder / "net.json", folder / "plan.json"
+    net_file.write_text(json.dumps(_network(h, "tiny-captioner")))
+    plan_file.write_text(json.dumps({"format": "aiflow.plan/v1", "model": "tiny-captioner",
+                                     "assignment": CAPTION_ASSIGNMENT, "predicted_latency_s": 0.0,
+                                     "status": "heuristic", "solver": "hand"}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("AIFLOW_TOKEN", None)
+    cmd = ["ip", "netns", "exec", h.ns["ctl"], sys.executable, "-m", "orchestrator.cli", "caption",
+           *map(str, paths), "--network", str(net_file), "--plan", str(plan_file), "--json",
+           "--token", TOKEN, "--reply-listen", h.addr["ctl"]]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    h.procs.append(proc)
+    return proc
 
 
 def _network(h: Hosts, model: str, phone: str | None = None) -> Any:
@@ -183,33 +217,11 @@ def _network(h: Hosts, model: str, phone: str | None = None) -> Any:
                   {"a": "edge", "b": "cloud", "bandwidth_bps": 1e9, "latency_s": 0.0}]}
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[str]]:
-    from orchestrator.demo import unsplit_captions, write_test_images
-    from profiler.models import load_adapter
-
-    paths = [im.path for im in write_test_images(tmp_path_factory.mktemp("hosts-images"), 2)]
-    return paths, unsplit_captions(load_adapter("tiny-captioner"), paths)
-
-
 @needs_netns
 def test_the_controller_replies_on_the_address_that_routes_to_the_workers(hosts: Hosts) -> None:
     for address in hosts.workers.values():
         assert local_address_for(address) == hosts.addr["root"]
     assert worker_listen_host(hosts.workers.values()) == hosts.addr["root"]
-
-
-@needs_netns
-def test_split_caption_over_hosts_equals_the_unsplit_model(hosts: Hosts, images: tuple[list[Path], list[str]]) -> None:
-    """Edge and cloud on their hosts; the phone a local worker here, listening where they reach it."""
-    from orchestrator.apply import caption_distributed
-
-    paths, reference = images
-    net = parse_network(_network(hosts, "tiny-captioner"))
-    plan = SimpleNamespace(assignment=CAPTION_ASSIGNMENT, compression=None)
-    got = caption_distributed([str(p) for p in paths], "tiny-captioner", net, plan, max_new_tokens=32,
-                              emulate=False, token=TOKEN)
-    assert got == reference
 
 
 @needs_netns
@@ -238,27 +250,6 @@ def test_a_wrong_token_is_refused_by_the_hosts(hosts: Hosts) -> None:
     with pytest.raises(RequestFailed, match="UNAUTHENTICATED"):
         run_on_network("tiny-gpt2", net, plan, [LLM_PROMPT], max_new_tokens=2, adapter=load_adapter("tiny-gpt2"),
                        emulate=False, token="not-the-token")
-
-
-@needs_netns
-def test_aiflow_caption_from_another_namespace(hosts: Hosts, images: tuple[list[Path], list[str]],
-                                               tmp_path: Path) -> None:
-    """`aiflow caption --token --reply-listen` in the ctl namespace: it reaches edge and cloud only by
-    address, and its own phone worker listens on the ctl address they reach."""
-    paths, reference = images
-    net_file, plan_file = tmp_path / "net.json", tmp_path / "plan.json"
-    net_file.write_text(json.dumps(_network(hosts, "tiny-captioner")))
-    plan_file.write_text(json.dumps({"format": "aiflow.plan/v1", "model": "tiny-captioner",
-                                     "assignment": CAPTION_ASSIGNMENT, "predicted_latency_s": 0.0,
-                                     "status": "heuristic", "solver": "hand"}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("AIFLOW_TOKEN", None)
-    cmd = ["ip", "netns", "exec", hosts.ns["ctl"], sys.executable, "-m", "orchestrator.cli", "caption",
-           *map(str, paths), "--network", str(net_file), "--plan", str(plan_file), "--json",
-           "--token", TOKEN, "--reply-listen", hosts.addr["ctl"]]
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-800:]
-    assert [row["caption"] for row in json.loads(done.stdout)] == reference
 
 
 @needs_netns
@@ -293,3 +284,11 @@ def test_the_daemon_serves_over_the_hosts(hosts: Hosts, images: tuple[list[Path]
             await daemon.close()
 
     assert asyncio.run(scenario()) == reference
+
+
+@needs_netns
+def test_aiflow_caption_from_another_namespace(hosts: Hosts, images: tuple[list[Path], list[str]]) -> None:
+    """The `aiflow caption` the fixture started in the ctl namespace: the unsplit model's captions."""
+    out, err = hosts.caption_cli.communicate(timeout=120)
+    assert hosts.caption_cli.returncode == 0, err[-800:]
+    assert [row["caption"] for row in json.loads(out)] == images[1]
