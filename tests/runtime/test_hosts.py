@@ -274,6 +274,7 @@ def test_the_daemon_serves_over_the_hosts(hosts: Hosts, images: tuple[list[Path]
         try:
             assert daemon.workers is not None and list(daemon.workers.addresses) == ["phone"]
             assert daemon.workers.addresses["phone"].startswith(hosts.addr["root"] + ":")
+            assert daemon.current is not None and {"edge", "cloud"} & set(daemon.current.plan.assignment)
             out = []
             for p in paths:
                 res, _, _ = await daemon.run_request(prepare_input(ad, str(p)), 32)
