@@ -94,11 +94,14 @@ def reply_host(worker_address: str, listen_host: str | None = None) -> str:
 
 def worker_listen_host(remote_addresses: Iterable[str], listen_host: str | None = None) -> str:
     """Where this host's own workers listen so that the workers at `remote_addresses` reach them: the one
-    local address routing to all of them (loopback when there are none); `listen_host` overrides."""
+    local address routing to all of them that is not loopback (loopback when there is none: every worker
+    is on this host); `listen_host` (a named host, not a wildcard) overrides."""
     named = named_host(listen_host)
     if named is not None:
         return named
     routed = sorted({local_address_for(a) for a in remote_addresses})
+    # a worker on this host reaches a non-loopback local address too: only the others decide
+    routed = [r for r in routed if not is_loopback(r)] or routed
     if not routed:
         return LOOPBACK
     if len(routed) > 1:

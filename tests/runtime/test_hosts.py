@@ -66,6 +66,35 @@ def test_routed_addresses_on_loopback() -> None:
         local_address_for("no-such-host.invalid:1")
 
 
+def test_client_replies_per_routed_address_and_forgets_its_plans_on_close(folders) -> None:
+    """Workers on two loopback addresses: each is told a reply address it reaches (a named --reply-listen
+    host as given, a wildcard one as the routed address with the bound port); close() frees the plans."""
+    import asyncio
+
+    from runtime.client import Client
+    from tests.runtime.conftest import TOKEN as WORKER_TOKEN
+    from tests.runtime.conftest import adapter, running_workers, stage_plan
+
+    ad = adapter(folders, "gpt2")
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+
+    async def scenario() -> None:
+        async with running_workers(ad, ("A", "B")) as (workers, addresses):
+            sp = stage_plan(ad, ["A", "B", "A", "B"], addresses)
+            want = None
+            for listen in (None, "127.0.0.1", "0.0.0.0:0"):
+                async with Client(sp, token=WORKER_TOKEN, reply_listen=listen) as client:
+                    got = (await client.generate(prompt, max_new_tokens=4)).tokens
+                    want = got if want is None else want
+                    assert torch.equal(got, want)
+                    assert {r.rpartition(":")[0] for r in client._replies.values()} == {"127.0.0.1"}
+                    assert len(client._servers) == 1
+                    assert all(w.plans for w in workers.values())
+                assert all(not w.plans for w in workers.values()), "close() left plans on the workers"
+
+    asyncio.run(scenario())
+
+
 # -- the hosts --------------------------------------------------------------------------------------------
 def _ip(*args: str, ns: str | None = None, check: bool = True) -> None:
     cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
@@ -222,6 +251,8 @@ def test_the_controller_replies_on_the_address_that_routes_to_the_workers(hosts:
     for address in hosts.workers.values():
         assert local_address_for(address) == hosts.addr["root"]
     assert worker_listen_host(hosts.workers.values()) == hosts.addr["root"]
+    # a worker on this host too: it reaches the routed address as well, so that one is still the answer
+    assert worker_listen_host([*hosts.workers.values(), "127.0.0.1:9"]) == hosts.addr["root"]
 
 
 @needs_netns
