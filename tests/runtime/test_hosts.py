@@ -116,6 +116,7 @@ class Hosts:
         self.procs: list[subprocess.Popen] = []
         self.workers: dict[str, str] = {}        # "model/node" -> HOST:PORT
         self.caption_cli: subprocess.Popen = None  # type: ignore[assignment]
+        self.run_cli: subprocess.Popen = None  # type: ignore[assignment]
 
     def build(self) -> None:
         net = f"10.215.{self.inst}"
@@ -212,7 +213,9 @@ def hosts(images: tuple[list[Path], list[str]], tmp_path_factory: pytest.TempPat
         started = {f"{m}/{n}": h.start_worker(n, m) for m in ("tiny-captioner", "tiny-gpt2") for n in ("edge", "cloud")}
         deadline = time.monotonic() + 120
         h.workers = {key: _ready(proc, deadline) for key, proc in started.items()}
-        h.caption_cli = _start_caption_cli(h, images[0], tmp_path_factory.mktemp("hosts-cli"))
+        folder = tmp_path_factory.mktemp("hosts-cli")
+        h.caption_cli = _start_caption_cli(h, images[0], folder)
+        h.run_cli = _start_run_cli(h, folder)
         yield h
     finally:
         h.stop()
@@ -223,17 +226,41 @@ def _start_caption_cli(h: Hosts, paths: list[Path], folder: Path) -> subprocess.
     address, and the phone worker it starts itself listens on the ctl address they reach."""
     net_file, plan_file = folder / "net.json", folder / "plan.json"
     net_file.write_text(json.dumps(_network(h, "tiny-captioner")))
-    plan_file.write_text(json.dumps({"format": "aiflow.plan/v1", "model": "tiny-captioner",
-                                     "assignment": CAPTION_ASSIGNMENT, "predicted_latency_s": 0.0,
-                                     "status": "heuristic", "solver": "hand"}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    plan_file.write_text(_plan_doc("tiny-captioner", CAPTION_ASSIGNMENT))
+    return _in_ctl(h, ["caption", *map(str, paths), "--network", str(net_file), "--plan", str(plan_file), "--json",
+                       "--token", TOKEN, "--reply-listen", h.addr["ctl"]], folder)
+
+
+def _plan_doc(model: str, assignment: list[str]) -> str:
+    return json.dumps({"format": "aiflow.plan/v1", "model": model, "assignment": assignment,
+                       "predicted_latency_s": 0.0, "status": "heuristic", "solver": "hand"})
+
+
+def _in_ctl(h: Hosts, args: list[str], folder: Path) -> subprocess.Popen:
+    """An `aiflow` command in the ctl namespace (history in `folder`, no token in its environment)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIFLOW_DATABASE_URL": f"sqlite:///{folder / 'history.db'}"}
     env.pop("AIFLOW_TOKEN", None)
-    cmd = ["ip", "netns", "exec", h.ns["ctl"], sys.executable, "-m", "orchestrator.cli", "caption",
-           *map(str, paths), "--network", str(net_file), "--plan", str(plan_file), "--json",
-           "--token", TOKEN, "--reply-listen", h.addr["ctl"]]
+    cmd = ["ip", "netns", "exec", h.ns["ctl"], sys.executable, "-m", "orchestrator.cli", *args]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     h.procs.append(proc)
     return proc
+
+
+def _start_run_cli(h: Hosts, folder: Path) -> subprocess.Popen:
+    """`aiflow run --token` in the ctl namespace: a split LLM generation on edge and cloud, by address only."""
+    (folder / "llm.net.json").write_text(json.dumps(_network(h, "tiny-gpt2")))
+    (folder / "llm.plan.json").write_text(_plan_doc("tiny-gpt2", LLM_ASSIGNMENT))
+    return _in_ctl(h, ["run", LLM_PROMPT, "--model", "tiny-gpt2", "--network", str(folder / "llm.net.json"),
+                       "--plan", str(folder / "llm.plan.json"), "--no-emulation", "--json", "--no-record",
+                       "--max-new-tokens", str(LLM_TOKENS), "--token", TOKEN], folder)
+
+
+def _llm_reference() -> list[int]:
+    from profiler.generate import greedy_generate
+    from profiler.models import load_adapter
+
+    ad = load_adapter("tiny-gpt2")
+    return greedy_generate(ad, torch.tensor([ad.encode_text(LLM_PROMPT)]), new_tokens=LLM_TOKENS).tokens[0].tolist()
 
 
 def _network(h: Hosts, model: str, phone: str | None = None) -> Any:
@@ -257,12 +284,11 @@ def test_the_controller_replies_on_the_address_that_routes_to_the_workers(hosts:
 
 @needs_netns
 def test_split_llm_over_hosts_equals_the_unsplit_model(hosts: Hosts) -> None:
-    from profiler.generate import greedy_generate
     from profiler.models import load_adapter
     from runtime.session import run_on_network
 
     ad = load_adapter("tiny-gpt2")
-    want = greedy_generate(ad, torch.tensor([ad.encode_text(LLM_PROMPT)]), new_tokens=LLM_TOKENS).tokens[0].tolist()
+    want = _llm_reference()
     net = parse_network(_network(hosts, "tiny-gpt2"))
     plan = SimpleNamespace(assignment=LLM_ASSIGNMENT, compression=None)
     (res,) = run_on_network("tiny-gpt2", net, plan, [LLM_PROMPT], max_new_tokens=LLM_TOKENS, adapter=ad,
@@ -324,3 +350,13 @@ def test_aiflow_caption_from_another_namespace(hosts: Hosts, images: tuple[list[
     out, err = hosts.caption_cli.communicate(timeout=120)
     assert hosts.caption_cli.returncode == 0, err[-800:]
     assert [row["caption"] for row in json.loads(out)] == images[1]
+
+
+@needs_netns
+def test_aiflow_run_from_another_namespace(hosts: Hosts) -> None:
+    """The `aiflow run --token` the fixture started in the ctl namespace: the unsplit model's tokens."""
+    out, err = hosts.run_cli.communicate(timeout=120)
+    assert hosts.run_cli.returncode == 0, err[-800:]
+    (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert row["tokens"] == _llm_reference()
+    assert set(row["breakdown"]["compute_s"]) == {"edge", "cloud"}
