@@ -108,6 +108,8 @@ class Client:
         self.call_timeout_s = call_timeout_s
         # None: one reply server per local address that routes to a worker (runtime.hosts); HOST[:PORT]: one
         # server there (a wildcard host: each worker is told the routed address with the bound port)
+        if reply_listen is not None:
+            split_host_port(reply_listen)        # a malformed one is refused here, in one line
         self._reply_listen = reply_listen
         self._servers: dict[str, FrameServer] = {}       # bound host -> reply server
         self._replies: dict[str, str] = {}               # worker address -> the reply address it is told
@@ -173,19 +175,21 @@ class Client:
                 if address in self._replies:
                     continue
                 try:
-                    self._replies[address] = await self._reply_server(address)
-                except HostError as exc:
+                    host = reply_host(address, self._reply_listen and split_host_port(self._reply_listen)[0])
+                except HostError as exc:         # no route to the worker: it cannot be reached from here
                     raise RequestFailed(f"{node}: {exc}", (node,)) from None
+                self._replies[address] = await self._reply_server(address, host)
             if not self._servers:                # no worker yet: listen where asked, else on loopback
-                await self._reply_server("127.0.0.1:1")
+                await self._reply_server("127.0.0.1:1", "127.0.0.1")
             if self.reply_address is None:
                 self.reply_address = next(iter(self._replies.values()), None) or next(
                     iter(self._servers.values())).address
 
-    async def _reply_server(self, worker_address: str) -> str:
-        """The reply address to tell the worker at `worker_address`, starting its server if need be."""
+    async def _reply_server(self, worker_address: str, host: str) -> str:
+        """The reply address to tell the worker at `worker_address` (`host`: the one it reaches), starting
+        the server it needs: on `host`, or on --reply-listen when given."""
         if self._reply_listen is None:
-            bind, port = reply_host(worker_address), 0
+            bind, port = host, 0
         else:
             bind, given = split_host_port(self._reply_listen)
             port = given or 0
@@ -193,11 +197,15 @@ class Client:
         if server is None:
             server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token,
                                  tls=self.tls)
-            await server.start(join_host_port(bind, port))
+            try:
+                await server.start(join_host_port(bind, port))
+            except (OSError, RuntimeError) as exc:
+                raise HostError(f"reply address {join_host_port(bind, port)}: cannot listen there "
+                                f"({str(exc).splitlines()[0][:200]})") from None
             self._servers[bind] = server
         assert server.address is not None
         bound = split_host_port(server.address)[1] or 0
-        return join_host_port(reply_host(worker_address, bind), bound)
+        return join_host_port(host, bound)
 
     async def apply(self) -> None:
         """Give every hosting node the stage plan (each keeps it under its version)."""

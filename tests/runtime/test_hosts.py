@@ -94,6 +94,11 @@ def test_client_replies_per_routed_address_and_forgets_its_plans_on_close(folder
                     assert len(client._servers) == 1
                     assert all(w.plans for w in workers.values())
                 assert all(not w.plans for w in workers.values()), "close() left plans on the workers"
+            with pytest.raises(InputError, match="expected HOST:PORT"):
+                Client(sp, token=WORKER_TOKEN, reply_listen="host:port")
+            with pytest.raises(InputError, match="cannot listen there"):
+                async with Client(sp, token=WORKER_TOKEN, reply_listen="192.0.2.1"):
+                    pass
 
     asyncio.run(scenario())
 
