@@ -14,9 +14,21 @@ def token_option() -> Any:
                              "Workers with an `address` must have been started with the same.")
 
 
+def _check_reply_listen(value: str | None) -> str | None:
+    """A malformed --reply-listen is refused before anything starts."""
+    if value is not None:
+        from runtime.hosts import HostError, split_host_port
+
+        try:
+            split_host_port(value)
+        except HostError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def reply_listen_option() -> Any:
     """--reply-listen HOST: where the controller takes results (default: the address that routes to each worker)."""
-    return typer.Option(None, "--reply-listen", metavar="HOST",
+    return typer.Option(None, "--reply-listen", metavar="HOST", callback=_check_reply_listen,
                         help="Local address the workers send results to (and local workers listen on); default: "
                              "for each worker, the local address that routes to it (0.0.0.0: listen on all).")
 

@@ -221,10 +221,13 @@ def hosts(images: tuple[list[Path], list[str]], tmp_path_factory: pytest.TempPat
         started = {f"{m}/{n}": h.start_worker(n, m) for m in ("tiny-captioner", "tiny-gpt2") for n in ("edge", "cloud")}
         started["tiny-captioner/phone"] = h.start_worker("phone", "tiny-captioner")     # the daemon's phone
         deadline = time.monotonic() + 120
-        h.workers = {key: _ready(proc, deadline) for key, proc in started.items()}
         folder = tmp_path_factory.mktemp("hosts-cli")
-        h.caption_cli = _start_caption_cli(h, images[0], folder)
-        h.run_cli = _start_run_cli(h, folder)
+        for key, proc in started.items():              # each controller starts as soon as its workers serve
+            h.workers[key] = _ready(proc, deadline)
+            if key == "tiny-captioner/cloud":
+                h.caption_cli = _start_caption_cli(h, images[0], folder)
+            elif key == "tiny-gpt2/cloud":
+                h.run_cli = _start_run_cli(h, folder)
         yield h
     finally:
         h.stop()
