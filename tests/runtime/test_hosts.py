@@ -41,7 +41,14 @@ from runtime.netns import PREFIX, netns_unavailable
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hosts-test-token"
 UNAVAILABLE = netns_unavailable()
-needs_netns = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"network namespaces unavailable: {UNAVAILABLE}")
+_skip = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"network namespaces unavailable: {UNAVAILABLE}")
+
+
+def needs_netns(test: Any) -> Any:
+    """Root and network namespaces, else skipped with the reason; multi-process, so marked slow."""
+    return pytest.mark.slow(_skip(test))
+
+
 CAPTION_ASSIGNMENT = ["phone"] * 2 + ["edge"] * 3 + ["cloud"] * 3 + ["edge"] * 2      # 10 units, 4 cuts
 LLM_ASSIGNMENT = ["edge", "cloud", "edge", "cloud", "cloud"]                           # tiny-gpt2: 5 units
 LLM_PROMPT = "the cat sat on"
