@@ -317,6 +317,40 @@ def test_split_llm_over_hosts_equals_the_unsplit_model(hosts: Hosts) -> None:
 
 
 @needs_netns
+def test_every_cut_batches_and_concurrency_over_hosts_equal_the_unsplit_model(hosts: Hosts) -> None:
+    """Every single cut of the LLM between edge and cloud, and an alternation: all-position logits of a
+    batch of 2 `torch.equal` to the unsplit model's, three concurrent generations equal to greedy_generate."""
+    import asyncio
+
+    from profiler.generate import greedy_generate
+    from profiler.models import load_adapter
+    from runtime.client import Client
+    from runtime.session import make_stage_plan
+
+    ad = load_adapter("tiny-gpt2")
+    n = len(ad.units())
+    x = torch.randint(0, ad.model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(3))
+    state = ad.new_state()
+    state.extra["batch"] = 2
+    expect_logits = ad.run(0, n - 1, x, phase="prefill", position=0, state=state, all_logits=True)
+    expect_tokens = greedy_generate(ad, x, new_tokens=6).tokens
+    net = parse_network(_network(hosts, "tiny-gpt2"))
+    plans = [["edge"] * k + ["cloud"] * (n - k) for k in range(1, n)] + [LLM_ASSIGNMENT]
+
+    async def scenario() -> None:
+        for version, assignment in enumerate(plans, start=1):
+            sp = make_stage_plan(ad, net, SimpleNamespace(assignment=assignment, compression=None), addresses={},
+                                 emulate=False, version=version)
+            async with Client(sp, token=TOKEN) as client:
+                fwd = await client.forward(x, all_logits=True)
+                assert torch.equal(fwd.output, expect_logits), assignment
+                gens = await asyncio.gather(*(client.generate(x, max_new_tokens=6) for _ in range(3)))
+                assert all(torch.equal(g.tokens, expect_tokens) for g in gens), assignment
+
+    asyncio.run(scenario())
+
+
+@needs_netns
 def test_a_wrong_token_is_refused_by_the_hosts(hosts: Hosts) -> None:
     from profiler.models import load_adapter
     from runtime.session import run_on_network
