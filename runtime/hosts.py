@@ -95,10 +95,11 @@ def reply_host(worker_address: str, listen_host: str | None = None) -> str:
 def worker_listen_host(remote_addresses: Iterable[str], listen_host: str | None = None) -> str:
     """Where this host's own workers listen so that the workers at `remote_addresses` reach them: the one
     local address routing to all of them that is not loopback (loopback when there is none: every worker
-    is on this host); `listen_host` (a named host, not a wildcard) overrides."""
+    is on this host); `listen_host` (a named host, not a wildcard) overrides. An IPv6 host comes in
+    brackets, ready for HOST:PORT."""
     named = named_host(listen_host)
     if named is not None:
-        return named
+        return _bracketed(named)
     routed = sorted({local_address_for(a) for a in remote_addresses})
     # a worker on this host reaches a non-loopback local address too: only the others decide
     routed = [r for r in routed if not is_loopback(r)] or routed
@@ -107,4 +108,8 @@ def worker_listen_host(remote_addresses: Iterable[str], listen_host: str | None 
     if len(routed) > 1:
         raise HostError(f"local workers: the remote workers are reached from several local addresses "
                         f"({', '.join(routed)}); give the one they all reach with --reply-listen HOST")
-    return routed[0]
+    return _bracketed(routed[0])
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -72,6 +72,7 @@ def test_routed_addresses_on_loopback() -> None:
     assert reply_host("127.0.0.1:9", "192.0.2.7") == "192.0.2.7"          # a named host is taken as given
     assert worker_listen_host([]) == "127.0.0.1"
     assert worker_listen_host(["127.0.0.1:5"], "10.1.2.3:0") == "10.1.2.3"
+    assert worker_listen_host(["127.0.0.1:5"], "[::1]:0") == "[::1]"            # ready for HOST:PORT
     with pytest.raises(InputError, match="cannot resolve"):
         local_address_for("no-such-host.invalid:1")
 
@@ -106,6 +107,46 @@ def test_client_replies_per_routed_address_and_forgets_its_plans_on_close(folder
             with pytest.raises(InputError, match="cannot listen there"):
                 async with Client(sp, token=WORKER_TOKEN, reply_listen="192.0.2.1"):
                     pass
+
+    asyncio.run(scenario())
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_workers_on_ipv6_get_a_bracketed_reply_address(folders) -> None:
+    import asyncio
+
+    from runtime.client import Client
+    from runtime.worker import Worker
+    from tests.runtime.conftest import TOKEN as WORKER_TOKEN
+    from tests.runtime.conftest import adapter, stage_plan
+
+    ad = adapter(folders, "gpt2")
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+
+    async def scenario() -> None:
+        workers = {n: Worker(n, adapter=ad, token=WORKER_TOKEN) for n in ("A", "B")}
+        try:
+            addresses = {n: await w.start("[::1]:0") for n, w in workers.items()}
+            async with Client(stage_plan(ad, ["A", "B", "A", "B"], addresses), token=WORKER_TOKEN) as client:
+                got = (await client.generate(prompt, max_new_tokens=4)).tokens
+                assert set(client._replies.values()) == {client.reply_address}
+                assert client.reply_address is not None and client.reply_address.startswith("[::1]:")
+            from profiler.generate import greedy_generate
+            assert torch.equal(got, greedy_generate(ad, prompt, new_tokens=4).tokens)
+        finally:
+            for w in workers.values():
+                await w.stop()
 
     asyncio.run(scenario())
 
