@@ -259,8 +259,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[s
 
 @pytest.fixture(scope="module")
 def hosts(images: tuple[list[Path], list[str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    """The namespaces, edge and cloud workers of both models in theirs, and (in the background, collected by
-    the last test) `aiflow caption` run from the ctl namespace."""
+    """The namespaces; edge and cloud workers of both models and the captioner's phone worker in theirs;
+    and, in the background (collected by the last two tests), `aiflow caption` and `aiflow run` started
+    from the ctl namespace."""
     if UNAVAILABLE is not None:
         pytest.skip(f"network namespaces unavailable: {UNAVAILABLE}")
     h = Hosts()
