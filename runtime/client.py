@@ -26,11 +26,13 @@ from typing import Any
 import torch
 
 from runtime.codec import Frame, ack_frame, decode_frame, encode_frame, with_meta
+from runtime.hosts import HostError, join_host_port, reply_host, split_host_port
 from runtime.links import EmulatedNetwork, Emulation, arrival_stamp, stamped_arrival
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, FrameServer, GrpcTransport, Tls, Transport, TransportError
 
 MAX_IDLE_S = 3600.0          # the most a worker keeps a request's state idle (runtime.worker.MAX_IDLE_S)
+FORGET_TIMEOUT_S = 1.0       # close(): how long each worker is given to free the client's plans
 
 
 class RequestFailed(RuntimeError):
@@ -87,7 +89,7 @@ class Client:
     requests running on version v, so the caller knows when `forget(v)` can free an old one."""
 
     def __init__(self, plan: StagePlan, *, token: str | None = None, transport: Transport | None = None,
-                 reply_listen: str = "127.0.0.1:0", timeout_s: float = 300.0,
+                 reply_listen: str | None = None, timeout_s: float = 300.0,
                  call_timeout_s: float = DEFAULT_TIMEOUT_S, controller_token: str | None = None,
                  tls: Tls | None = None) -> None:
         missing = [n for n in plan.hosting_nodes() if plan.node(n).address is None]
@@ -104,8 +106,14 @@ class Client:
         self.transport = transport or GrpcTransport(token, controller_token=controller_token, tls=tls)
         self.timeout_s = timeout_s
         self.call_timeout_s = call_timeout_s
+        # None: one reply server per local address that routes to a worker (runtime.hosts); HOST[:PORT]: one
+        # server there (a wildcard host: each worker is told the routed address with the bound port)
+        if reply_listen is not None:
+            split_host_port(reply_listen)        # a malformed one is refused here, in one line
         self._reply_listen = reply_listen
-        self._server: FrameServer | None = None
+        self._servers: dict[str, FrameServer] = {}       # bound host -> reply server
+        self._replies: dict[str, str] = {}               # worker address -> the reply address it is told
+        self._reply_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future] = {}
         self._pending_on: dict[str, StagePlan] = {}        # the plan each pending request runs on
         self._watcher: asyncio.Task | None = None
@@ -122,9 +130,11 @@ class Client:
         await self.close()
 
     async def start(self, apply: bool = True) -> None:
-        self._server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token,
-                                   tls=self.tls)
-        self.reply_address = await self._server.start(self._reply_listen)
+        try:
+            await self._ensure_replies(self.plan)
+        except BaseException:
+            await self.close()
+            raise
         if apply:
             try:
                 await self.apply()
@@ -138,10 +148,64 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        if self._server is not None:
-            await self._server.stop()
-            self._server = None
+        await self._forget_all()
+        servers, self._servers = list(self._servers.values()), {}
+        self._replies.clear()
+        for server in servers:
+            await server.stop()
         await self.transport.close()
+
+    async def _forget_all(self) -> None:
+        """Free every plan version this client gave, on its workers (a worker on another host outlives the
+        client); a worker that does not answer within FORGET_TIMEOUT_S is skipped."""
+        sends = [self.transport.send(self._address(n, p), encode_frame(Frame("forget", plan_version=v)),
+                                     timeout=FORGET_TIMEOUT_S)
+                 for v, p in self.plans.items() for n in p.hosting_nodes()]
+        if sends and self._servers:             # nothing was given before the reply servers started
+            await asyncio.gather(*sends, return_exceptions=True)
+        else:
+            for coro in sends:
+                coro.close()
+
+    async def _ensure_replies(self, plan: StagePlan) -> None:
+        """A reply server for every worker of `plan`, on the local address that routes to it."""
+        async with self._reply_lock:
+            for node in plan.hosting_nodes():
+                address = self._address(node, plan)
+                if address in self._replies:
+                    continue
+                try:
+                    host = reply_host(address, self._reply_listen and split_host_port(self._reply_listen)[0])
+                except HostError as exc:         # no route to the worker: it cannot be reached from here
+                    raise RequestFailed(f"{node}: {exc}", (node,)) from None
+                self._replies[address] = await self._reply_server(address, host)
+            if not self._servers:                # no worker yet: listen where asked, else on loopback
+                await self._reply_server("127.0.0.1:1", "127.0.0.1")
+            if self.reply_address is None:
+                self.reply_address = next(iter(self._replies.values()), None) or next(
+                    iter(self._servers.values())).address
+
+    async def _reply_server(self, worker_address: str, host: str) -> str:
+        """The reply address to tell the worker at `worker_address` (`host`: the one it reaches), starting
+        the server it needs: on `host`, or on --reply-listen when given."""
+        if self._reply_listen is None:
+            bind, port = host, 0
+        else:
+            bind, given = split_host_port(self._reply_listen)
+            port = given or 0
+        server = self._servers.get(bind)
+        if server is None:
+            server = FrameServer(self._on_reply, lambda: {"ok": True, "client": True}, token=self.token,
+                                 tls=self.tls)
+            try:
+                await server.start(join_host_port(bind, port))
+            except (OSError, RuntimeError) as exc:
+                raise HostError(f"reply address {join_host_port(bind, port)}: cannot listen there "
+                                f"({str(exc).splitlines()[0][:200]})") from None
+            self._servers[bind] = server
+        assert server.address is not None
+        bound = split_host_port(server.address)[1] or 0
+        return join_host_port(host, bound)
 
     async def apply(self) -> None:
         """Give every hosting node the stage plan (each keeps it under its version)."""
@@ -153,6 +217,7 @@ class Client:
         if missing:
             raise ValueError(f"plan v{plan.version}: no address for node(s) {', '.join(missing)}")
         frame = encode_frame(Frame("plan", plan_version=plan.version, meta={"plan": plan.to_dict()}))
+        await self._ensure_replies(plan)
         await asyncio.gather(*(self._control(n, frame, plan) for n in plan.hosting_nodes()))
         self.plans[plan.version] = plan
 
@@ -247,13 +312,17 @@ class Client:
         meta = {"reply": self.reply_address, "mode": mode, "batch": int(source.shape[0]),
                 "max_new_tokens": int(max_new_tokens), "eos": eos, "all_logits": all_logits,
                 "timeout_s": self.timeout_s}
-        opened = encode_frame(Frame("open", rid, plan.version, meta=meta))
+        await self._ensure_replies(plan)
+        # each worker is told the reply address on the local interface that reaches it (runtime.hosts)
+        opened = {n: encode_frame(Frame("open", rid, plan.version,
+                                        meta={**meta, "reply": self._replies[self._address(n, plan)]}))
+                  for n in nodes}
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         self._pending_on[rid] = plan
         self._watch()
         try:
-            await asyncio.gather(*(self._control(n, opened, plan) for n in nodes))
+            await asyncio.gather(*(self._control(n, opened[n], plan) for n in nodes))
             first = plan.phases[0]
             dst = plan.assignment[first.first]
             data = encode_frame(Frame("data", rid, plan.version, first.name, first.first, 0, 0,
@@ -369,10 +438,10 @@ def _merge_stats(result: RequestResult, stats: list[dict[str, Any]], client_hops
 async def run_requests(plan: StagePlan, sources: Sequence[torch.Tensor], *, mode: str = "generate",
                        max_new_tokens: int = 16, eos: int | None = None, token: str | None = None,
                        concurrency: int = 1, timeout_s: float = 300.0,
-                       reply_listen: str = "127.0.0.1:0", controller_token: str | None = None,
+                       reply_listen: str | None = None, controller_token: str | None = None,
                        tls: Tls | None = None) -> list[RequestResult]:
     """Apply `plan` to its (running) workers and run every source; at most `concurrency` at once.
-    `reply_listen` is where the client takes results: an address every worker can reach."""
+    `reply_listen` is where the client takes results (None: on each local address that routes to a worker)."""
     async with Client(plan, token=token, timeout_s=timeout_s, reply_listen=reply_listen,
                       controller_token=controller_token, tls=tls) as client:
         gate = asyncio.Semaphore(max(1, concurrency))

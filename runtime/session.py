@@ -13,6 +13,7 @@ their files is the orchestrator's job (orchestrator.apply), so the runtime impor
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from profiler.adapters.base import InputSpec, ModelAdapter
 from profiler.errors import InputError
 from runtime.client import RequestResult, run_requests
 from runtime.edge_reduction import stage_extra
+from runtime.hosts import worker_listen_host
 from runtime.links import network_traces
 from runtime.local import LocalWorkers
 from runtime.netns import KernelNetwork, refuse_traces
@@ -97,8 +99,11 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                    compression: str | None = None, trace_base: Path | None = None, token: str | None = None,
                    concurrency: int = 1, threads: int | None = None, adapter: ModelAdapter | None = None,
                    timeout_s: float = 300.0, kernel_links: bool = False,
-                   native_hardware: str | None = None) -> list[InputResult]:
+                   native_hardware: str | None = None, reply_listen: str | None = None) -> list[InputResult]:
     """Start local workers as needed, run every input, stop the workers; results in input order.
+    Nodes with an `address` are workers already serving (on this host or another): the client takes their
+    results on the local address that routes to each (or on `reply_listen`, HOST or HOST:PORT), and local
+    workers listen where those remote workers reach them (runtime.hosts).
     With `kernel_links` every node runs in its own network namespace and the kernel shapes the links'
     rates (runtime.netns); the transport then adds each link's latency only."""
     from profiler.models import load_adapter
@@ -109,6 +114,9 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
     given = {n.name: n.address for n in network.nodes if n.address}
     local = [n for n in hosting if n not in given]
     kernel = _kernel_network(network, given, dilation) if kernel_links else None
+    # remote workers started with $AIFLOW_CONTROLLER_TOKEN take plans only from a controller holding it
+    controller_token = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None
+    listen_host = worker_listen_host(given.values(), reply_listen) if local and given else "127.0.0.1"
     workers = None
     try:
         if kernel is not None:
@@ -116,7 +124,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
             workers = LocalWorkers(model, local, token=token, threads=threads, hosts=kernel.addresses,
                                    launchers={n: kernel.launcher(n) for n in local})
         elif local:
-            workers = LocalWorkers(model, local, token=token, threads=threads)
+            workers = LocalWorkers(model, local, token=token, threads=threads, host=listen_host,
+                                   controller_token=controller_token)
         addresses = dict(given)
         if workers is not None:
             addresses.update(workers.start())
@@ -128,10 +137,11 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
         mode = "generate" if is_generative(adapter) else "forward"
         results = asyncio.run(run_requests(sp, sources, mode=mode, max_new_tokens=max_new_tokens,
                                            eos=adapter.eos_token_id, token=workers.token if workers else token,
-                                           controller_token=workers.controller_token if workers else None,
+                                           controller_token=workers.controller_token if workers
+                                           else controller_token,
                                            tls=Tls.from_env(),
                                            concurrency=concurrency, timeout_s=timeout_s,
-                                           reply_listen=f"{kernel.client_address}:0" if kernel else "127.0.0.1:0"))
+                                           reply_listen=f"{kernel.client_address}:0" if kernel else reply_listen))
     finally:
         if workers is not None:
             workers.stop()

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.cli.options import reply_listen_option, token_option
 from profiler.errors import InputError
 
 console = Console()
@@ -22,6 +23,8 @@ def caption(
     plan: Path | None = typer.Option(None, "--plan", help="Plan file: where each unit runs (with --network)."),
     draft: str | None = typer.Option(None, "--draft", help="Draft captioner for a cooperative plan: it proposes "
                                      "on the source, --model verifies (with --network and --plan)."),
+    token: str | None = token_option(),
+    reply_listen: str | None = reply_listen_option(),
 ) -> None:
     """Caption images with the unsplit model (greedy), or through workers with --network and --plan."""
     from transformers.utils import logging as hf_logging
@@ -42,7 +45,7 @@ def caption(
         captions = [r.text for r in caption_cooperative([str(p) for p in images], model, draft, str(network),
                                                         str(plan), max_new_tokens=MAX_NEW_TOKENS)]
     elif network is not None and plan is not None:
-        captions = _distributed(images, model, network, plan)
+        captions = _distributed(images, model, network, plan, token=token, reply_listen=reply_listen)
     else:
         captions = caption_files(images, model)
     if as_json:
@@ -56,13 +59,14 @@ def caption(
             console.print(f"{path}: {text}", highlight=False, soft_wrap=True)
 
 
-def _distributed(images: list[Path], model: str, network: Path, plan: Path) -> list[str]:
+def _distributed(images: list[Path], model: str, network: Path, plan: Path, *, token: str | None = None,
+                 reply_listen: str | None = None) -> list[str]:
     """One caption per image, through local workers placed by the plan (orchestrator.apply)."""
     from orchestrator.apply import caption_distributed
     from profiler.captioner.model import MAX_NEW_TOKENS
 
     return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
-                                    max_new_tokens=MAX_NEW_TOKENS))
+                                    max_new_tokens=MAX_NEW_TOKENS, token=token, reply_listen=reply_listen))
 
 
 def train_captioner(

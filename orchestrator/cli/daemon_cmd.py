@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.options import reply_listen_option
 from profiler.errors import InputError
 
 console = Console()
@@ -52,6 +53,7 @@ def daemon(
                                             help="Token shared with the workers (default: generated for the local "
                                                  "ones; give it to workers that --join)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every decision and switch to stderr."),
+    reply_listen: str | None = reply_listen_option(),
 ) -> None:
     """Serve a model on a network: probe it, re-solve on a schedule, migrate live, answer HTTP requests."""
     from orchestrator.cli.history_cmd import parse_seconds
@@ -94,7 +96,7 @@ def daemon(
             err.print(f"aiflow daemon: the API listens beyond loopback; its token (shown once): {api_token}",
                       highlight=False)
         d = Daemon(model, net, prof, adapter, settings=settings, store=store, dilation=k, token=worker_token,
-                   trace_base=Path(network).resolve().parent, progress=say, resume=True)
+                   trace_base=Path(network).resolve().parent, progress=say, resume=True, reply_listen=reply_listen)
         if emulated:
             say(f"every node runs here; links and loads are emulated with time dilation K = {k:.3g}")
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.options import reply_listen_option, threads_option, token_option
 from profiler.errors import InputError
 
 console = Console()
@@ -26,6 +27,7 @@ def worker(
     model: str = typer.Option(..., "--model", help="Built-in model name or a Hugging Face model folder."),
     token: str | None = typer.Option(None, "--token", envvar="AIFLOW_TOKEN",
                                      help="Shared token clients must present (default: $AIFLOW_TOKEN)."),
+    threads: int | None = threads_option(),
     state_timeout: float = typer.Option(120.0, "--state-timeout", help="Seconds an idle request's state is kept."),
     release_unused: bool = typer.Option(False, "--release-unused",
                                         help="Drop the weights of units no applied plan gives this node."),
@@ -58,7 +60,7 @@ def worker(
         raise InputError("--link, --advertise, --hardware, --mem-bytes and --tier go with --join URL")
     # the controller's credential comes only from the environment (kept out of `ps`): with it, plans and
     # opens are taken only from a controller that holds it (docs/runtime.md, Security)
-    asyncio.run(serve(name, listen, model, token=token, state_timeout_s=state_timeout,
+    asyncio.run(serve(name, listen, model, token=token, threads=threads, state_timeout_s=state_timeout,
                       release_unused=release_unused, on_ready=on_ready,
                       controller_token=os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None, tls=_tls()))
 
@@ -213,6 +215,8 @@ def run(
                                      "the source and --model verifies where the plan says."),
     draft_profile: Path | None = typer.Option(None, "--draft-profile", help="With --draft: the draft's profile "
                                               "(with its measured acceptance) for pacing and the prediction."),
+    token: str | None = token_option(),
+    reply_listen: str | None = reply_listen_option(),
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
     from orchestrator.apply import load_network_and_plan
@@ -259,7 +263,7 @@ def run(
     results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate, profile=prof,
                              dilation=k, compression=compression, trace_base=base, adapter=adapter,
                              concurrency=concurrency, kernel_links=kernel_links,
-                             native_hardware=local_hw if native else None)
+                             native_hardware=local_hw if native else None, token=token, reply_listen=reply_listen)
     rows = []
     for r in results:
         res = r.result

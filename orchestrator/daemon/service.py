@@ -51,6 +51,7 @@ from profiler.errors import InputError
 from profiler.profile import Profile
 from runtime.client import Client, RequestFailed, RequestResult
 from runtime.codec import Frame, decode_frame, encode_frame
+from runtime.hosts import worker_listen_host
 from runtime.links import Emulation, network_traces
 from runtime.local import LocalWorkers
 from runtime.session import make_stage_plan
@@ -92,8 +93,11 @@ class Daemon:
     def __init__(self, model: str, network: NetworkState, profile: Profile, adapter: ModelAdapter, *,
                  settings: DaemonSettings | None = None, store: Any | None = None, token: str | None = None,
                  dilation: float = 1.0, trace_base: Path | None = None, threads: int | None = 1,
-                 progress: Callable[[str], None] | None = None, resume: bool = False) -> None:
+                 progress: Callable[[str], None] | None = None, resume: bool = False,
+                 reply_listen: str | None = None) -> None:
         self.model = model
+        # where results come back and local workers listen (None: the local address routing to each worker)
+        self.reply_listen = reply_listen
         self.base = network
         self.profile = profile
         self.adapter = adapter
@@ -176,8 +180,10 @@ class Daemon:
         local = [n for n, s in self.nodes.items() if s.local]
         if local:
             self.progress(f"starting {len(local)} local worker(s): {', '.join(local)}")
+            remote = [s.address for s in self.nodes.values() if s.address and not s.local]
             self.workers = LocalWorkers(self.model, local, token=self.token, threads=self.threads,
-                                        controller_token=self.controller_token)
+                                        controller_token=self.controller_token,
+                                        host=worker_listen_host(remote, self.reply_listen))
             self.token = self.workers.token
             self.controller_token = self.workers.controller_token
             self.transport = GrpcTransport(self.token, controller_token=self.controller_token, tls=self.tls)
@@ -793,7 +799,8 @@ class Daemon:
         try:
             if self.client is None:
                 self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
-                                     controller_token=self.controller_token, tls=self.tls)
+                                     controller_token=self.controller_token, tls=self.tls,
+                                     reply_listen=self.reply_listen)
                 await self.client.start(apply=False)
                 if self.truth is not None:
                     self.client.set_emulation(self.truth)
