@@ -92,10 +92,11 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                    compression: str | None = None, trace_base: Path | None = None, token: str | None = None,
                    concurrency: int = 1, threads: int | None = None, adapter: ModelAdapter | None = None,
                    timeout_s: float = 300.0, kernel_links: bool = False,
-                   native_hardware: str | None = None) -> list[InputResult]:
+                   native_hardware: str | None = None, backend: Any | None = None) -> list[InputResult]:
     """Start local workers as needed, run every input, stop the workers; results in input order.
     With `kernel_links` every node runs in its own network namespace and the kernel shapes the links'
-    rates (runtime.netns); the transport then adds each link's latency only."""
+    rates (runtime.netns); the transport then adds each link's latency only. `backend`: how stages are
+    started and reached (runtime.backends; default: gRPC worker processes)."""
     from profiler.models import load_adapter
 
     adapter = adapter or load_adapter(model)
@@ -110,6 +111,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
             kernel.start()
             workers = LocalWorkers(model, local, token=token, threads=threads, hosts=kernel.addresses,
                                    launchers={n: kernel.launcher(n) for n in local})
+        elif local and backend is not None:
+            workers = backend.workers(model, local, token=token, threads=threads)
         elif local:
             workers = LocalWorkers(model, local, token=token, threads=threads)
         addresses = dict(given)
@@ -126,7 +129,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                                            controller_token=workers.controller_token if workers else None,
                                            tls=Tls.from_env(),
                                            concurrency=concurrency, timeout_s=timeout_s,
-                                           reply_listen=f"{kernel.client_address}:0" if kernel else "127.0.0.1:0"))
+                                           reply_listen=f"{kernel.client_address}:0" if kernel else "127.0.0.1:0",
+                                           make_client=backend.client if backend is not None else None))
     finally:
         if workers is not None:
             workers.stop()
