@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.cli.backend_opts import backend_option, check_cli_backend, open_cli_backend, ray_address_option
 from profiler.errors import InputError
 
 console = Console()
@@ -22,6 +23,8 @@ def caption(
     plan: Path | None = typer.Option(None, "--plan", help="Plan file: where each unit runs (with --network)."),
     draft: str | None = typer.Option(None, "--draft", help="Draft captioner for a cooperative plan: it proposes "
                                      "on the source, --model verifies (with --network and --plan)."),
+    backend: str = backend_option(),
+    ray_address: str | None = ray_address_option(),
 ) -> None:
     """Caption images with the unsplit model (greedy), or through workers with --network and --plan."""
     from transformers.utils import logging as hf_logging
@@ -35,6 +38,10 @@ def caption(
         raise InputError("--network/--plan: give both to caption through workers, or neither")
     if draft is not None and network is None:
         raise InputError("--draft: give --network and a cooperative --plan too")
+    if backend != "grpc" or ray_address:
+        check_cli_backend(backend, ray_address, cooperative=draft is not None)
+        if network is None:
+            raise InputError("--backend/--ray-address: stages run only with --network and --plan")
     if draft is not None and network is not None and plan is not None:
         from orchestrator.apply import caption_cooperative
         from profiler.captioner.model import MAX_NEW_TOKENS
@@ -42,7 +49,7 @@ def caption(
         captions = [r.text for r in caption_cooperative([str(p) for p in images], model, draft, str(network),
                                                         str(plan), max_new_tokens=MAX_NEW_TOKENS)]
     elif network is not None and plan is not None:
-        captions = _distributed(images, model, network, plan)
+        captions = _distributed(images, model, network, plan, backend, ray_address)
     else:
         captions = caption_files(images, model)
     if as_json:
@@ -56,13 +63,19 @@ def caption(
             console.print(f"{path}: {text}", highlight=False, soft_wrap=True)
 
 
-def _distributed(images: list[Path], model: str, network: Path, plan: Path) -> list[str]:
+def _distributed(images: list[Path], model: str, network: Path, plan: Path, backend: str = "grpc",
+                 ray_address: str | None = None) -> list[str]:
     """One caption per image, through local workers placed by the plan (orchestrator.apply)."""
     from orchestrator.apply import caption_distributed
     from profiler.captioner.model import MAX_NEW_TOKENS
 
-    return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
-                                    max_new_tokens=MAX_NEW_TOKENS))
+    stages = open_cli_backend(backend, ray_address, network)
+    try:
+        return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
+                                        max_new_tokens=MAX_NEW_TOKENS, backend=stages))
+    finally:
+        if stages is not None:
+            stages.close()
 
 
 def train_captioner(

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.backend_opts import backend_option, check_cli_backend, open_cli_backend, ray_address_option
 from profiler.errors import InputError
 
 console = Console()
@@ -52,6 +53,8 @@ def daemon(
                                             help="Token shared with the workers (default: generated for the local "
                                                  "ones; give it to workers that --join)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every decision and switch to stderr."),
+    backend: str = backend_option(),
+    ray_address: str | None = ray_address_option(),
 ) -> None:
     """Serve a model on a network: probe it, re-solve on a schedule, migrate live, answer HTTP requests."""
     from orchestrator.cli.history_cmd import parse_seconds
@@ -64,6 +67,7 @@ def daemon(
     from profiler.models import load_adapter
 
     host, port = parse_listen(api)
+    check_cli_backend(backend, ray_address)
     if solver not in ("cbc", "highs", "cpsat"):
         raise InputError(f"--solver: expected cbc, highs or cpsat, got {solver!r}")
     if private_reads and token is None and _loopback(host):
@@ -93,15 +97,22 @@ def daemon(
             api_token = secrets.token_urlsafe(24)
             err.print(f"aiflow daemon: the API listens beyond loopback; its token (shown once): {api_token}",
                       highlight=False)
+        stages = open_cli_backend(backend, ray_address, net, token=worker_token)
+        if stages is not None:
+            say(f"stages run as Ray actors ({'cluster ' + ray_address if ray_address else 'a local Ray cluster'})")
         d = Daemon(model, net, prof, adapter, settings=settings, store=store, dilation=k, token=worker_token,
-                   trace_base=Path(network).resolve().parent, progress=say, resume=True)
+                   trace_base=Path(network).resolve().parent, progress=say, resume=True, backend=stages)
         if emulated:
             say(f"every node runs here; links and loads are emulated with time dilation K = {k:.3g}")
 
         def ready(address: str) -> None:
             print(f"aiflow daemon: serving {address}", flush=True)
 
-        asyncio.run(serve(d, host, port, api_token=api_token, open_reads=not private_reads, on_ready=ready))
+        try:
+            asyncio.run(serve(d, host, port, api_token=api_token, open_reads=not private_reads, on_ready=ready))
+        finally:
+            if stages is not None:
+                stages.close()
         say("stopped")
     finally:
         store.close()

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.backend_opts import backend_option, check_cli_backend, open_cli_backend, ray_address_option
 from profiler.errors import InputError
 
 console = Console()
@@ -213,6 +214,8 @@ def run(
                                      "the source and --model verifies where the plan says."),
     draft_profile: Path | None = typer.Option(None, "--draft-profile", help="With --draft: the draft's profile "
                                               "(with its measured acceptance) for pacing and the prediction."),
+    backend: str = backend_option(),
+    ray_address: str | None = ray_address_option(),
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
     from orchestrator.apply import load_network_and_plan
@@ -226,6 +229,8 @@ def run(
         raise InputError(f"--compression: expected fp16 or int8, got {compression!r}")
     if concurrency < 1:
         raise InputError(f"--concurrency: must be at least 1, got {concurrency}")
+    if backend != "grpc" or ray_address:
+        check_cli_backend(backend, ray_address, cooperative=draft is not None, kernel_links=kernel_links)
     if draft is not None:
         _run_cooperative(inputs, model, draft, network, plan, profile, draft_profile, as_json, max_new_tokens,
                          no_emulation, dilation, local_hardware, record)
@@ -249,10 +254,15 @@ def run(
                           "speed, no dilation; links emulated", highlight=False)
     else:
         k = _dilation(dilation, prof, net, local_hw) if emulate else 1.0
-    results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate, profile=prof,
-                             dilation=k, compression=compression, trace_base=base, adapter=adapter,
-                             concurrency=concurrency, kernel_links=kernel_links,
-                             native_hardware=local_hw if native else None)
+    stages = open_cli_backend(backend, ray_address, net, kernel_links=kernel_links)
+    try:
+        results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate,
+                                 profile=prof, dilation=k, compression=compression, trace_base=base, adapter=adapter,
+                                 concurrency=concurrency, kernel_links=kernel_links,
+                                 native_hardware=local_hw if native else None, backend=stages)
+    finally:
+        if stages is not None:
+            stages.close()
     rows = []
     for r in results:
         res = r.result
