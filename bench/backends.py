@@ -171,6 +171,21 @@ def run_ray(images: list[Path], hops: int, transfers: int, requests: int) -> dic
         async def run(self, address: str, sizes: dict[str, tuple[int, int]]) -> dict[str, list[float]]:
             return await time_sends(RayTransport(), address, sizes)
 
+        async def floor(self, echo: Any, repeats: int) -> list[float]:
+            """Bare actor calls with a 400-byte argument: Ray's own cost, no aiflow code on either end."""
+            data, times = b"x" * SMALL, []
+            for k in range(WARMUP + repeats):
+                t0 = time.perf_counter()
+                await echo.noop.remote(data)
+                if k >= WARMUP:
+                    times.append(time.perf_counter() - t0)
+            return times
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        async def noop(self, data: bytes) -> list[bytes]:
+            return []
+
     sizes = {"per hop": (SMALL, hops), **{k: (v, transfers) for k, v in SIZES.items()}}
     # the Sender actor imports this module: the cluster's processes inherit the path to it
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -185,6 +200,9 @@ def run_ray(images: list[Path], hops: int, transfers: int, requests: int) -> dic
         try:
             sender = Sender.options(resources={node_resource("phone"): 0.01}).remote()
             sends = ray.get(sender.run.remote(addresses["edge"], sizes))
+            echo = Echo.options(resources={node_resource("edge"): 0.01}).remote()
+            floor = ray.get(sender.floor.remote(echo, hops))
+            ray.kill(echo)
             before = {m: ray.get(stages.actors[m].transport_bytes.remote()) for m in NODES}
             transports: list[Any] = []
 
@@ -204,6 +222,7 @@ def run_ray(images: list[Path], hops: int, transfers: int, requests: int) -> dic
     finally:
         backend.close()
     return {"sends": summarise(sends, sizes), "end_to_end": e2e, "driver_bytes": driver, "actor_bytes": actors,
+            "bare_call_s": statistics.median(floor), "bare_call_p90_s": _p90(floor),
             "cluster_start_s": cluster_s, "stages_start_s": stages_s}
 
 
@@ -229,6 +248,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| end to end, {label} ({' '.join(a['assignment'])}; {a['steps']:.0f} passes) | "
                      f"{a['median_s'] * 1e3:.1f} ms | {b['median_s'] * 1e3:.1f} ms | "
                      f"{b['median_s'] / a['median_s']:.2f} ({same}) |")
+    lines.append(f"| a bare Ray actor call, phone's node -> edge's node ({SMALL} B, no aiflow code) | | "
+                 f"{r['bare_call_s'] * 1e3:.3f} ms | {r['bare_call_s'] / g['sends']['per hop']['median_s']:.2f} |")
     d, act = r["driver_bytes"], r["actor_bytes"]
     actor_sent = sum(v["sent_bytes"] for v in act.values())
     lines += ["", f"Driver bytes on Ray over the {2 * (data['requests'] + 1)} end-to-end requests: the driver's "
