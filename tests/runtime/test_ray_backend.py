@@ -23,7 +23,7 @@ from orchestrator.network import load_network  # noqa: E402
 from profiler.generate import greedy_generate  # noqa: E402
 from profiler.models import load_adapter  # noqa: E402
 from profiler.profile import load_profile  # noqa: E402
-from runtime.backends import BackendError, check_backend, open_backend  # noqa: E402
+from runtime.backends import open_backend  # noqa: E402
 from runtime.ray_backend import RayBackend, RayTransport  # noqa: E402
 from runtime.session import prepare_input  # noqa: E402
 from runtime.transport import TransportError  # noqa: E402
@@ -45,16 +45,6 @@ def backend() -> Iterator[RayBackend]:
     finally:
         b.close()
     assert not ray.is_initialized()
-
-
-def test_unsupported_combinations_are_one_line() -> None:
-    for kw, says in (({"cooperative": True}, "cooperative"), ({"kernel_links": True}, "kernel-shaped"),
-                     ({"token": "t"}, "token"), ({"addresses": {"edge": "10.0.0.2:5000"}}, "edge")):
-        with pytest.raises(BackendError, match=says) as info:
-            check_backend("ray", **kw)
-        assert "\n" not in str(info.value)
-    with pytest.raises(BackendError, match="--ray-address is for --backend ray"):
-        check_backend("grpc", ray_address="127.0.0.1:6379")
 
 
 def test_split_llm_on_ray_equals_unsplit(backend: RayBackend, folders: dict[str, Path]) -> None:
