@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 
 from profiler.errors import InputError
@@ -34,7 +35,8 @@ def check_cli_backend(backend: str, ray_address: str | None, **checks: Any) -> N
 def open_cli_backend(backend: str, ray_address: str | None, network: Any, *, cooperative: bool = False,
                      kernel_links: bool = False, token: str | None = None) -> Any:
     """None for the default gRPC workers (the commands keep their own path), else the checked, started
-    Ray backend for `network` (a NetworkState or a network file); the caller closes it. Refusals are
+    Ray backend for `network` (a NetworkState or a network file). Inside a command it is closed when the
+    command ends, however it ends (click's context); elsewhere the caller closes it. Refusals are
     one-line InputErrors."""
     from runtime.backends import BackendError, open_backend
     from runtime.transport import Tls
@@ -47,8 +49,12 @@ def open_cli_backend(backend: str, ray_address: str | None, network: Any, *, coo
             from orchestrator.network import load_network
 
             network = load_network(network)
-        return open_backend(backend, ray_address=ray_address, nodes=[n.name for n in network.nodes],
-                            cooperative=cooperative, kernel_links=kernel_links, token=token, tls=Tls.from_env(),
-                            addresses={n.name: n.address for n in network.nodes})
+        opened = open_backend(backend, ray_address=ray_address, nodes=[n.name for n in network.nodes],
+                              cooperative=cooperative, kernel_links=kernel_links, token=token, tls=Tls.from_env(),
+                              addresses={n.name: n.address for n in network.nodes})
     except BackendError as exc:
         raise InputError(str(exc)) from None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(opened.close)
+    return opened

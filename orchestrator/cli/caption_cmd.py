@@ -69,13 +69,9 @@ def _distributed(images: list[Path], model: str, network: Path, plan: Path, back
     from orchestrator.apply import caption_distributed
     from profiler.captioner.model import MAX_NEW_TOKENS
 
-    stages = open_cli_backend(backend, ray_address, network)
-    try:
-        return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
-                                        max_new_tokens=MAX_NEW_TOKENS, backend=stages))
-    finally:
-        if stages is not None:
-            stages.close()
+    stages = open_cli_backend(backend, ray_address, network)          # closed with the command
+    return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
+                                    max_new_tokens=MAX_NEW_TOKENS, backend=stages))
 
 
 def train_captioner(

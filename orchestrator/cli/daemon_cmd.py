@@ -97,7 +97,7 @@ def daemon(
             api_token = secrets.token_urlsafe(24)
             err.print(f"aiflow daemon: the API listens beyond loopback; its token (shown once): {api_token}",
                       highlight=False)
-        stages = open_cli_backend(backend, ray_address, net, token=worker_token)
+        stages = open_cli_backend(backend, ray_address, net, token=worker_token)     # closed with the command
         if stages is not None:
             say(f"stages run as Ray actors ({'cluster ' + ray_address if ray_address else 'a local Ray cluster'})")
         d = Daemon(model, net, prof, adapter, settings=settings, store=store, dilation=k, token=worker_token,
@@ -108,11 +108,7 @@ def daemon(
         def ready(address: str) -> None:
             print(f"aiflow daemon: serving {address}", flush=True)
 
-        try:
-            asyncio.run(serve(d, host, port, api_token=api_token, open_reads=not private_reads, on_ready=ready))
-        finally:
-            if stages is not None:
-                stages.close()
+        asyncio.run(serve(d, host, port, api_token=api_token, open_reads=not private_reads, on_ready=ready))
         say("stopped")
     finally:
         store.close()

@@ -254,15 +254,11 @@ def run(
                           "speed, no dilation; links emulated", highlight=False)
     else:
         k = _dilation(dilation, prof, net, local_hw) if emulate else 1.0
-    stages = open_cli_backend(backend, ray_address, net, kernel_links=kernel_links)
-    try:
-        results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate,
-                                 profile=prof, dilation=k, compression=compression, trace_base=base, adapter=adapter,
-                                 concurrency=concurrency, kernel_links=kernel_links,
-                                 native_hardware=local_hw if native else None, backend=stages)
-    finally:
-        if stages is not None:
-            stages.close()
+    stages = open_cli_backend(backend, ray_address, net, kernel_links=kernel_links)    # closed with the command
+    results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate, profile=prof,
+                             dilation=k, compression=compression, trace_base=base, adapter=adapter,
+                             concurrency=concurrency, kernel_links=kernel_links,
+                             native_hardware=local_hw if native else None, backend=stages)
     rows = []
     for r in results:
         res = r.result
