@@ -369,9 +369,9 @@ class LocalRayCluster:
         t0 = time.perf_counter()
         self._loopback(True)
         head = {**self._args(self.nodes[0]), "include_dashboard": False}
-        self.cluster = Cluster(initialize_head=True, head_node_args=head)
-        self.ray_nodes[self.nodes[0]] = self.cluster.head_node
         try:
+            self.cluster = Cluster(initialize_head=True, head_node_args=head)
+            self.ray_nodes[self.nodes[0]] = self.cluster.head_node
             for node in self.nodes[1:]:
                 self.ray_nodes[node] = self.cluster.add_node(**self._args(node))
             self.cluster.wait_for_nodes()
