@@ -277,12 +277,18 @@ class RayStages:
         return actor, handle
 
     def _await(self, names: Sequence[str], pending: dict[str, tuple[str, Any]], timeout_s: float) -> None:
+        """Wait for each pending stage's `ready`; a stage whose Ray node leaves the cluster meanwhile (a node
+        killed without warning is dropped by the GCS some seconds later) fails at once, not at the deadline."""
         refs = {name: handle.ready.remote() for name, (_, handle) in pending.items()}
+        deadline = time.monotonic() + timeout_s
         for name in names:
+            while not ray.wait([refs[name]], timeout=min(1.0, max(0.01, deadline - time.monotonic())))[0]:
+                if self._missing([name]):
+                    raise WorkerStartError(f"stage {name}: no Ray node offers {node_resource(name)} any more")
+                if time.monotonic() >= deadline:
+                    raise WorkerStartError(f"stage {name} did not start in {timeout_s:g} s")
             try:
-                info = ray.get(refs[name], timeout=max(0.1, timeout_s))
-            except ray.exceptions.GetTimeoutError:
-                raise WorkerStartError(f"stage {name} did not start in {timeout_s:g} s") from None
+                info = ray.get(refs[name])
             except ray.exceptions.RayError as exc:
                 raise WorkerStartError(f"stage {name} failed to start: {_one_line(exc)}") from None
             actor, handle = pending[name]
