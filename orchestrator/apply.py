@@ -46,12 +46,13 @@ def load_network_and_plan(network: NetworkState | str | Path, plan: Plan | str |
 def caption_distributed(images: Sequence[str | Path], model: str, network: NetworkState | str | Path,
                         plan: Plan | str | Path, *, max_new_tokens: int = 24, emulate: bool = True,
                         profile: Any | None = None, dilation: float = 1.0, token: str | None = None,
-                        reply_listen: str | None = None) -> list[str]:
+                        reply_listen: str | None = None, backend: Any | None = None) -> list[str]:
     """Caption image files through local workers placed by `plan` on `network` (objects or file paths).
 
     The hook `aiflow caption --network --plan` calls. Starts one worker process per node that hosts
     a unit (nodes with an `address` are used as they are), runs the images one at a time, stops the
-    workers, and returns one caption per image (the unsplit model's caption, exactly).
+    workers, and returns one caption per image (the unsplit model's caption, exactly). `backend`: how the
+    stages run (runtime.backends; default: gRPC worker processes).
     """
     from profiler.models import load_adapter
     from runtime.session import run_on_network
@@ -60,7 +61,7 @@ def caption_distributed(images: Sequence[str | Path], model: str, network: Netwo
     net, pl, base = load_network_and_plan(network, plan, adapter)
     results = run_on_network(model, net, pl, [str(p) for p in images], max_new_tokens=max_new_tokens,
                              emulate=emulate, profile=profile, dilation=dilation, trace_base=base, adapter=adapter,
-                             token=token, reply_listen=reply_listen)
+                             token=token, reply_listen=reply_listen, backend=backend)
     return [r.text for r in results]
 
 

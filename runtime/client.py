@@ -19,7 +19,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -439,10 +439,12 @@ async def run_requests(plan: StagePlan, sources: Sequence[torch.Tensor], *, mode
                        max_new_tokens: int = 16, eos: int | None = None, token: str | None = None,
                        concurrency: int = 1, timeout_s: float = 300.0,
                        reply_listen: str | None = None, controller_token: str | None = None,
-                       tls: Tls | None = None) -> list[RequestResult]:
+                       tls: Tls | None = None, make_client: Callable[..., Client] | None = None
+                       ) -> list[RequestResult]:
     """Apply `plan` to its (running) workers and run every source; at most `concurrency` at once.
-    `reply_listen` is where the client takes results (None: on each local address that routes to a worker)."""
-    async with Client(plan, token=token, timeout_s=timeout_s, reply_listen=reply_listen,
+    `reply_listen` is where the client takes results (None: on each local address that routes to a worker).
+    `make_client`: the Client of another back-end (runtime.backends.Backend.client), Client by default."""
+    async with (make_client or Client)(plan, token=token, timeout_s=timeout_s, reply_listen=reply_listen,
                       controller_token=controller_token, tls=tls) as client:
         gate = asyncio.Semaphore(max(1, concurrency))
 

@@ -99,13 +99,15 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                    compression: str | None = None, trace_base: Path | None = None, token: str | None = None,
                    concurrency: int = 1, threads: int | None = None, adapter: ModelAdapter | None = None,
                    timeout_s: float = 300.0, kernel_links: bool = False,
-                   native_hardware: str | None = None, reply_listen: str | None = None) -> list[InputResult]:
+                   native_hardware: str | None = None, reply_listen: str | None = None,
+                   backend: Any | None = None) -> list[InputResult]:
     """Start local workers as needed, run every input, stop the workers; results in input order.
     Nodes with an `address` are workers already serving (on this host or another): the client takes their
     results on the local address that routes to each (or on `reply_listen`, HOST or HOST:PORT), and local
     workers listen where those remote workers reach them (runtime.hosts).
     With `kernel_links` every node runs in its own network namespace and the kernel shapes the links'
-    rates (runtime.netns); the transport then adds each link's latency only."""
+    rates (runtime.netns); the transport then adds each link's latency only. `backend`: how stages are
+    started and reached (runtime.backends; default: gRPC worker processes)."""
     from profiler.models import load_adapter
 
     adapter = adapter or load_adapter(model)
@@ -123,6 +125,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
             kernel.start()
             workers = LocalWorkers(model, local, token=token, threads=threads, hosts=kernel.addresses,
                                    launchers={n: kernel.launcher(n) for n in local})
+        elif local and backend is not None:
+            workers = backend.workers(model, local, token=token, threads=threads)
         elif local:
             workers = LocalWorkers(model, local, token=token, threads=threads, host=listen_host,
                                    controller_token=controller_token)
@@ -141,7 +145,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                                            else controller_token,
                                            tls=Tls.from_env(),
                                            concurrency=concurrency, timeout_s=timeout_s,
-                                           reply_listen=f"{kernel.client_address}:0" if kernel else reply_listen))
+                                           reply_listen=f"{kernel.client_address}:0" if kernel else reply_listen,
+                                           make_client=backend.client if backend is not None else None))
     finally:
         if workers is not None:
             workers.stop()

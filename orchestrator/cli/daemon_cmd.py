@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.backend_opts import backend_option, check_cli_backend, open_cli_backend, ray_address_option
 from orchestrator.cli.options import reply_listen_option
 from profiler.errors import InputError
 
@@ -54,6 +55,8 @@ def daemon(
                                                  "ones; give it to workers that --join)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every decision and switch to stderr."),
     reply_listen: str | None = reply_listen_option(),
+    backend: str = backend_option(),
+    ray_address: str | None = ray_address_option(),
 ) -> None:
     """Serve a model on a network: probe it, re-solve on a schedule, migrate live, answer HTTP requests."""
     from orchestrator.cli.history_cmd import parse_seconds
@@ -66,6 +69,7 @@ def daemon(
     from profiler.models import load_adapter
 
     host, port = parse_listen(api)
+    check_cli_backend(backend, ray_address)
     if solver not in ("cbc", "highs", "cpsat"):
         raise InputError(f"--solver: expected cbc, highs or cpsat, got {solver!r}")
     if private_reads and token is None and _loopback(host):
@@ -95,8 +99,12 @@ def daemon(
             api_token = secrets.token_urlsafe(24)
             err.print(f"aiflow daemon: the API listens beyond loopback; its token (shown once): {api_token}",
                       highlight=False)
+        stages = open_cli_backend(backend, ray_address, net, token=worker_token)     # closed with the command
+        if stages is not None:
+            say(f"stages run as Ray actors ({'cluster ' + ray_address if ray_address else 'a local Ray cluster'})")
         d = Daemon(model, net, prof, adapter, settings=settings, store=store, dilation=k, token=worker_token,
-                   trace_base=Path(network).resolve().parent, progress=say, resume=True, reply_listen=reply_listen)
+                   trace_base=Path(network).resolve().parent, progress=say, resume=True, reply_listen=reply_listen,
+                   backend=stages)
         if emulated:
             say(f"every node runs here; links and loads are emulated with time dilation K = {k:.3g}")
 

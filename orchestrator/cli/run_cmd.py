@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.backend_opts import backend_option, check_cli_backend, open_cli_backend, ray_address_option
 from orchestrator.cli.options import reply_listen_option, threads_option, token_option
 from profiler.errors import InputError
 
@@ -217,6 +218,8 @@ def run(
                                               "(with its measured acceptance) for pacing and the prediction."),
     token: str | None = token_option(),
     reply_listen: str | None = reply_listen_option(),
+    backend: str = backend_option(),
+    ray_address: str | None = ray_address_option(),
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
     from orchestrator.apply import load_network_and_plan
@@ -230,6 +233,8 @@ def run(
         raise InputError(f"--compression: expected fp16 or int8, got {compression!r}")
     if concurrency < 1:
         raise InputError(f"--concurrency: must be at least 1, got {concurrency}")
+    if backend != "grpc" or ray_address:
+        check_cli_backend(backend, ray_address, cooperative=draft is not None, kernel_links=kernel_links)
     if draft is not None:
         _run_cooperative(inputs, model, draft, network, plan, profile, draft_profile, as_json, max_new_tokens,
                          no_emulation, dilation, local_hardware, record)
@@ -260,10 +265,12 @@ def run(
                           "speed, no dilation; links emulated", highlight=False)
     else:
         k = _dilation(dilation, prof, net, local_hw) if emulate else 1.0
+    stages = open_cli_backend(backend, ray_address, net, kernel_links=kernel_links, token=token)  # closed on exit
     results = run_on_network(model, net, pl, inputs, max_new_tokens=max_new_tokens, emulate=emulate, profile=prof,
                              dilation=k, compression=compression, trace_base=base, adapter=adapter,
                              concurrency=concurrency, kernel_links=kernel_links,
-                             native_hardware=local_hw if native else None, token=token, reply_listen=reply_listen)
+                             native_hardware=local_hw if native else None, token=token, reply_listen=reply_listen,
+                             backend=stages)
     rows = []
     for r in results:
         res = r.result

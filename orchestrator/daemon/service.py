@@ -49,6 +49,7 @@ from orchestrator.planner import InfeasibleError, NoPlanFound, PlanOptions, solv
 from profiler.adapters.base import ModelAdapter
 from profiler.errors import InputError
 from profiler.profile import Profile
+from runtime.backends import Backend, GrpcBackend
 from runtime.client import Client, RequestFailed, RequestResult
 from runtime.codec import Frame, decode_frame, encode_frame
 from runtime.hosts import worker_listen_host
@@ -56,7 +57,7 @@ from runtime.links import Emulation, network_traces
 from runtime.local import LocalWorkers
 from runtime.session import make_stage_plan
 from runtime.stages import LinkSpec, NodeSpec
-from runtime.transport import GrpcTransport, Tls, TransportError
+from runtime.transport import Tls, TransportError
 
 log = logging.getLogger("aiflow.daemon")
 SMALL_PROBE_BYTES = 64
@@ -94,10 +95,12 @@ class Daemon:
                  settings: DaemonSettings | None = None, store: Any | None = None, token: str | None = None,
                  dilation: float = 1.0, trace_base: Path | None = None, threads: int | None = 1,
                  progress: Callable[[str], None] | None = None, resume: bool = False,
-                 reply_listen: str | None = None) -> None:
+                 reply_listen: str | None = None, backend: Backend | None = None) -> None:
         self.model = model
         # where results come back and local workers listen (None: the local address routing to each worker)
         self.reply_listen = reply_listen
+        # how stages are started and reached (runtime.backends): gRPC worker processes unless told otherwise
+        self.backend: Backend = backend or GrpcBackend()
         self.base = network
         self.profile = profile
         self.adapter = adapter
@@ -152,7 +155,7 @@ class Daemon:
         # mutual TLS for every call to the workers when $AIFLOW_TLS_CA/_CERT/_KEY are set (the local workers
         # inherit the same environment)
         self.tls = Tls.from_env()
-        self.transport = GrpcTransport(token, controller_token=self.controller_token, tls=self.tls)
+        self.transport = self.backend.transport(token, controller_token=self.controller_token, tls=self.tls)
         self.accepting = False
         self.open_requests = 0
         self._solve_lock = asyncio.Lock()
@@ -181,12 +184,12 @@ class Daemon:
         if local:
             self.progress(f"starting {len(local)} local worker(s): {', '.join(local)}")
             remote = [s.address for s in self.nodes.values() if s.address and not s.local]
-            self.workers = LocalWorkers(self.model, local, token=self.token, threads=self.threads,
-                                        controller_token=self.controller_token,
-                                        host=worker_listen_host(remote, self.reply_listen))
+            self.workers = self.backend.workers(self.model, local, token=self.token, threads=self.threads,
+                                                controller_token=self.controller_token,
+                                                host=worker_listen_host(remote, self.reply_listen))
             self.token = self.workers.token
             self.controller_token = self.workers.controller_token
-            self.transport = GrpcTransport(self.token, controller_token=self.controller_token, tls=self.tls)
+            self.transport = self.backend.transport(self.token, controller_token=self.controller_token, tls=self.tls)
             addresses = await asyncio.to_thread(self.workers.start)
             for name, address in addresses.items():
                 self.nodes[name].address = address
@@ -798,9 +801,9 @@ class Daemon:
         t0 = time.perf_counter()
         try:
             if self.client is None:
-                self.client = Client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
-                                     controller_token=self.controller_token, tls=self.tls,
-                                     reply_listen=self.reply_listen)
+                self.client = self.backend.client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
+                                                  controller_token=self.controller_token, tls=self.tls,
+                                                  reply_listen=self.reply_listen)
                 await self.client.start(apply=False)
                 if self.truth is not None:
                     self.client.set_emulation(self.truth)
