@@ -207,6 +207,13 @@ class RayClient(Client):
                 await self.close()
                 raise
 
+    async def _ensure_replies(self, plan: StagePlan) -> None:
+        """Every actor replies to the one inbox: no reply server, no route to find (a Ray address is no
+        host:port)."""
+        assert self.reply_address is not None, "start() names the inbox first"
+        for node in plan.hosting_nodes():
+            self._replies[self._address(node, plan)] = self.reply_address
+
     async def _poll(self) -> None:
         assert self._inbox is not None
         transport = self.transport
