@@ -93,13 +93,13 @@ class LocalWorkers:
         """Start the worker of `name` again (after it died); its new address."""
         old = self.processes.pop(name, None)
         if old is not None:
-            _reap(old, 1.0)
+            reap(old, 1.0)
         proc = self._spawn(name)
         self.processes[name] = proc
         try:
             self.addresses[name] = _await_ready(name, proc, time.monotonic() + timeout_s)
         except BaseException:
-            _reap(proc, 1.0)
+            reap(proc, 1.0)
             self.processes.pop(name, None)
             raise
         return self.addresses[name]
@@ -109,11 +109,11 @@ class LocalWorkers:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.processes.values():
-            _reap(proc, grace_s)
+            reap(proc, grace_s)
         self.processes.clear()
 
 
-def _reap(proc: subprocess.Popen, grace_s: float) -> None:
+def reap(proc: subprocess.Popen, grace_s: float) -> None:
     """Terminate (if still running), wait, kill after `grace_s`, close the pipes."""
     if proc.poll() is None:
         proc.terminate()

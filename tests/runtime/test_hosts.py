@@ -36,6 +36,7 @@ from orchestrator.network import parse_network
 from profiler.errors import InputError
 from runtime.client import RequestFailed
 from runtime.hosts import local_address_for, reply_host, split_host_port, worker_listen_host
+from runtime.local import reap
 from runtime.netns import PREFIX, netns_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,14 +223,7 @@ class Hosts:
                 proc.terminate()
         deadline = time.monotonic() + 1.0
         for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            reap(proc, max(0.1, deadline - time.monotonic()))
         _ip("link", "del", self.root_dev, check=False)
         for ns in self.ns.values():
             _ip("netns", "del", ns, check=False)
