@@ -135,6 +135,13 @@ def default_out(model: str) -> Path:
     return Path(f"{safe}.profile.json")
 
 
+def _at_least_one(**options: int | None) -> None:
+    """Each given count option (None: not given) is at least 1, or a one-line InputError naming its flag."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and out.is_dir():
         raise InputError(f"--out: {out} is a folder, expected a file name")
@@ -175,12 +182,10 @@ def profile_model(
     from profiler.build import parse_input_spec
 
     spec = parse_input_spec(input_spec)
-    if repeats < 1:
-        raise InputError(f"--repeats: must be at least 1, got {repeats}")
+    _at_least_one(repeats=repeats)
     if warmup < 0:
         raise InputError(f"--warmup: must be 0 or more, got {warmup}")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads: must be at least 1, got {threads}")
+    _at_least_one(threads=threads)
     if hardware is not None and not hardware.strip():
         raise InputError("--hardware: empty name")
     from profiler.hardware import check_device, load_device
@@ -253,12 +258,7 @@ def speculative_cmd(
     from profiler.speculative_profile import measure_speculative
 
     k_list = parse_ks(ks)
-    if threads < 1:
-        raise InputError(f"--threads: must be at least 1, got {threads}")
-    if samples < 1:
-        raise InputError(f"--samples: must be at least 1, got {samples}")
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens: must be at least 1, got {max_new_tokens}")
+    _at_least_one(threads=threads, samples=samples, max_new_tokens=max_new_tokens)
     _check_out(out)
     base = load_profile(draft_profile)
     import torch
@@ -333,10 +333,7 @@ def reductions_cmd(
     from profiler.reduction_profile import build_reductions, with_reductions
 
     wanted = parse_reductions(methods, keep)
-    if scenes < 1:
-        raise InputError(f"--scenes: must be at least 1, got {scenes}")
-    if threads < 1:
-        raise InputError(f"--threads: must be at least 1, got {threads}")
+    _at_least_one(scenes=scenes, threads=threads)
     _check_out(out)
     base = load_profile(file)
     import torch
