@@ -64,8 +64,10 @@ def inputs_for(adapter: Any, tmp: Path, n: int, prompt_tokens: int = 16) -> list
     return [str(i.path) for i in write_test_images(tmp, n)]
 
 
-def run_model(model: str, requests: int, quick: bool) -> list[dict[str, Any]]:
+def run_model(model: str, requests: int, quick: bool, threads: int) -> list[dict[str, Any]]:
     import tempfile
+
+    import torch
 
     from orchestrator.costmodel import latency_for_steps
     from orchestrator.planner import PlanOptions, solve
@@ -76,8 +78,9 @@ def run_model(model: str, requests: int, quick: bool) -> list[dict[str, Any]]:
     from runtime.overheads import measure_overheads, with_overheads
     from runtime.session import run_on_network
 
+    torch.set_num_threads(threads)          # profile and overheads at the workers' thread count
     adapter = load_adapter(model)
-    hw = hardware_class()
+    hw = hardware_class(threads=threads)
     print(f"profiling {model} on {hw} (with the runtime's overheads)", file=sys.stderr, flush=True)
     profile = with_overheads(build_profile(adapter, InputSpec(), repeats=20), measure_overheads())
     rows = []
@@ -92,7 +95,8 @@ def run_model(model: str, requests: int, quick: bool) -> list[dict[str, Any]]:
                 net = network(hw, mbit, lat, pins)
                 plan = solve(profile, net, PlanOptions())
                 results = run_on_network(model, net, plan, items, max_new_tokens=16, emulate=True, profile=profile,
-                                         dilation=1.0, adapter=adapter, native_hardware=hw)
+                                         dilation=1.0, adapter=adapter, native_hardware=hw,
+                                         threads=threads)
                 ratios, measured = [], []
                 for r in results[1:]:                   # the first request warms the workers up
                     predicted = latency_for_steps(profile, net, plan.assignment, r.result.steps)
@@ -127,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--models", default="tiny-captioner,tiny-gpt2")
     ap.add_argument("--quick", action="store_true", help="every third network point")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per worker, and for the profile (default 1: three workers share this "
+                         "machine's cores, and a worker's event loop must not preempt its own compute threads)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
-    rows = [r for m in a.models.split(",") for r in run_model(m.strip(), a.requests, a.quick)]
+    rows = [r for m in a.models.split(",") for r in run_model(m.strip(), a.requests, a.quick, a.threads)]
     md = markdown(rows)
     write_results(a.out, "native_check", rows, md, indent=2)
     print(md)

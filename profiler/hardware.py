@@ -110,6 +110,33 @@ def hardware_class(fp: dict[str, object] | None = None, device: str = "cpu", thr
     return f"cpu-{cpu_slug(str(fp.get('cpu_model', 'unknown')))}-{n}t"
 
 
+def local_threads(name: str, fp: dict[str, object] | None = None) -> int | None:
+    """The torch threads of `name` when it is this machine's CPU class at some thread count that this
+    machine's cores can give ("cpu-xeon-1t" on a 2-core Xeon -> 1); None for any other class. A native
+    run of such a class gives each worker that many threads, so its compute matches the profile's."""
+    fp = fp if fp is not None else fingerprint()
+    m = re.fullmatch(r"cpu-(.+)-(\d+)t", name)
+    if m is None or m.group(1) != cpu_slug(str(fp.get("cpu_model", "unknown"))):
+        return None
+    n = int(m.group(2))
+    return n if 1 <= n <= (os.cpu_count() or 1) else None
+
+
+def native_class(node_classes: Iterable[str], local: str,
+                 fp: dict[str, object] | None = None) -> tuple[str | None, int | None]:
+    """(class, threads) when every node is of one class this machine runs natively: `local` itself
+    (threads None: the workers keep torch's default), or this CPU at a thread count it can give
+    (threads: what each worker must use to match the profile). (None, None) otherwise."""
+    names = set(node_classes)
+    if len(names) != 1:
+        return None, None
+    name = names.pop()
+    if name == local:
+        return name, None
+    threads = local_threads(name, fp)
+    return (name, threads) if threads is not None else (None, None)
+
+
 def is_legacy_class(name: str) -> bool:
     """A key of the old scheme, by core count only ("cpu-2c")."""
     return _LEGACY_CPU_CLASS.fullmatch(name) is not None

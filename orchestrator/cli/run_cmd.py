@@ -223,7 +223,7 @@ def run(
 ) -> None:
     """Run inputs through workers placed by a plan; print output, measured vs predicted latency, breakdown."""
     from orchestrator.apply import load_network_and_plan
-    from profiler.hardware import hardware_class, local_key
+    from profiler.hardware import hardware_class, local_key, native_class
     from profiler.models import load_adapter
     from runtime.session import run_on_network
 
@@ -255,14 +255,16 @@ def run(
     # this machine's class as the profile names it (a legacy "cpu-<N>c" key counts when its fingerprint matches)
     local_hw = local_hardware or (local_key(prof.hardware, prof.hardware_classes, hardware_class()) if prof
                                   else hardware_class())
-    native = emulate and all(n.hardware == local_hw for n in net.nodes)
+    native_hw, threads = native_class((n.hardware for n in net.nodes), local_hw) if emulate else (None, None)
+    native = native_hw is not None
     if native:
         # Every node is this machine's class: compute runs at native speed (no stretching to the
         # profile, no dilation) and only the links are played, so measured/predicted tests the
         # profile, the transfer model and the runtime's overheads together.
-        k = 1.0
+        local_hw, k = native_hw, 1.0
+        shown = f", {threads} torch thread(s) per worker" if threads else ""
         err_console.print(f"native run: every node is of this machine's class ({local_hw}): compute at native "
-                          "speed, no dilation; links emulated", highlight=False)
+                          f"speed{shown}, no dilation; links emulated", highlight=False)
     else:
         k = _dilation(dilation, prof, net, local_hw) if emulate else 1.0
     stages = open_cli_backend(backend, ray_address, net, kernel_links=kernel_links, token=token)  # closed on exit
@@ -270,7 +272,7 @@ def run(
                              dilation=k, compression=compression, trace_base=base, adapter=adapter,
                              concurrency=concurrency, kernel_links=kernel_links,
                              native_hardware=local_hw if native else None, token=token, reply_listen=reply_listen,
-                             backend=stages)
+                             backend=stages, threads=threads)
     rows = []
     for r in results:
         res = r.result

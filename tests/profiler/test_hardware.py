@@ -14,6 +14,8 @@ from profiler.hardware import (
     hardware_class,
     is_legacy_class,
     local_key,
+    local_threads,
+    native_class,
 )
 from profiler.profile import load_profile
 
@@ -145,3 +147,23 @@ def test_dilation_auto_stands_in_a_measured_cpu_class_for_another_cpu() -> None:
     gpu_only = load_profile(ROOT / "data" / "profiles" / "h200" / "tiny-captioner.h200.json")
     with pytest.raises(InputError, match="no latencies for this machine's class"):
         _stand_in(gpu_only, "cpu-some-other-9t")
+
+
+XEON = {"cpu_model": "Intel(R) Xeon(R) Processor", "torch_threads": 2}
+
+
+def test_this_cpu_at_another_thread_count_is_a_native_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert local_threads("cpu-xeon-1t", XEON) == 1
+    assert local_threads("cpu-xeon-2t", XEON) == 2
+    assert local_threads("cpu-xeon-3t", XEON) is None          # more threads than this machine has cores
+    assert local_threads("cpu-epyc-7b13-1t", XEON) is None     # another CPU
+    assert local_threads("jetson-orin-nano", XEON) is None
+
+
+def test_a_network_is_native_only_when_every_node_is_one_local_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert native_class(["cpu-xeon-2t"] * 3, "cpu-xeon-2t", XEON) == ("cpu-xeon-2t", None)
+    assert native_class(["cpu-xeon-1t"] * 3, "cpu-xeon-2t", XEON) == ("cpu-xeon-1t", 1)
+    assert native_class(["cpu-xeon-1t", "cpu-xeon-2t"], "cpu-xeon-2t", XEON) == (None, None)
+    assert native_class(["cpu-xeon-2t", "h200"], "cpu-xeon-2t", XEON) == (None, None)
