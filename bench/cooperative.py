@@ -123,7 +123,9 @@ def strategies(target: Profile, draft: Profile, net: NetworkState) -> tuple[list
 
 
 def run_row(row: Row, net: NetworkState, target: Profile, draft: Profile, images: list[Any], dilation: float,
-            adapters: dict[str, Any]) -> None:
+            adapters: dict[str, Any], names: tuple[str, str] = (TARGET, DRAFT)) -> None:
+    """Run `row`'s plan on `images` (after one untimed warm-up) and keep each request's figures;
+    `names` are the target's and the draft's model names (adapters holds both)."""
     from runtime.cooperative_session import run_cooperative
     from runtime.session import run_on_network
 
@@ -131,9 +133,9 @@ def run_row(row: Row, net: NetworkState, target: Profile, draft: Profile, images
         return
     inputs = [str(images[0].path)] + [str(im.path) for im in images]          # one untimed warm-up
     if row.plan.mode == "cooperative":
-        results = run_cooperative(TARGET, DRAFT, net, row.plan, inputs, max_new_tokens=MAX_NEW_TOKENS,
+        results = run_cooperative(*names, net, row.plan, inputs, max_new_tokens=MAX_NEW_TOKENS,
                                   target_profile=target, draft_profile=draft, dilation=dilation, threads=1,
-                                  adapters=(adapters[TARGET], adapters[DRAFT]))
+                                  adapters=(adapters[names[0]], adapters[names[1]]))
         for r in results[1:]:
             res = r.result
             pred = latency_for_rounds(target, draft, net, row.plan.assignment, row.plan.draft_assignment or [],
@@ -142,7 +144,7 @@ def run_row(row: Row, net: NetworkState, target: Profile, draft: Profile, images
                                  "predicted_s": pred, "rounds": res.rounds, "draft_passes": res.draft_passes,
                                  "accepted": res.accepted, "bytes": sum(res.bytes_sent.values())})
         return
-    prof = target if row.model == TARGET else draft
+    prof = target if row.model == names[0] else draft
     results = run_on_network(row.model, net, row.plan, inputs, profile=prof, dilation=dilation,
                              adapter=adapters[row.model], threads=1, max_new_tokens=MAX_NEW_TOKENS)
     for r in results[1:]:

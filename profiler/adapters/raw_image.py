@@ -93,3 +93,8 @@ class RawImageAdapter(PrefixedAdapter):
     @property
     def eos_token_id(self) -> int | None:
         return self.inner.eos_token_id
+
+    @property
+    def start_token_id(self) -> int | None:
+        """The decoder's start token (a draft's or verifier's scorer begins with it)."""
+        return getattr(self.inner, "start_token_id", None)
