@@ -110,7 +110,7 @@ class Meter:
         def run() -> None:
             state = adapter.new_state()          # fresh caches each pass
             state.extra["batch"] = 1
-            with torch.no_grad():
+            with torch.inference_mode():      # as the profiler and the worker run units
                 adapter.run(phase.first, phase.last, x, phase=phase.name, position=0, state=state)
 
         async with self.slot:

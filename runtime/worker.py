@@ -476,7 +476,9 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         def run() -> torch.Tensor:
-            with torch.no_grad():
+            # inference_mode, as the profiler times units: no_grad keeps autograd's version counters
+            # and view tracking, about 10% more per pass on these small, dispatch-bound units
+            with torch.inference_mode():
                 return self.adapter.run(first, last, x, phase=phase, position=position, state=req.state,
                                         all_logits=req.all_logits)
 
