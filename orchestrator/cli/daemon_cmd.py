@@ -77,6 +77,11 @@ def daemon(
     from profiler.models import load_adapter
 
     host, port = parse_listen(api)
+    if draft_profile is not None and draft is None:
+        raise InputError("--draft-profile: give the draft model too (--draft NAME)")
+    if draft is not None and draft_profile is None:
+        raise InputError("--draft: give the draft's profile with its measured acceptance (--draft-profile F, "
+                         "made by aiflow profile speculative)")
     check_cli_backend(backend, ray_address)
     if solver not in ("cbc", "highs", "cpsat"):
         raise InputError(f"--solver: expected cbc, highs or cpsat, got {solver!r}")
@@ -138,13 +143,8 @@ def _loopback(host: str) -> bool:
 
 def _draft(name: str | None, path: Path | None, prof: Any, adapter: Any, say: Any) -> tuple[Any, Any] | None:
     """--draft and --draft-profile: the draft's profile (acceptance measured against this model) and model."""
-    if name is None:
-        if path is not None:
-            raise InputError("--draft-profile: give the draft model too (--draft NAME)")
+    if name is None or path is None:
         return None
-    if path is None:
-        raise InputError("--draft: give the draft's profile with its measured acceptance (--draft-profile F, "
-                         "made by aiflow profile speculative)")
     from orchestrator.cli.plan_cmd import _load_draft
     from orchestrator.cooperative import CooperativeUnsupported
     from orchestrator.planner.cooperative import check_pair

@@ -20,6 +20,7 @@ from orchestrator.network import NetworkState, load_network
 from orchestrator.planner import solve
 from orchestrator.reductions import profile_for_plan, solve_with_reductions
 from profiler.profile import Profile, load_profile
+from tests.helpers import aiflow_in_process
 from tests.orchestrator.test_reductions import captioner, network
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +137,25 @@ def test_the_daemon_candidate_takes_token_reductions() -> None:
     assert capped.reductions == solve_with_reductions(prof, net, max_quality_loss=0.0)[0].reductions
     assert all(r["quality_loss"] <= 0.0 for r in capped.reductions or [])
     assert best_plan(prof, net, reduce=False)[0].reductions == []
+
+
+def test_daemon_cli_draft_options_are_checked_before_anything_starts(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ["daemon", "--model", "captioner-target", "--network", str(FAMILY), "--profile", str(TARGET),
+              "--url", f"sqlite:///{tmp_path / 'h.db'}", "--api", "127.0.0.1:0"]
+    untied = load_profile(DRAFT)
+    assert untied.speculative is not None
+    other = tmp_path / "other.json"
+    other.write_text(untied.model_copy(update={"speculative": untied.speculative.model_copy(
+        update={"target": "tiny-captioner"})}).model_dump_json(by_alias=True, exclude_none=True))
+    for extra, message in ((["--draft", "captioner-draft"], "--draft: give the draft's profile"),
+                           (["--draft-profile", str(DRAFT)], "--draft-profile: give the draft model too"),
+                           (["--draft", "captioner-draft", "--draft-profile", str(ROOT / "examples" /
+                                                                                 "tiny-captioner.profile.json")],
+                            "no `speculative` section"),
+                           (["--draft", "captioner-draft", "--draft-profile", str(other)],
+                            "measured against tiny-captioner, not captioner-target")):
+        code, out, err = aiflow_in_process(capsys, monkeypatch, *common, *extra)
+        errors = [line for line in err.splitlines() if line.startswith("aiflow: error:")]
+        assert code == 2 and len(errors) == 1 and message in errors[0], (extra, err)
