@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
@@ -460,13 +461,18 @@ def test_upgrade_to_0007_takes_mode_and_k_from_the_plan_documents(url):
     split = {**coop, "mode": None, "k": None, "draft_assignment": None, "solver": "pulp-cbc"}
     try:
         db.upgrade(engine, "0006")
+        at = datetime(2026, 12, 1, 10, tzinfo=UTC)
+        models = sa.table("models", sa.column("id", sa.Integer), sa.column("name", sa.String),
+                          sa.column("created_at", sa.DateTime(timezone=True)))
+        plans = sa.table("plans", *(sa.column(c) for c in ("model_id", "objective", "solver", "status",
+                                                           "predicted_latency_s", "solve_time_s")),
+                         sa.column("document", sa.JSON), sa.column("created_at", sa.DateTime(timezone=True)))
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO models (name, created_at) VALUES ('m', '2026-12-01 10:00:00+00:00')"))
+            model_id = conn.execute(models.insert().values(name="m", created_at=at).returning(models.c.id)).scalar()
             for doc in (coop, split):
-                conn.execute(text("INSERT INTO plans (model_id, objective, solver, status, predicted_latency_s, "
-                                  "solve_time_s, document, created_at) VALUES (1, 'latency', :solver, 'optimal', "
-                                  "0.1, 0.0, :doc, '2026-12-01 10:00:00+00:00')"),
-                             {"solver": doc["solver"], "doc": json.dumps(doc)})
+                conn.execute(plans.insert().values(model_id=model_id, objective="latency", solver=doc["solver"],
+                                                   status="optimal", predicted_latency_s=0.1, solve_time_s=0.0,
+                                                   document=doc, created_at=at))
         db.upgrade(engine)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT mode, k FROM plans ORDER BY id")).all() == [("cooperative", 6),
