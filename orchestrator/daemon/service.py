@@ -46,6 +46,7 @@ from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.daemon.snapshot import link_key, take_snapshot
+from orchestrator.daemon.view import describe_mode, plan_mode
 from orchestrator.network import NetworkState
 from orchestrator.plan import Plan
 from orchestrator.planner import InfeasibleError, NoPlanFound, PlanOptions
@@ -1134,21 +1135,6 @@ class Daemon:
     @property
     def draft_model(self) -> str | None:
         return self.draft_profile.model if self.draft_profile is not None else None
-
-
-def plan_mode(plan: Plan) -> dict[str, Any]:
-    """What a status, decision or switch says of a plan's mode: split, or cooperative with its draft and k;
-    and its token reduction when it has one."""
-    out: dict[str, Any] = {"mode": plan.mode or "split", "k": plan.k}
-    if plan.mode == "cooperative":
-        out.update(draft_model=plan.draft_model, draft_assignment=list(plan.draft_assignment or []))
-    if plan.reductions:
-        out["reductions"] = [f"{r.get('method')}-{r.get('keep')}" for r in plan.reductions]
-    return out
-
-
-def describe_mode(plan: Plan) -> str:
-    return f"cooperative, k={plan.k}" if plan.mode == "cooperative" else "split"
 
 
 def _one_line(exc: BaseException) -> str:
