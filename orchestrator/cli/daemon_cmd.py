@@ -30,6 +30,14 @@ def daemon(
                                  "`address` get a local worker; links between local nodes are emulated."),
     profile: Path | None = typer.Option(None, "--profile", help="Profile file (default: the newest stored profile "
                                         "of the model covering the network's hardware, else profile it now)."),
+    draft: str | None = typer.Option(None, "--draft", help="A draft model of the same family (e.g. captioner-draft): "
+                                     "the re-solve also considers cooperative plans (the draft proposes on the "
+                                     "source, the model verifies) and chooses the mode and k."),
+    draft_profile: Path | None = typer.Option(None, "--draft-profile", help="The draft's profile with its "
+                                              "acceptance measured against --model (aiflow profile speculative); "
+                                              "needed with --draft."),
+    max_quality_loss: float = typer.Option(1.0, "--max-quality-loss", help="Token reduction (a profile with a "
+                                           "`reductions` section): points of scene accuracy a plan may lose."),
     api: str = typer.Option(DEFAULT_API, "--api", help="HOST:PORT of the HTTP API (port 0: any free port)."),
     probe_interval: float = typer.Option(5.0, "--probe-interval", help="Seconds between probes of links and nodes."),
     solve_interval: float = typer.Option(10.0, "--solve-interval", help="Seconds between re-solves."),
@@ -69,6 +77,11 @@ def daemon(
     from profiler.models import load_adapter
 
     host, port = parse_listen(api)
+    if draft_profile is not None and draft is None:
+        raise InputError("--draft-profile: give the draft model too (--draft NAME)")
+    if draft is not None and draft_profile is None:
+        raise InputError("--draft: give the draft's profile with its measured acceptance (--draft-profile F, "
+                         "made by aiflow profile speculative)")
     check_cli_backend(backend, ray_address)
     if solver not in ("cbc", "highs", "cpsat"):
         raise InputError(f"--solver: expected cbc, highs or cpsat, got {solver!r}")
@@ -76,6 +89,7 @@ def daemon(
         raise InputError("--private-reads: reads need a token; give one with --token (or $AIFLOW_API_TOKEN)")
     settings = DaemonSettings(probe_interval_s=probe_interval, solve_interval_s=solve_interval, threshold=threshold,
                               horizon_s=horizon, window_s=window, drain_s=drain, solver=solver,
+                              max_quality_loss=max_quality_loss,
                               retain_raw_s=0.0 if retain.strip() == "0" else parse_seconds(retain, "--retain"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="aiflow daemon: %(message)s")
     logging.getLogger("aiflow.daemon").setLevel(logging.INFO if verbose else logging.WARNING)
@@ -91,6 +105,7 @@ def daemon(
     store = Store.open(url)
     try:
         prof = _profile(profile, adapter, net, store, say)
+        pair = _draft(draft, draft_profile, prof, adapter, say)
         emulated = not any(n.address for n in net.nodes)
         from orchestrator.cli.run_cmd import _dilation
         k = _dilation(dilation, prof, net, local_class(prof)) if emulated else 1.0
@@ -104,7 +119,7 @@ def daemon(
             say(f"stages run as Ray actors ({'cluster ' + ray_address if ray_address else 'a local Ray cluster'})")
         d = Daemon(model, net, prof, adapter, settings=settings, store=store, dilation=k, token=worker_token,
                    trace_base=Path(network).resolve().parent, progress=say, resume=True, reply_listen=reply_listen,
-                   backend=stages)
+                   backend=stages, draft=pair)
         if emulated:
             say(f"every node runs here; links and loads are emulated with time dilation K = {k:.3g}")
 
@@ -124,6 +139,30 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _draft(name: str | None, path: Path | None, prof: Any, adapter: Any, say: Any) -> tuple[Any, Any] | None:
+    """--draft and --draft-profile: the draft's profile (acceptance measured against this model) and model."""
+    if name is None or path is None:
+        return None
+    from orchestrator.cli.plan_cmd import _load_draft
+    from orchestrator.cooperative import CooperativeUnsupported
+    from orchestrator.planner.cooperative import check_pair
+    from profiler.models import load_adapter
+
+    dprof = _load_draft(path)
+    assert dprof is not None
+    try:
+        check_pair(prof, dprof)
+    except CooperativeUnsupported as exc:
+        raise InputError(f"--draft-profile: {exc}") from None
+    say(f"loading the draft {name}")
+    dadapter = load_adapter(name)
+    if len(dprof.units) != len(dadapter.units()):
+        raise InputError(f"{path}: units: {len(dprof.units)} units, but model {name} has {len(dadapter.units())}")
+    if dadapter.eos_token_id != adapter.eos_token_id:
+        raise InputError(f"--draft: {name} and {adapter.name} do not share a tokenizer")
+    return dprof, dadapter
 
 
 def _profile(path: Path | None, adapter: Any, net: Any, store: Any, say: Any) -> Any:
@@ -179,7 +218,9 @@ def status(
     console.print(f"[bold]aiflow daemon[/] at {url}: model {doc.get('model')}, {where}, "
                   f"{doc.get('open_requests', 0)} request(s) in flight", highlight=False)
     if plan:
-        console.print(f"plan v{plan['version']} (applied {plan['applied_at']}): "
+        mode = (f"cooperative: {plan.get('draft_model')} proposes k={plan.get('k')}, the model verifies; "
+                if plan.get("mode") == "cooperative" else "")
+        console.print(f"plan v{plan['version']} (applied {plan['applied_at']}): {mode}"
                       f"{describe_assignment(plan['assignment'])}, "
                       f"predicted {plan['predicted_latency_s'] * 1e3:.1f} ms",
                       highlight=False)

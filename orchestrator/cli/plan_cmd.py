@@ -5,6 +5,7 @@
                 [--max-quality-loss POINTS] [--no-reduction]       (token reduction, with a `reductions` profile)
     aiflow plan --profile F --draft-profile Q --network F [--json]     (split or cooperative, and k)
     aiflow plan compare --profile F --network F [--draft-profile Q] [--solver S] [--json]
+                        [--max-quality-loss POINTS] [--no-reduction]
     aiflow plan explain PLAN --profile F --network F [--no-price] [--json]     (PLAN: a file or a stored id)
     aiflow plan diff A B [--profile F --network F] [--json]
     aiflow plan show PLAN | --live [--url URL] [--json]
@@ -38,6 +39,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tab
 DraftOpt = Annotated[Path | None, typer.Option("--draft-profile", help="the draft model's profile with its "
                                                "measured acceptance (aiflow profile speculative): also "
                                                "consider cooperative plans")]
+MaxLossOpt = Annotated[float | None, typer.Option(
+    "--max-quality-loss", help="token reduction: points of scene accuracy a plan may lose (default 1)")]
+NoReductionOpt = Annotated[bool, typer.Option("--no-reduction", help="never reduce the encoder output")]
 
 
 def _load_draft(path: Path | None) -> Profile | None:
@@ -167,22 +171,16 @@ def solve_cmd(
     store: Annotated[bool, typer.Option("--store/--no-store", help="record the solve in the history database")]
     = True,
     draft_profile: DraftOpt = None,
-    max_quality_loss: Annotated[float | None, typer.Option(
-        "--max-quality-loss", help="token reduction: points of scene accuracy a plan may lose (default 1)")] = None,
-    no_reduction: Annotated[bool, typer.Option("--no-reduction", help="never reduce the encoder output")] = False,
+    max_quality_loss: MaxLossOpt = None,
+    no_reduction: NoReductionOpt = False,
 ) -> None:
-    from orchestrator.planner import solve
-
     prof, net = load_profile(profile), load_network(network)
     draft = _load_draft(draft_profile)
     if draft is not None and objective != "latency":
         raise InputError("--draft-profile: cooperative plans are chosen for the latency objective only")
     start = load_plan(warm_start) if warm_start else None
-    if "reductions" in (prof.model_extra or {}) or max_quality_loss is not None:
-        plan = _reduced_solve(prof, net, _options(objective, solver, time_limit, fast_path, start),
-                              max_quality_loss, no_reduction)
-    else:
-        plan = solve(prof, net, _options(objective, solver, time_limit, fast_path, start))  # type: ignore[arg-type]
+    plan = _split_plan(prof, net, _options(objective, solver, time_limit, fast_path, start), max_quality_loss,
+                       no_reduction)
     search = None
     if draft is not None:
         plan, search = _cooperative(plan, prof, draft, net)
@@ -218,6 +216,17 @@ def _plan_profile(prof: Profile, plan: Plan) -> Profile:
     return profile_for_plan(prof, plan)
 
 
+def _split_plan(prof: Profile, net: NetworkState, opts: object, max_quality_loss: float | None,
+                no_reduction: bool) -> Plan:
+    """The best split plan, over the profile's token-reduction options when it has a `reductions` section
+    (or a cap is given): what `aiflow plan` and `aiflow plan compare` both start from."""
+    from orchestrator.planner import solve
+
+    if "reductions" in (prof.model_extra or {}) or max_quality_loss is not None:
+        return _reduced_solve(prof, net, opts, max_quality_loss, no_reduction)
+    return solve(prof, net, opts)  # type: ignore[arg-type]
+
+
 def _reduced_solve(prof: Profile, net: NetworkState, opts: object, max_quality_loss: float | None,
                    no_reduction: bool) -> Plan:
     """solve_with_reductions (orchestrator.reductions) with its errors as one-line InputErrors."""
@@ -239,18 +248,19 @@ def _reduced_solve(prof: Profile, net: NetworkState, opts: object, max_quality_l
 @app.command("compare", help="Every baseline beside the optimum, with the ratio of their latencies.")
 def compare_cmd(profile: ProfileOpt, network: NetworkOpt,
                 solver: Annotated[str, typer.Option(help="cbc, highs or cpsat")] = "cbc",
-                as_json: JsonOpt = False, draft_profile: DraftOpt = None) -> None:
-    from orchestrator.planner import solve
+                as_json: JsonOpt = False, draft_profile: DraftOpt = None, max_quality_loss: MaxLossOpt = None,
+                no_reduction: NoReductionOpt = False) -> None:
     from orchestrator.planner.baselines import BaselineInfeasible, all_baselines
 
     prof, net = load_profile(profile), load_network(network)
-    best = solve(prof, net, _options("latency", solver, None, True))  # type: ignore[arg-type]
+    # the optimum `aiflow plan` answers: token reductions considered (a `reductions` profile)
+    best = _split_plan(prof, net, _options("latency", solver, None, True), max_quality_loss, no_reduction)
     draft = _load_draft(draft_profile)
     if draft is not None:
         _compare_family(prof, draft, net, best, network.name, as_json)
         return
     rows = [{"strategy": "optimal", "latency_s": best.predicted_latency_s, "ratio": 1.0,
-             "assignment": best.assignment, "status": best.status}]
+             "assignment": best.assignment, "status": best.status, **_reduction_of(best)}]
     for label, fn in all_baselines(net):
         try:
             plan = fn(prof, net)
@@ -270,8 +280,16 @@ def compare_cmd(profile: ProfileOpt, network: NetworkOpt,
         if r["latency_s"] is None:
             table.add_row(r["strategy"], "infeasible", "-", r["infeasible"])
         else:
-            table.add_row(r["strategy"], _seconds(r["latency_s"]), f"{r['ratio']:.2f}", _placement(r["assignment"]))
+            reduced = f" (reduced: {', '.join(r['reductions'])})" if r.get("reductions") else ""
+            table.add_row(r["strategy"], _seconds(r["latency_s"]), f"{r['ratio']:.2f}",
+                          _placement(r["assignment"]) + reduced)
     console.print(table)
+
+
+def _reduction_of(plan: Plan) -> dict[str, list[str]]:
+    """A compare row's `reductions`: the plan's token reductions as method-keep labels (none: no field)."""
+    labels = [f"{r['method']}-{r['keep']}" for r in plan.reductions or [] if r.get("method") not in (None, "none")]
+    return {"reductions": labels} if labels else {}
 
 
 def family_rows(prof: Profile, draft: Profile, net: NetworkState, split: Plan) -> list[dict]:
@@ -294,7 +312,7 @@ def family_rows(prof: Profile, draft: Profile, net: NetworkState, split: Plan) -
     for n in net.node_names:
         single(prof, n, f"target-only ({n})")
     rows.append({"strategy": "best split", "model": prof.model, "mode": "split", "latency_s": split.predicted_latency_s,
-                 "assignment": split.assignment})
+                 "assignment": split.assignment, **_reduction_of(split)})
     _, search = _cooperative(split, prof, draft, net)
     if search.best is not None:
         b = search.best

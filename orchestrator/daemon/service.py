@@ -29,7 +29,10 @@ from typing import Any
 
 import torch
 
+from orchestrator.candidate import best_plan
+from orchestrator.cooperative import latency_for_rounds
 from orchestrator.costmodel import latency_for_steps
+from orchestrator.daemon.coop import CoopServing
 from orchestrator.daemon.decide import Decision, decide
 from orchestrator.daemon.estimate import (
     LinkEstimate,
@@ -43,9 +46,11 @@ from orchestrator.daemon.events import EventHub
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.daemon.snapshot import link_key, take_snapshot
+from orchestrator.daemon.view import describe_mode, plan_mode
 from orchestrator.network import NetworkState
 from orchestrator.plan import Plan
-from orchestrator.planner import InfeasibleError, NoPlanFound, PlanOptions, solve
+from orchestrator.planner import InfeasibleError, NoPlanFound, PlanOptions
+from orchestrator.reductions import profile_for_plan
 from profiler.adapters.base import ModelAdapter
 from profiler.errors import InputError
 from profiler.profile import Profile
@@ -95,8 +100,14 @@ class Daemon:
                  settings: DaemonSettings | None = None, store: Any | None = None, token: str | None = None,
                  dilation: float = 1.0, trace_base: Path | None = None, threads: int | None = 1,
                  progress: Callable[[str], None] | None = None, resume: bool = False,
-                 reply_listen: str | None = None, backend: Backend | None = None) -> None:
+                 reply_listen: str | None = None, backend: Backend | None = None,
+                 draft: tuple[Profile, ModelAdapter] | None = None) -> None:
         self.model = model
+        # cooperative mode: the draft's profile (with its measured acceptance) and model; the re-solve then
+        # chooses between split and cooperative plans and k (orchestrator.candidate.best_plan)
+        self.draft_profile: Profile | None = draft[0] if draft else None
+        self.draft_adapter: ModelAdapter | None = draft[1] if draft else None
+        self.coop: CoopServing | None = None
         # where results come back and local workers listen (None: the local address routing to each worker)
         self.reply_listen = reply_listen
         # how stages are started and reached (runtime.backends): gRPC worker processes unless told otherwise
@@ -194,6 +205,9 @@ class Daemon:
             for name, address in addresses.items():
                 self.nodes[name].address = address
                 self.nodes[name].pid = self.workers.pid(name)
+        if self.draft_profile is not None and self.draft_adapter is not None:
+            self.coop = CoopServing(self.model, self.adapter, self.draft_adapter, self.profile, self.draft_profile,
+                                    token=self.token, threads=self.threads)
         try:
             await self._push_emulation()
             self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
@@ -249,7 +263,9 @@ class Daemon:
             except ValueError:
                 plan = None
             usable = {n for n, st in self.nodes.items() if st.state == "up"}
-            if plan is not None and len(plan.assignment) == len(self.profile.units) and set(plan.assignment) <= usable:
+            runnable = plan is not None and (plan.mode != "cooperative" or plan.draft_model == self.draft_model)
+            if (plan is not None and runnable and len(plan.assignment) == len(self.profile.units)
+                    and set(plan.assignment) <= usable):
                 self._resume_plan = (plan, crashed.get("plan_id"), int(crashed["version"]))
             else:
                 self._version_base = int(crashed["version"])
@@ -318,6 +334,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.client.close()
             self.client = None
+        if self.coop is not None:
+            await self.coop.close()
         with contextlib.suppress(Exception):
             await self.transport.close()
         if self.workers is not None:
@@ -382,6 +400,8 @@ class Daemon:
         await asyncio.gather(*(self._send(s.address, frame) for s in up), return_exceptions=True)
         if self.client is not None:
             self.client.set_emulation(self.truth)
+        if self.coop is not None:
+            self.coop.set_emulation(self.truth)
 
     async def _send(self, address: str, frame: bytes, timeout: float | None = None) -> list[Frame]:
         replies = await self.transport.send(address, frame, timeout=timeout or self.settings.health_timeout_s * 5)
@@ -754,12 +774,15 @@ class Daemon:
         was restarted at a new address)."""
         async with self._solve_lock:
             snapshot, snapshot_id = self.snapshot, self.snapshot_id
-            current = self.current.plan.assignment if self.current else None
+            current = self.current.plan if self.current else None
             opts = PlanOptions(solver=self.settings.solver, time_limit_s=self.settings.solve_time_limit_s,
-                               warm_start=current)
+                               warm_start=current.assignment if current and current.mode != "cooperative" else None)
             t0 = time.perf_counter()
             try:
-                candidate = await asyncio.to_thread(solve, self.profile, snapshot, opts)
+                # the best split plan (token reductions considered), or the cooperative plan and k when faster
+                candidate, _ = await asyncio.to_thread(best_plan, self.profile, snapshot, opts,
+                                                       draft=self.draft_profile,
+                                                       max_quality_loss=self.settings.max_quality_loss)
             except (InfeasibleError, NoPlanFound) as exc:
                 self.metrics.solves.labels(status="infeasible").inc()
                 decision = Decision(False, f"no plan: {exc}", None, math.inf, 0.0, 0.0, {})
@@ -767,8 +790,8 @@ class Daemon:
                 return decision
             self.metrics.solve_seconds.observe(time.perf_counter() - t0)
             self.metrics.solves.labels(status=candidate.status).inc()
-            decision = decide(current, candidate.assignment, self.profile, snapshot, self.settings,
-                              self.request_rate_hz())
+            decision = decide(current, candidate, self.profile, snapshot, self.settings, self.request_rate_hz(),
+                              self.draft_profile)
             plan_id = await self._record(self._save_solve, candidate, snapshot_id, decision, trigger)
             cand_id, decision_id = plan_id if plan_id else (None, None)
             noted = self._note_decision(decision, trigger, candidate)
@@ -785,7 +808,8 @@ class Daemon:
     def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> dict[str, Any]:
         self.metrics.decisions.labels(applied=str(decision.apply).lower()).inc()
         noted = {"at": datetime.now(UTC).isoformat(), "trigger": trigger,
-                 "assignment": list(candidate.assignment) if candidate else None, **decision.to_dict()}
+                 "assignment": list(candidate.assignment) if candidate else None,
+                 **(plan_mode(candidate) if candidate else {}), **decision.to_dict()}
         self.decisions.append(noted)
         self.events.publish("state")
         return noted
@@ -796,43 +820,53 @@ class Daemon:
         # a number is never used twice: a switch that failed in prepare may have left its version on some workers
         number = max(self.current.number if self.current else 0, self._version_base) + 1
         addresses = {n: s.address for n, s in self.nodes.items() if s.address}
-        sp = make_stage_plan(self.adapter, snapshot, plan, addresses=addresses, profile=self.profile,
-                             emulate=self.emulated, dilation=self.dilation, version=number)
+        cooperative = plan.mode == "cooperative"
+        sp = None if cooperative else make_stage_plan(self.adapter, snapshot, plan, addresses=addresses,
+                                                      profile=self.profile, emulate=self.emulated,
+                                                      dilation=self.dilation, version=number)
         t0 = time.perf_counter()
         try:
-            if self.client is None:
-                self.client = self.backend.client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
-                                                  controller_token=self.controller_token, tls=self.tls,
-                                                  reply_listen=self.reply_listen)
-                await self.client.start(apply=False)
-                if self.truth is not None:
-                    self.client.set_emulation(self.truth)
-            await self.client.prepare(sp)
+            if cooperative:
+                # a verifier on the plan's verifier node (started on first use); the draft runs here
+                if self.coop is None:
+                    raise ValueError("a cooperative plan needs a draft (aiflow daemon --draft)")
+                await self.coop.prepare(number, plan, snapshot)
+            else:
+                assert sp is not None
+                if self.client is None:
+                    self.client = self.backend.client(sp, token=self.token, timeout_s=self.settings.request_timeout_s,
+                                                      controller_token=self.controller_token, tls=self.tls,
+                                                      reply_listen=self.reply_listen)
+                    await self.client.start(apply=False)
+                    if self.truth is not None:
+                        self.client.set_emulation(self.truth)
+                await self.client.prepare(sp)
         except (RequestFailed, TransportError, ValueError) as exc:
             log.warning("switch to v%d failed in prepare: %s", number, exc)
             self.metrics.switches.labels(outcome="failed").inc()
             self._version_base = number
-            if self.client is not None:
+            if self.client is not None and sp is not None:
                 # the workers that took the version before another failed free it again
                 self.client.plans.setdefault(number, sp)
                 self._spawn(self.client.forget(number))
-            if isinstance(exc, RequestFailed) and exc.down:
+            if isinstance(exc, RequestFailed) and exc.down and not cooperative:
                 # a worker died under the switch: check the nodes now (restart, re-plan), not at the next probe
                 self._spawn(self._check_nodes())
             return
         old = self.current
-        self.client.commit(number)
+        if self.client is not None and not cooperative:
+            self.client.commit(number)
         app_id = await self._record(self._save_application, plan_id, old.plan_id if old else None, number,
                                     decision_id)
         self.current = Version(number, plan, snapshot, plan_id, app_id, datetime.now(UTC))
         self.versions[number] = self.current
         self.switches.append({"version": number, "at": self.current.applied_at.timestamp(),
-                              "assignment": list(plan.assignment),
+                              "assignment": list(plan.assignment), **plan_mode(plan),
                               "predicted_latency_s": plan.predicted_latency_s})
         self.metrics.switches.labels(outcome="applied").inc()
         self.metrics.plan_version.set(number)
         self.metrics.switch_seconds.observe(time.perf_counter() - t0)
-        log.info("plan v%d applied: %s", number, " ".join(plan.assignment))
+        log.info("plan v%d applied (%s): %s", number, describe_mode(plan), " ".join(plan.assignment))
         if self._state_id is not None:
             await self._record(self._save_state, None, plan_id, number, False,
                                datetime.now(UTC), buffered=True)
@@ -845,16 +879,23 @@ class Daemon:
     async def _retire(self, old: Version, application_id: int | None) -> None:
         """Free an old version once its last request finished (bounded by the request timeout), then
         record that the switch that replaced it is complete."""
-        assert self.client is not None
         deadline = time.monotonic() + self.settings.request_timeout_s
-        while self.client.in_flight.get(old.number, 0) > 0 and time.monotonic() < deadline:
+        while self._in_flight(old.number) > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        left = self.client.in_flight.get(old.number, 0)
-        await self.client.forget(old.number)
+        left = self._in_flight(old.number)
+        if old.plan.mode == "cooperative" and self.coop is not None:
+            self.coop.forget(old.number)
+        elif self.client is not None:
+            await self.client.forget(old.number)
         self.versions.pop(old.number, None)
         if application_id is not None:
             outcome = "switched" if left == 0 else f"switched; {left} request(s) still on v{old.number} at the deadline"
             await self._record(self._finish_application, application_id, outcome, datetime.now(UTC), buffered=True)
+
+    def _in_flight(self, version: int) -> int:
+        """Requests still running on a plan version (split ones on the workers, cooperative ones here)."""
+        split = self.client.in_flight.get(version, 0) if self.client is not None else 0
+        return split + (self.coop.in_flight.get(version, 0) if self.coop is not None else 0)
 
     # -- requests ----------------------------------------------------------------------------------
     async def run_request(self, source: torch.Tensor, max_new_tokens: int) -> tuple[RequestResult, Version, float]:
@@ -865,6 +906,8 @@ class Daemon:
         restarted, a dead remote one taken out and the plan re-solved without it. At most
         settings.max_retries times, and never past settings.request_timeout_s from its arrival; a
         request a worker refused (bad input) is not run again."""
+        if self.accepting and self.current is not None and self.current.plan.mode == "cooperative":
+            return await self._run_cooperative(source, max_new_tokens)
         if not self.accepting or self.client is None or self.current is None:
             raise ServiceUnavailable("the daemon is not serving (starting or stopping)")
         self.open_requests += 1
@@ -893,10 +936,34 @@ class Daemon:
         finally:
             self.open_requests -= 1
         version = self.versions.get(res.plan_version) or self.current
-        predicted = latency_for_steps(self.profile, version.snapshot, version.plan.assignment, res.steps)
+        predicted = latency_for_steps(profile_for_plan(self.profile, version.plan), version.snapshot,
+                                      version.plan.assignment, res.steps)
         self.metrics.requests.labels(outcome="ok").inc()
         self.metrics.latency.labels(plan_version=str(res.plan_version)).observe(res.scaled_s)
         return res, version, predicted if predicted is not None else version.plan.predicted_latency_s
+
+    async def _run_cooperative(self, source: torch.Tensor, max_new_tokens: int) -> tuple[RequestResult, Version, float]:
+        """One request on the cooperative plan in force: the draft proposes here, the verifier checks. It
+        keeps its version to the end (a switch meanwhile waits for it before freeing the version)."""
+        version = self.current
+        assert version is not None and self.coop is not None and self.draft_profile is not None
+        plan = version.plan
+        self.open_requests += 1
+        self.request_times.append(time.monotonic())
+        try:
+            res, rounds, passes = await self.coop.generate(
+                version.number, source, max_new_tokens=max_new_tokens, eos=self.adapter.eos_token_id,
+                deadline=time.monotonic() + self.settings.request_timeout_s, base=self.base)
+        except RequestFailed:
+            self.metrics.requests.labels(outcome="failed").inc()
+            raise
+        finally:
+            self.open_requests -= 1
+        predicted = latency_for_rounds(self.profile, self.draft_profile, version.snapshot, plan.assignment,
+                                       plan.draft_assignment or [], plan.k or 1, rounds, passes)
+        self.metrics.requests.labels(outcome="ok").inc()
+        self.metrics.latency.labels(plan_version=str(res.plan_version)).observe(res.scaled_s)
+        return res, version, predicted if math.isfinite(predicted) else plan.predicted_latency_s
 
     async def recover(self, down: tuple[str, ...], seen_version: int) -> None:
         """Requests found `down` not answering on plan `seen_version`: check every node now (restarting
@@ -1052,7 +1119,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         cur = self.current
         plan = None if cur is None else {
-            "version": cur.number, "assignment": list(cur.plan.assignment),
+            "version": cur.number, "assignment": list(cur.plan.assignment), **plan_mode(cur.plan),
             "predicted_latency_s": cur.plan.predicted_latency_s, "applied_at": cur.applied_at.isoformat()}
         return {"plan": plan, "network": self.snapshot.model_dump(mode="json", exclude_none=True),
                 "nodes": [{"name": s.name, "address": s.address, "state": s.state, "pid": s.pid}
@@ -1061,7 +1128,13 @@ class Daemon:
                               "method": e.method} for k, e in self.links.items()},
                 "decisions": list(self.decisions)[-10:], "dilation": self.dilation, "emulated": self.emulated,
                 "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model,
-                "settings": asdict(self.settings), "resumed_from": self.resumed_from}
+                "settings": asdict(self.settings), "resumed_from": self.resumed_from, "draft": self.draft_model,
+                "verifiers": ({n: {"address": a, "pid": self.coop.pid(n)} for n, a in self.coop.addresses.items()}
+                              if self.coop is not None else {})}
+
+    @property
+    def draft_model(self) -> str | None:
+        return self.draft_profile.model if self.draft_profile is not None else None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -40,6 +40,9 @@ class DaemonSettings:
     # history writes that fail (database unreachable) are kept, at most this many, and tried again this often
     history_buffer: int = 100_000
     history_retry_s: float = 2.0
+    # token reduction: a plan may reduce the encoder output when that loses at most this many points of
+    # scene accuracy (the profile's `reductions` section; docs/planner.md, "Token reduction")
+    max_quality_loss: float = 1.0
     solver: str = "cbc"
     solve_time_limit_s: float | None = 10.0
 

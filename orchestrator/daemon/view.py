@@ -1,6 +1,6 @@
 """What the dashboard draws of a plan: the units each node runs and the bytes each link carries per
 request. Pure functions of the profile, a network and an assignment, over the cost model's terms, so
-the picture says what the planner priced."""
+the picture says what the planner priced. And what the status says of a plan's mode (plan_mode)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from orchestrator.costmodel import OVERHEAD_KINDS, evaluate
 from orchestrator.daemon.snapshot import link_key
 from orchestrator.network import NetworkState
+from orchestrator.plan import Plan
 from profiler.profile import Profile
 
 
@@ -71,3 +72,19 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+def plan_mode(plan: Plan) -> dict[str, Any]:
+    """What a status, decision or switch says of a plan's mode: split, or cooperative with its draft and k;
+    and its token reduction when it has one."""
+    out: dict[str, Any] = {"mode": plan.mode or "split", "k": plan.k}
+    if plan.mode == "cooperative":
+        out.update(draft_model=plan.draft_model, draft_assignment=list(plan.draft_assignment or []))
+    if plan.reductions:
+        out["reductions"] = [f"{r.get('method')}-{r.get('keep')}" for r in plan.reductions]
+    return out
+
+
+def describe_mode(plan: Plan) -> str:
+    return f"cooperative, k={plan.k}" if plan.mode == "cooperative" else "split"
+

@@ -53,15 +53,16 @@ Row = dict[str, Any]
 # The columns each query returns, in order (also the CSV header of an empty result).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "profiles": ("id", "created_at", "model", "hardware", "units", "param_bytes", "mem_bytes", "weights"),
-    "plans": ("id", "version", "applied_at", "until", "lasted_s", "model", "placement", "predicted_latency_s",
+    "plans": ("id", "version", "applied_at", "until", "lasted_s", "model", "placement", "mode", "k",
+              "predicted_latency_s",
               "replaced", "predicted_gain_s", "trigger", "reason", "network_id", "plan_id", "requests"),
     "solves": ("id", "created_at", "model", "profile_id", "network_id", "objective", "solver", "status",
-               "solve_time_s", "gap", "predicted_latency_s", "placement", "trigger", "applied", "why"),
+               "solve_time_s", "gap", "predicted_latency_s", "placement", "mode", "k", "trigger", "applied", "why"),
     "runs": ("id", "created_at", "model", "plan_id", "plan_version", "strategy", "measured_s", "predicted_s", "ratio",
              "output"),
     "probes": ("id", "measured_at", "link", "bandwidth_bps", "latency_s", "kind"),
     "decisions": ("id", "created_at", "model", "trigger", "applied", "reason", "current_s", "candidate_s", "gain_s",
-                  "migration_s", "placement"),
+                  "migration_s", "placement", "mode", "k"),
     "migrations": ("id", "applied_at", "model", "version", "placement", "previous", "finished_at", "duration_s",
                    "outcome", "runs_during"),
 }
@@ -138,7 +139,7 @@ def plans(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) -
     the requests served on it."""
     previous = aliased(PlanRow)
     q = (select(PlanApplication.id, PlanApplication.version, PlanApplication.applied_at, PlanApplication.plan_id,
-                Model.name.label("model"), PlanRow.document, PlanRow.predicted_latency_s,
+                Model.name.label("model"), PlanRow.document, PlanRow.predicted_latency_s, PlanRow.mode, PlanRow.k,
                 PlanRow.network_id.label("plan_network_id"), previous.document.label("previous_document"),
                 DecisionRow.gain_s, DecisionRow.trigger, DecisionRow.reason,
                 DecisionRow.network_id.label("decision_network_id"))
@@ -208,7 +209,7 @@ def solves(conn: Connection, *, limit: int | None = 20, f: Filters = Filters()) 
     applied = select(PlanApplication.plan_id).where(PlanApplication.plan_id == PlanRow.id).exists()
     q = (select(PlanRow.id, PlanRow.created_at, Model.name.label("model"), PlanRow.profile_id, PlanRow.network_id,
                 PlanRow.objective, PlanRow.solver, PlanRow.status, PlanRow.solve_time_s, PlanRow.gap,
-                PlanRow.predicted_latency_s, PlanRow.document, DecisionRow.trigger,
+                PlanRow.predicted_latency_s, PlanRow.mode, PlanRow.k, PlanRow.document, DecisionRow.trigger,
                 DecisionRow.reason, applied.label("was_applied"))
          .join(Model, Model.id == PlanRow.model_id)
          .outerjoin(DecisionRow, DecisionRow.candidate_plan_id == PlanRow.id)
@@ -279,7 +280,7 @@ def decisions(conn: Connection, *, limit: int | None = 20, f: Filters = Filters(
     """The daemon's decisions: each candidate plan weighed against the plan in force, applied or not, and why."""
     q = (select(DecisionRow.id, DecisionRow.created_at, Model.name.label("model"), DecisionRow.trigger,
                 DecisionRow.applied, DecisionRow.reason, DecisionRow.current_s, DecisionRow.candidate_s,
-                DecisionRow.gain_s, DecisionRow.migration_s, PlanRow.document)
+                DecisionRow.gain_s, DecisionRow.migration_s, PlanRow.mode, PlanRow.k, PlanRow.document)
          .join(PlanRow, PlanRow.id == DecisionRow.candidate_plan_id)
          .join(Model, Model.id == PlanRow.model_id)
          .where(*time_between(DecisionRow.created_at, f.since, f.until))

@@ -205,7 +205,7 @@ class Store:
             row = PlanRow(model_id=model.id, profile_id=profile_id, network_id=network_id, objective=plan.objective,
                           solver=plan.solver, status=plan.status, predicted_latency_s=plan.predicted_latency_s,
                           solve_time_s=plan.solve_time_s, gap=plan.gap, bottleneck_s=plan.bottleneck_s,
-                          document=_document(plan, "plan"))
+                          mode=plan.mode or "split", k=plan.k, document=_document(plan, "plan"))
             s.add(row)
             s.flush()
             return row.id

@@ -159,6 +159,9 @@ class PlanRow(Base):
     solve_time_s: Mapped[float] = mapped_column(Float)
     gap: Mapped[float | None] = mapped_column(Float)
     bottleneck_s: Mapped[float | None] = mapped_column(Float)
+    # "split" or "cooperative" (a draft proposes k tokens per round, the target verifies); k for cooperative plans
+    mode: Mapped[str] = mapped_column(String(20), default="split", server_default="split")
+    k: Mapped[int | None] = mapped_column(Integer)
     # The whole `aiflow.plan/v1` document.
     document: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -20,6 +20,7 @@ from orchestrator.daemon.estimate import (
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.daemon.snapshot import UNAVAILABLE, link_key, take_snapshot
 from orchestrator.network import load_network
+from orchestrator.plan import Plan
 from orchestrator.planner import solve
 from profiler.errors import InputError
 from profiler.profile import load_profile
@@ -130,32 +131,36 @@ def test_snapshot_takes_estimates_and_drops_down_nodes() -> None:
     assert "phone" not in plan.assignment
 
 
+def _plan(assignment: list[str], **extra: object) -> Plan:
+    return Plan(model="m", assignment=assignment, predicted_latency_s=0.0, status="optimal", solver="test", **extra)
+
+
 def test_decide_first_plan_threshold_payback_and_down_nodes() -> None:
     prof = load_profile(PROFILE)
     net = load_network(NETWORK)
     s = DaemonSettings(threshold=0.10, horizon_s=60, min_request_rate_hz=1.0)
     best = solve(prof, net).assignment
     phone = ["phone"] * len(best)
-    first = decide(None, best, prof, net, s, 0.0)
+    first = decide(None, _plan(best), prof, net, s, 0.0)
     assert first.apply and first.reason == "first plan"
-    same = decide(best, best, prof, net, s, 5.0)
+    same = decide(_plan(best), _plan(best, reductions=[]), prof, net, s, 5.0)
     assert not same.apply
     # moving from phone-only to the optimum is a clear gain, and pays back
-    up = decide(phone, best, prof, net, s, 1.0)
+    up = decide(_plan(phone), _plan(best), prof, net, s, 1.0)
     lp, lb = evaluate(prof, net, phone).latency_s, evaluate(prof, net, best).latency_s
     assert up.apply and up.gain_s == pytest.approx(lp - lb)
     # a gain below the threshold is not taken
     tight = DaemonSettings(threshold=(lp - lb) / lp + 0.01)
-    assert not decide(phone, best, prof, net, tight, 1.0).apply
+    assert not decide(_plan(phone), _plan(best), prof, net, tight, 1.0).apply
     # a migration that would not pay back over the horizon is not taken
     slow_load = DaemonSettings(load_bytes_per_s=1.0, horizon_s=1.0, min_request_rate_hz=0.01)
-    d = decide(phone, best, prof, net, slow_load, 0.0)
+    d = decide(_plan(phone), _plan(best), prof, net, slow_load, 0.0)
     assert not d.apply and "migration" in d.reason
     assert d.migration_s == pytest.approx(slow_load.switch_s + sum(load_bytes(prof, phone, best).values()))
     # the plan in force uses a node that is down: switch whatever the gain
     snap = take_snapshot(net, {}, {}, {"cloud"})
     on_cloud = ["phone"] + ["cloud"] * (len(best) - 1)
-    down = decide(on_cloud, phone, prof, snap, tight, 0.0)
+    down = decide(_plan(on_cloud), _plan(phone), prof, snap, tight, 0.0)
     assert down.apply and "down" in down.reason and math.isinf(down.current_s)
     assert down.to_dict()["current_s"] is None
 

@@ -157,3 +157,34 @@ def test_cli_profile_reductions_writes_the_section(tmp_path: Path, capsys: pytes
         code, _, err = aiflow_in_process(capsys, monkeypatch, "profile", "reductions",
                                          root / "examples" / "tiny-captioner.profile.json", *args, "--out", out)
         assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_cli_plan_compare_takes_the_reductions_plan_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plan compare`'s optimum is `aiflow plan`'s (solve_with_reductions), not the unreduced solve."""
+    monkeypatch.setenv("AIFLOW_DATABASE_URL", f"sqlite:///{tmp_path / 'h.db'}")
+    pf, nf = tmp_path / "p.json", tmp_path / "n.json"
+    prof, net = captioner(0), network(2e5)
+    pf.write_text(prof.model_dump_json(by_alias=True, exclude_none=True))
+    nf.write_text(net.model_dump_json(by_alias=True, exclude_none=True))
+    code, out, err = aiflow_in_process(capsys, monkeypatch, "plan", "--profile", pf, "--network", nf, "--json",
+                                       "--no-store")
+    assert code == 0, err
+    planned = json.loads(out)
+    code, out, err = aiflow_in_process(capsys, monkeypatch, "plan", "compare", "--profile", pf, "--network", nf,
+                                       "--json")
+    assert code == 0, err
+    rows = {r["strategy"]: r for r in json.loads(out)}
+    best = rows["optimal"]
+    assert best["reductions"] == ["dpc-24"] and best["assignment"] == planned["assignment"]
+    assert best["latency_s"] == pytest.approx(planned["predicted_latency_s"], rel=1e-9)
+    plain = solve_with_reductions(prof, net, reduce=False)[0].predicted_latency_s
+    assert best["latency_s"] < plain
+    # a baseline's ratio is against the reduced optimum
+    some = next(r for r in rows.values() if r["strategy"] != "optimal" and r.get("latency_s"))
+    assert some["ratio"] == pytest.approx(some["latency_s"] / best["latency_s"])
+    code, out, err = aiflow_in_process(capsys, monkeypatch, "plan", "compare", "--profile", pf, "--network", nf,
+                                       "--json", "--no-reduction")
+    assert code == 0, err
+    unreduced = next(r for r in json.loads(out) if r["strategy"] == "optimal")
+    assert "reductions" not in unreduced and unreduced["latency_s"] == pytest.approx(plain, rel=1e-9)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
@@ -32,7 +33,7 @@ TABLES_0004 = {"probe_hours", "node_sample_hours", "run_hours"}
 TABLES_0005 = {"daemon_states"}
 TABLES_0006 = {"summary_marks"}
 ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003 | TABLES_0004 | TABLES_0005 | TABLES_0006
-HEAD = "0006"
+HEAD = "0007"
 
 
 @pytest.fixture
@@ -448,6 +449,39 @@ def test_upgrade_to_0003_keeps_rows_written_at_0002(url):
         with engine.connect() as conn:
             assert conn.execute(text("SELECT link, bandwidth_bps, kind FROM probes")).one() == ("a->b", 1e6, None)
             assert conn.execute(text("SELECT output, plan_version FROM runs")).one() == ("a caption", None)
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_to_0007_takes_mode_and_k_from_the_plan_documents(url):
+    """Plans stored before 0007 get the columns from their documents: a cooperative plan its k, others split."""
+    engine = db.make_engine(url)
+    coop = {"format": "aiflow.plan/v1", "model": "m", "assignment": ["a", "b"], "mode": "cooperative", "k": 6,
+            "draft_assignment": ["a"], "predicted_latency_s": 0.1, "status": "optimal", "solver": "cooperative-dp"}
+    split = {**coop, "mode": None, "k": None, "draft_assignment": None, "solver": "pulp-cbc"}
+    try:
+        db.upgrade(engine, "0006")
+        at = datetime(2026, 12, 1, 10, tzinfo=UTC)
+        models = sa.table("models", sa.column("id", sa.Integer), sa.column("name", sa.String),
+                          sa.column("created_at", sa.DateTime(timezone=True)))
+        plans = sa.table("plans", *(sa.column(c) for c in ("model_id", "objective", "solver", "status",
+                                                           "predicted_latency_s", "solve_time_s")),
+                         sa.column("document", sa.JSON), sa.column("created_at", sa.DateTime(timezone=True)))
+        with engine.begin() as conn:
+            model_id = conn.execute(models.insert().values(name="m", created_at=at).returning(models.c.id)).scalar()
+            for doc in (coop, split):
+                conn.execute(plans.insert().values(model_id=model_id, objective="latency", solver=doc["solver"],
+                                                   status="optimal", predicted_latency_s=0.1, solve_time_s=0.0,
+                                                   document=doc, created_at=at))
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT mode, k FROM plans ORDER BY id")).all() == [("cooperative", 6),
+                                                                                        ("split", None)]
+        db.downgrade(engine, "0006")
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT mode, k FROM plans ORDER BY id")).all() == [("cooperative", 6),
+                                                                                        ("split", None)]
     finally:
         engine.dispose()
 

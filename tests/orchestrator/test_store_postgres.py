@@ -26,7 +26,14 @@ from orchestrator.store import engine as db
 from orchestrator.store.queries import history
 from orchestrator.store.tables import Base, ProfileUnit
 from tests.orchestrator.store_fixtures import small_network, small_plan, small_profile
-from tests.orchestrator.test_store import ALL_TABLES, TABLES_0001, WRITER
+from tests.orchestrator.test_store import (
+    ALL_TABLES,
+    TABLES_0001,
+    WRITER,
+)
+from tests.orchestrator.test_store import (
+    test_upgrade_to_0007_takes_mode_and_k_from_the_plan_documents as upgrade_to_0007_case,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -151,3 +158,8 @@ def test_concurrent_first_use_migrates_once(pg_url):
     with Store.open(pg_url) as s, s.engine.connect() as conn:
         counts = dict(conn.execute(text("SELECT strategy, count(*) FROM runs GROUP BY strategy")).all())
     assert counts == {"w0": 10, "w1": 10}
+
+
+def test_upgrade_to_0007_on_postgres(pg_url):
+    """Migration 0007's backfill reads the JSON documents on PostgreSQL too."""
+    upgrade_to_0007_case(pg_url)

@@ -1,0 +1,136 @@
+"""How the daemon serves cooperative plans (docs/daemon.md, "Cooperative mode").
+
+The draft runs in the daemon's process, as the source (the daemon is where requests arrive); the
+target verifies in a verifier process (`python -m runtime.cooperative`) on the plan's verifier node,
+started by the daemon the first time a plan verifies there and kept until the daemon stops. A plan
+version is a route (runtime.cooperative.CoopRoute): `prepare` starts the verifier if needed and
+checks that it answers, a request keeps the route of the version it started on, `forget` drops a
+version once its last request finished. Under emulation the draft's and the verifier's steps are
+paced like the split workers' (K x slowdown x the profiles' times) and messages held on the daemon's
+emulated links, which the emulation API changes under running requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+
+import torch
+
+from orchestrator.network import NetworkState
+from orchestrator.plan import Plan
+from profiler.adapters.base import ModelAdapter
+from profiler.profile import Profile
+from runtime.client import RequestFailed, RequestResult
+from runtime.cooperative import CoopClient, CoopRoute, coop_route
+from runtime.cooperative_session import pacing_from_profiles
+from runtime.links import EmulatedNetwork, Emulation
+from runtime.local import LocalWorkers
+from runtime.transport import GrpcTransport, TransportError
+
+
+class CoopServing:
+    """The cooperative side of one daemon: its verifier processes, routes per plan version and requests in flight."""
+
+    def __init__(self, model: str, target: ModelAdapter, draft: ModelAdapter, target_profile: Profile,
+                 draft_profile: Profile, *, token: str | None, threads: int | None = 1,
+                 host: str = "127.0.0.1") -> None:
+        self.model, self.target, self.draft = model, target, draft
+        self.target_profile, self.draft_profile = target_profile, draft_profile
+        self.token, self.threads, self.host = token, threads, host
+        self.verifiers: dict[str, LocalWorkers] = {}
+        self.addresses: dict[str, str] = {}
+        self.routes: dict[int, CoopRoute] = {}
+        self.in_flight: dict[int, int] = defaultdict(int)
+        self.transport = GrpcTransport(token)
+        self.network: EmulatedNetwork | None = None
+        self.truth: Emulation | None = None
+
+    def pid(self, node: str) -> int | None:
+        workers = self.verifiers.get(node)
+        return workers.pid(node) if workers is not None else None
+
+    def set_emulation(self, truth: Emulation | None) -> None:
+        """The links and slowdowns really played (the daemon's emulation): requests under way see a change."""
+        self.truth = truth
+        if truth is None:
+            self.network = None
+        elif self.network is None:
+            self.network = truth.network()
+        else:
+            self.network = self.network.retune(truth.nodes, truth.links, truth.dilation)
+
+    async def prepare(self, version: int, plan: Plan, network: NetworkState) -> None:
+        """Make `version` runnable: its route, and a verifier answering on its node (started here unless
+        the node is remote, which the daemon cannot start a verifier on). ValueError / RequestFailed."""
+        if plan.draft_assignment is None or plan.k is None:
+            raise ValueError("a cooperative plan names its draft_assignment and k")
+        route = coop_route(self.target, network.source, plan.assignment, plan.draft_assignment, plan.k)
+        node = route.verifier
+        if node not in self.addresses:
+            if network.node(node).address:
+                raise ValueError(f"node {node} is remote: the daemon starts verifiers on its local nodes only")
+            workers = LocalWorkers(self.model, [node], token=self.token, threads=self.threads, host=self.host,
+                                   module="runtime.cooperative")
+            started = await asyncio.to_thread(workers.start)
+            self.verifiers[node] = workers
+            self.addresses[node] = started[node]
+        try:
+            health = await self.transport.health(self.addresses[node], timeout=10.0)
+        except (TimeoutError, TransportError, OSError) as exc:
+            raise RequestFailed(f"verifier on {node} does not answer: {exc}", (node,)) from None
+        if health.get("role") != "verifier" or health.get("model") != self.target.name:
+            raise ValueError(f"{self.addresses[node]}: not a verifier of {self.target.name}")
+        self.routes[version] = route
+
+    def _pacing_network(self, base: NetworkState) -> NetworkState:
+        """The configured network with the slowdowns really played (what the pacing follows)."""
+        if self.truth is None:
+            return base
+        doc = base.model_dump(exclude_none=True)
+        for n in doc["nodes"]:
+            n["slowdown"] = self.truth.slowdown(n["name"])
+        return NetworkState.model_validate(doc)
+
+    async def generate(self, version: int, source: torch.Tensor, *, max_new_tokens: int, eos: int | None,
+                       deadline: float, base: NetworkState) -> tuple[RequestResult, int, int]:
+        """One request on the route of `version`: the target's greedy tokens, made cooperatively; with the
+        verification rounds and draft passes it took (what its predicted latency is computed from)."""
+        route = self.routes[version]
+        pacing = None
+        if self.network is not None and self.truth is not None:
+            pacing = pacing_from_profiles(self.target_profile, self.draft_profile, self._pacing_network(base), route,
+                                          self.target, self.draft, self.truth.dilation)
+        client = CoopClient(self.draft, self.target, route, self.addresses[route.verifier], self.transport,
+                            network=self.network, pacing=pacing)
+        self.in_flight[version] += 1
+        try:
+            left = deadline - time.monotonic()
+            res = await asyncio.wait_for(client.generate(source, max_new_tokens=max_new_tokens, eos=eos),
+                                         timeout=max(left, 0.001))
+        except TimeoutError:
+            raise RequestFailed("request timed out (cooperative)") from None
+        except (RuntimeError, TransportError, OSError) as exc:
+            raise RequestFailed(f"cooperative request failed on {route.verifier}: {exc}") from None
+        finally:
+            self.in_flight[version] -= 1
+        tokens = torch.tensor([res.tokens], dtype=torch.long)
+        out = RequestResult(request_id="", tokens=tokens, output=None, steps=res.rounds, measured_s=res.measured_s,
+                            dilation=res.dilation, emulated=self.network is not None,
+                            transfer_bytes={h: int(b) for h, b in res.bytes_sent.items()}, plan_version=version)
+        return out, res.rounds, res.draft_passes
+
+    def forget(self, version: int) -> None:
+        self.routes.pop(version, None)
+        self.in_flight.pop(version, None)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.transport.close()
+        for workers in self.verifiers.values():
+            await asyncio.to_thread(workers.stop)
+        self.verifiers.clear()
+        self.addresses.clear()
+
