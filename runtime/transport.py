@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import struct
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -303,14 +304,21 @@ class FrameServer:
         self._server: grpc.aio.Server | None = None
         self._streams: set[asyncio.Task] = set()      # open Stream calls, ended at stop
         self.address: str | None = None
+        # when a call carrying the controller's credential (or, without one, any authenticated call) last
+        # came: a daemon's local worker stops when its controller has been silent too long (runtime.worker)
+        self.last_controller_call = time.monotonic()
 
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
         """The call carries the shared token (if the server has one); notes whether it carries the
         controller's credential too (`caller_is_controller`, for the handler)."""
         meta = {key: value if isinstance(value, str) else value.decode("utf-8", "replace")
                 for key, value in context.invocation_metadata() or ()}
-        caller_is_controller.set(self._controller is None or _same(meta.get(CONTROLLER_KEY), self._controller))
-        return not self._token or _same(meta.get(TOKEN_KEY), self._token)
+        controller = self._controller is None or _same(meta.get(CONTROLLER_KEY), self._controller)
+        caller_is_controller.set(controller)
+        authorised = not self._token or _same(meta.get(TOKEN_KEY), self._token)
+        if authorised and controller:
+            self.last_controller_call = time.monotonic()
+        return authorised
 
     async def _push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if not self._authorised(context):

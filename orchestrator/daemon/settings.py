@@ -40,6 +40,9 @@ class DaemonSettings:
     # history writes that fail (database unreachable) are kept, at most this many, and tried again this often
     history_buffer: int = 100_000
     history_retry_s: float = 2.0
+    # a local worker the daemon started stops once no call from it came for this long: long enough to
+    # outlive a crashed daemon until the next one adopts it, short enough that none lingers for ever
+    worker_lease_s: float = 600.0
     solver: str = "cbc"
     solve_time_limit_s: float | None = 10.0
 
@@ -61,5 +64,8 @@ class DaemonSettings:
                      "rollup_interval_s", "history_retry_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"daemon settings: {name} must be positive, got {getattr(self, name)}")
+        if self.worker_lease_s < 3 * self.probe_interval_s:
+            raise InputError(f"daemon settings: worker_lease_s must be at least 3 probe intervals "
+                             f"({3 * self.probe_interval_s:g} s), got {self.worker_lease_s}")
         if self.probe_min_bytes > self.probe_max_bytes:
             raise InputError("daemon settings: probe_min_bytes must not exceed probe_max_bytes")
