@@ -170,8 +170,10 @@ class _FrameStream:
         try:
             while True:
                 await self.call.write(await self._outbox.get())
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass                                 # the reader sees the call end and says why
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - AioRpcError, InvalidStateError, or grpc's RuntimeError on a call that ended
+            self.call.cancel()                   # the reader sees the call end and says why
 
     async def _read_loop(self) -> None:
         error = TransportError(self.address, "UNAVAILABLE", "the stage ended the stream")
@@ -187,6 +189,9 @@ class _FrameStream:
             error = TransportError(self.address, "INTERNAL", str(exc) or type(exc).__name__)
         finally:
             self._fail(error if not self.failed else self.failed)
+            # nothing more goes out on an ended call: the writer (waiting on the outbox) must not be left
+            # pending, to be collected with the stream ("Task was destroyed but it is pending")
+            self._tasks[0].cancel()
 
     def _fail(self, error: TransportError) -> None:
         self.failed = error
