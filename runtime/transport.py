@@ -16,7 +16,9 @@ Service `aiflow.Stage`:
 - `Health(b"") -> JSON bytes`.
 The receiver validates a frame and answers at once with `ack` or `error` frames; work it starts runs
 after the reply. Every call carries the shared token in the `x-aiflow-token` metadata; a server with
-a token rejects calls without it (UNAUTHENTICATED; a stream is refused before any frame is read).
+a token rejects calls without it (UNAUTHENTICATED; a stream is refused before any frame is read). A
+server that accepts a stream sends its initial metadata at once, and the sender writes no frame before
+it: a frame written while the stream is refused would make grpc-core end the call as INTERNAL.
 Deadlines: every send has a timeout. Message size limits are raised to `max_message_bytes`
 (activations of large models are tens of MiB).
 """
@@ -168,6 +170,12 @@ class _FrameStream:
 
     async def _write_loop(self) -> None:
         try:
+            # Nothing is written before the stage has accepted the call (its initial metadata, sent once the
+            # token checked out): a write racing a refusal fails inside grpc-core, which then reports the
+            # call as INTERNAL ("Internal error from Core") instead of the stage's UNAUTHENTICATED.
+            await self.call.initial_metadata()
+            if self.call.done():
+                return                           # refused: the reader reports the stage's status
             while True:
                 await self.call.write(await self._outbox.get())
         except asyncio.CancelledError:
@@ -335,6 +343,7 @@ class FrameServer:
         if not self._authorised(context):
             _refused(context, "Stream")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
+        await context.send_initial_metadata(())      # accepted: the sender starts writing (see _write_loop)
         # In a task of its own, so that stop() can end the stream (grpc's task around a handler
         # ignores a cancel); the call then ends with OK and the sender reopens or learns it is gone.
         serving = asyncio.create_task(self._answer_stream(requests, context))
