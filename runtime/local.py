@@ -18,6 +18,7 @@ import re
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,8 +121,8 @@ class LocalWorkers:
     def record(self, name: str) -> dict[str, Any]:
         """What a later controller needs to find this worker again (no secret in it)."""
         proc = self.processes[name]
-        return {"pid": proc.pid, "started": process_start(proc.pid), "address": self.addresses.get(name),
-                "model": self.model, "started_at": self.started_at.get(name)}
+        return {"pid": proc.pid, "started": process_start(proc.pid), "host": socket.gethostname(),
+                "address": self.addresses.get(name), "model": self.model, "started_at": self.started_at.get(name)}
 
     def adopt(self, name: str, record: Mapping[str, Any]) -> None:
         """Take over a running worker of `name` another controller started (what its `record` gave)."""

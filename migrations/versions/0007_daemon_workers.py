@@ -1,5 +1,5 @@
 """The local workers a daemon run started, so that the next daemon can adopt those still healthy after a
-crash: per node its pid, the process's start time, its address, model and when it was started. Never a
+crash: per node its pid, the process's start time, its host, address, model and when it was started. Never a
 token: the workers' credentials are in a file readable only by the user (orchestrator.daemon.adopt),
 named by `secrets_key`.
 

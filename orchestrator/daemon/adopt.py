@@ -3,7 +3,7 @@
 The daemon's local workers run detached (runtime.local): they outlive a crashed daemon until no call with
 the controller's credential reached them for `worker_lease_s`. Each daemon run records, in its
 `daemon_states` row, per local worker: pid, the process's start time (a reused pid is not taken for it),
-address, model and when it was started, plus `secrets_key`, the name of the file holding the workers'
+host, address, model and when it was started, plus `secrets_key`, the name of the file holding the workers'
 credentials. The credentials themselves (the shared token and the controller's) never go into a history
 row: they are in `STATE_DIR/workers-KEY.secret`, mode 0600 in a 0700 folder, written before the first
 worker starts and removed on a clean stop.
@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,8 @@ async def check_recorded(transport: Transport, name: str, record: Mapping[str, A
     pid, address = record.get("pid"), record.get("address")
     if not isinstance(pid, int) or not isinstance(address, str) or record.get("model") != model:
         return "its record does not match this daemon"
+    if record.get("host") != socket.gethostname():
+        return f"it ran on host {record.get('host')!r}"
     if not same_process(pid, record.get("started")):
         return f"pid {pid} is gone"
     try:
@@ -129,17 +132,22 @@ async def check_recorded(transport: Transport, name: str, record: Mapping[str, A
 
 
 async def adopt_workers(workers: LocalWorkers, transport: Transport, recorded: Mapping[str, Any], *, served: str,
-                        units: int, timeout_s: float) -> dict[str, list[int]]:
+                        units: int, timeout_s: float, refused: str | None = None) -> dict[str, list[int]]:
     """Take over each worker a crashed daemon recorded (`recorded`: node -> record) that is healthy, serves the
-    same model and units and is one of `workers.names`; stop the recorded processes that are not taken (an
-    unhealthy one would otherwise hold its port and memory until its lease ends). Says which in the log.
-    Returns the adopted nodes, each with the plan versions it still holds (the dead daemon's, to forget)."""
+    same model and units and is one of `workers.names` (none when `refused` says why not); stop the recorded
+    processes of this host that are not taken (one left would hold its port and memory until its lease
+    ends). Says which in the log. Returns the adopted nodes, each with the plan versions it still holds
+    (the dead daemon's, to forget)."""
     adopted: dict[str, list[int]] = {}
     for name, record in sorted(recorded.items()):
         if not isinstance(record, Mapping):
             continue
-        reason = ("its node is not a local worker of this daemon" if name not in workers.names else
-                  await check_recorded(transport, name, record, workers.model, served, units, timeout_s))
+        if refused is not None:
+            reason: str | None = refused
+        elif name not in workers.names:
+            reason = "its node is not a local worker of this daemon"
+        else:
+            reason = await check_recorded(transport, name, record, workers.model, served, units, timeout_s)
         pid = record.get("pid")
         if reason is None:
             workers.adopt(name, record)
@@ -147,7 +155,8 @@ async def adopt_workers(workers: LocalWorkers, transport: Transport, recorded: M
             adopted[name] = held
             log.warning("adopted worker %s of the daemon that died (pid %s at %s)", name, pid, record["address"])
             continue
-        if isinstance(pid, int) and same_process(pid, record.get("started")):
+        here = record.get("host") == socket.gethostname()
+        if isinstance(pid, int) and here and same_process(pid, record.get("started")):
             await asyncio.to_thread(reap, AdoptedProcess(pid, record.get("started")), 5.0)
             reason += f"; pid {pid} stopped"
         log.warning("worker %s of the daemon that died not adopted (%s)%s", name, reason,

@@ -223,21 +223,22 @@ class Daemon:
         host = worker_listen_host(remote, self.reply_listen)
         detached = self.state_dir is not None and self._state_id is not None and isinstance(self.backend, GrpcBackend)
         recorded = self._recorded if detached and self._recorded else {}
-        found = adopt.read_secrets(self.state_dir, str(recorded.get("secrets_key", ""))) if recorded else None
+        found = (adopt.read_secrets(self.state_dir, str(recorded.get("secrets_key", "")))
+                 if recorded and self.state_dir is not None else None)
+        refused = None
         if recorded and found is None:
-            log.warning("the workers of the daemon that died are not adopted: their credentials file is gone")
+            refused = "its credentials file is missing or readable by others"
         elif found is not None and ((self.token and self.token != found.token) or
                                     (self.controller_token and self.controller_token != found.controller_token)):
-            log.warning("the workers of the daemon that died are not adopted: their token is not this daemon's")
-            found = None
+            refused, found = "its token is not this daemon's", None
         if found is not None:
             self.token, self.controller_token = found.token, found.controller_token
         if detached:
-            assert self.state_dir is not None
-            self.workers = GrpcBackend().workers(self.model, local, token=self.token, threads=self.threads,
-                                                 controller_token=self.controller_token, host=host,
-                                                 lease_s=self.settings.worker_lease_s,
-                                                 log_dir=adopt.log_dir(self.state_dir))
+            assert self.state_dir is not None and isinstance(self.backend, GrpcBackend)
+            self.workers = self.backend.workers(self.model, local, token=self.token, threads=self.threads,
+                                                controller_token=self.controller_token, host=host,
+                                                lease_s=self.settings.worker_lease_s,
+                                                log_dir=adopt.log_dir(self.state_dir))
         else:
             self.workers = self.backend.workers(self.model, local, token=self.token, threads=self.threads,
                                                 controller_token=self.controller_token, host=host)
@@ -250,10 +251,10 @@ class Daemon:
             self._secrets_key = adopt.new_key()
             adopt.write_secrets(self.state_dir, self._secrets_key,
                                 adopt.WorkerSecrets(self.workers.token, self.workers.controller_token))
-            if found is not None:
+            if recorded:
                 held = await adopt.adopt_workers(self.workers, self.transport, recorded.get("nodes") or {},
                                                  served=self.adapter.name, units=len(self.adapter.units()),
-                                                 timeout_s=self.settings.health_timeout_s)
+                                                 timeout_s=self.settings.health_timeout_s, refused=refused)
         self.adopted = sorted(held)
         fresh = [n for n in local if n not in held]
         if fresh:

@@ -257,9 +257,12 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
         stderr = proc.stderr.read()
         assert "Traceback" not in stderr
         # secrets appear nowhere: not in the daemon's log, not in the history database
-        history = b"".join(f.read_bytes() for f in tmp_path.glob("h.db*"))      # the WAL file too
+        history = b"".join(f.read_bytes() for f in tmp_path.glob("h.db*") if f.is_file())   # the WAL file too
+        worker_logs = b"".join(f.read_bytes() for f in (tmp_path / "h.db.state" / "logs").glob("*.log"))
         for secret in secrets:
-            assert secret not in stderr and secret.encode() not in history
+            assert secret not in stderr and secret.encode() not in history and secret.encode() not in worker_logs
+        # the workers' credentials file (mode 0600) is gone with them
+        assert not list((tmp_path / "h.db.state").glob("workers-*.secret"))
     finally:
         if proc.poll() is None:
             proc.kill()
