@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.client import Client
@@ -79,9 +80,12 @@ class GrpcBackend(Backend):
 
     def workers(self, model: str, names: Sequence[str], *, token: str | None = None, threads: int | None = None,
                 controller_token: str | None = None, state_timeout_s: float = 120.0,
-                release_unused: bool = False, host: str = "127.0.0.1") -> LocalWorkers:
+                release_unused: bool = False, host: str = "127.0.0.1", lease_s: float | None = None,
+                log_dir: Path | None = None) -> LocalWorkers:
+        """`lease_s` and `log_dir`: detached workers (runtime.local), which outlive this process."""
         return LocalWorkers(model, names, token=token, threads=threads, controller_token=controller_token,
-                            state_timeout_s=state_timeout_s, release_unused=release_unused, host=host)
+                            state_timeout_s=state_timeout_s, release_unused=release_unused, host=host,
+                            lease_s=lease_s, log_dir=log_dir)
 
     def transport(self, token: str | None = None, *, controller_token: str | None = None,
                   tls: Tls | None = None) -> GrpcTransport:

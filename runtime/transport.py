@@ -16,7 +16,9 @@ Service `aiflow.Stage`:
 - `Health(b"") -> JSON bytes`.
 The receiver validates a frame and answers at once with `ack` or `error` frames; work it starts runs
 after the reply. Every call carries the shared token in the `x-aiflow-token` metadata; a server with
-a token rejects calls without it (UNAUTHENTICATED; a stream is refused before any frame is read).
+a token rejects calls without it (UNAUTHENTICATED; a stream is refused before any frame is read). A
+server that accepts a stream sends its initial metadata at once, and the sender writes no frame before
+it: a frame written while the stream is refused would make grpc-core end the call as INTERNAL.
 Deadlines: every send has a timeout. Message size limits are raised to `max_message_bytes`
 (activations of large models are tens of MiB).
 """
@@ -32,6 +34,7 @@ import json
 import logging
 import os
 import struct
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -167,10 +170,18 @@ class _FrameStream:
 
     async def _write_loop(self) -> None:
         try:
+            # Nothing is written before the stage has accepted the call (its initial metadata, sent once the
+            # token checked out): a write racing a refusal fails inside grpc-core, which then reports the
+            # call as INTERNAL ("Internal error from Core") instead of the stage's UNAUTHENTICATED.
+            await self.call.initial_metadata()
+            if self.call.done():
+                return                           # refused: the reader reports the stage's status
             while True:
                 await self.call.write(await self._outbox.get())
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass                                 # the reader sees the call end and says why
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - AioRpcError, InvalidStateError, or grpc's RuntimeError on a call that ended
+            self.call.cancel()                   # the reader sees the call end and says why
 
     async def _read_loop(self) -> None:
         error = TransportError(self.address, "UNAVAILABLE", "the stage ended the stream")
@@ -186,6 +197,9 @@ class _FrameStream:
             error = TransportError(self.address, "INTERNAL", str(exc) or type(exc).__name__)
         finally:
             self._fail(error if not self.failed else self.failed)
+            # nothing more goes out on an ended call: the writer (waiting on the outbox) must not be left
+            # pending, to be collected with the stream ("Task was destroyed but it is pending")
+            self._tasks[0].cancel()
 
     def _fail(self, error: TransportError) -> None:
         self.failed = error
@@ -303,14 +317,21 @@ class FrameServer:
         self._server: grpc.aio.Server | None = None
         self._streams: set[asyncio.Task] = set()      # open Stream calls, ended at stop
         self.address: str | None = None
+        # when a call carrying the controller's credential (or, without one, any authenticated call) last
+        # came: a daemon's local worker stops when its controller has been silent too long (runtime.worker)
+        self.last_controller_call = time.monotonic()
 
     def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
         """The call carries the shared token (if the server has one); notes whether it carries the
         controller's credential too (`caller_is_controller`, for the handler)."""
         meta = {key: value if isinstance(value, str) else value.decode("utf-8", "replace")
                 for key, value in context.invocation_metadata() or ()}
-        caller_is_controller.set(self._controller is None or _same(meta.get(CONTROLLER_KEY), self._controller))
-        return not self._token or _same(meta.get(TOKEN_KEY), self._token)
+        controller = self._controller is None or _same(meta.get(CONTROLLER_KEY), self._controller)
+        caller_is_controller.set(controller)
+        authorised = not self._token or _same(meta.get(TOKEN_KEY), self._token)
+        if authorised and controller:
+            self.last_controller_call = time.monotonic()
+        return authorised
 
     async def _push(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if not self._authorised(context):
@@ -322,6 +343,7 @@ class FrameServer:
         if not self._authorised(context):
             _refused(context, "Stream")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-aiflow-token")
+        await context.send_initial_metadata(())      # accepted: the sender starts writing (see _write_loop)
         # In a task of its own, so that stop() can end the stream (grpc's task around a handler
         # ignores a cancel); the call then ends with OK and the sender reopens or learns it is gone.
         serving = asyncio.create_task(self._answer_stream(requests, context))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -657,9 +658,10 @@ async def _arrival(frame: Frame) -> None:
 async def serve(name: str, listen: str, model: str, *, token: str | None = None, threads: int | None = None,
                 state_timeout_s: float = 120.0, release_unused: bool = False,
                 on_ready: Callable[[str], Awaitable[None]] | None = None,
-                controller_token: str | None = None, tls: Tls | None = None) -> None:
+                controller_token: str | None = None, tls: Tls | None = None, lease_s: float | None = None) -> None:
     """Run a worker until SIGINT/SIGTERM. Prints `READY host:port` on stdout once it serves, then awaits
-    `on_ready(address)` (joining a daemon, say); an exception there stops the worker and propagates."""
+    `on_ready(address)` (joining a daemon, say); an exception there stops the worker and propagates.
+    With `lease_s`, it also stops when no call carrying the controller's credential came for that long."""
     if threads:
         torch.set_num_threads(threads)
     worker = Worker(name, model, token=token, state_timeout_s=state_timeout_s, release_unused=release_unused,
@@ -672,20 +674,42 @@ async def serve(name: str, listen: str, model: str, *, token: str | None = None,
         except BaseException:
             await worker.stop()
             raise
-    await wait_until_stopped()
+    server = worker._server
+    await wait_until_stopped(None if lease_s is None or server is None
+                             else (lambda: server.last_controller_call, lease_s))
     await worker.stop()
 
 
-async def wait_until_stopped() -> None:
-    """Return on SIGINT or SIGTERM, or when the parent process is gone (a served process's main loop)."""
+async def wait_until_stopped(lease: tuple[Callable[[], float], float] | None = None) -> None:
+    """Return on SIGINT or SIGTERM, or when the parent process is gone (a served process's main loop).
+    `lease`: (when the controller last called, in time.monotonic(); seconds): also return once the
+    controller has been silent that long."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    watch = asyncio.create_task(_exit_with_parent(stop))
+    watches = [asyncio.create_task(_exit_with_parent(stop))]
+    if lease is not None:
+        watches.append(asyncio.create_task(_exit_when_unleased(stop, *lease)))
     await stop.wait()
-    watch.cancel()
+    for watch in watches:
+        watch.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
+
+
+async def _exit_when_unleased(stop: asyncio.Event, last_call: Callable[[], float], lease_s: float) -> None:
+    """A daemon's local worker outlives a daemon that crashed (so the next one can adopt it), but not for
+    ever: it stops once no call with the controller's credential (the daemon's health checks, plans) came
+    for `lease_s` seconds."""
+    while not stop.is_set():
+        silent = time.monotonic() - last_call()
+        if silent >= lease_s:
+            print(f"aiflow worker: no controller call for {silent:.0f} s (lease {lease_s:g} s): stopping",
+                  file=sys.stderr, flush=True)
+            stop.set()
+            return
+        await asyncio.sleep(min(1.0, lease_s - silent))
 
 
 async def _exit_with_parent(stop: asyncio.Event, every_s: float = 1.0) -> None:
@@ -710,13 +734,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--state-timeout", type=float, default=120.0)
     ap.add_argument("--release-unused", action="store_true")
+    ap.add_argument("--lease", type=float, default=None, metavar="S",
+                    help="stop when no call with the controller's credential came for S seconds")
     a = ap.parse_args(argv)
+    if a.lease is not None and not (math.isfinite(a.lease) and a.lease > 0):
+        ap.error(f"--lease: expected a positive number of seconds, got {a.lease}")
     token = a.token or os.environ.get("AIFLOW_TOKEN") or None
     controller = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None     # only from the environment: not in `ps`
     try:
         asyncio.run(serve(a.name, a.listen, a.model, token=token, threads=a.threads,
                           state_timeout_s=a.state_timeout, release_unused=a.release_unused,
-                          controller_token=controller, tls=Tls.from_env()))
+                          controller_token=controller, tls=Tls.from_env(), lease_s=a.lease))
     except ValueError as exc:     # InputError included: bad model name or folder
         print(f"aiflow worker: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

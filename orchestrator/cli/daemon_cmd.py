@@ -61,6 +61,12 @@ def daemon(
     worker_token: str | None = typer.Option(None, "--worker-token", envvar="AIFLOW_TOKEN",
                                             help="Token shared with the workers (default: generated for the local "
                                                  "ones; give it to workers that --join)."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="AIFLOW_STATE_DIR",
+                                          help="Folder for the local workers' credentials (mode 0600) and logs, "
+                                               "so the next daemon can adopt them after a crash (default: beside a "
+                                               "SQLite history file, else ~/.local/state/aiflow)."),
+    worker_lease: float = typer.Option(600.0, "--worker-lease", help="Seconds a local worker keeps running "
+                                       "without a call from its daemon (it outlives a crashed daemon this long)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every decision and switch to stderr."),
     reply_listen: str | None = reply_listen_option(),
     backend: str = backend_option(),
@@ -68,6 +74,7 @@ def daemon(
 ) -> None:
     """Serve a model on a network: probe it, re-solve on a schedule, migrate live, answer HTTP requests."""
     from orchestrator.cli.history_cmd import parse_seconds
+    from orchestrator.daemon.adopt import default_state_dir
     from orchestrator.daemon.run import parse_listen, serve
     from orchestrator.daemon.service import Daemon
     from orchestrator.daemon.settings import DaemonSettings
@@ -90,6 +97,7 @@ def daemon(
     settings = DaemonSettings(probe_interval_s=probe_interval, solve_interval_s=solve_interval, threshold=threshold,
                               horizon_s=horizon, window_s=window, drain_s=drain, solver=solver,
                               max_quality_loss=max_quality_loss,
+                              worker_lease_s=worker_lease,
                               retain_raw_s=0.0 if retain.strip() == "0" else parse_seconds(retain, "--retain"))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="aiflow daemon: %(message)s")
     logging.getLogger("aiflow.daemon").setLevel(logging.INFO if verbose else logging.WARNING)
@@ -119,7 +127,7 @@ def daemon(
             say(f"stages run as Ray actors ({'cluster ' + ray_address if ray_address else 'a local Ray cluster'})")
         d = Daemon(model, net, prof, adapter, settings=settings, store=store, dilation=k, token=worker_token,
                    trace_base=Path(network).resolve().parent, progress=say, resume=True, reply_listen=reply_listen,
-                   backend=stages, draft=pair)
+                   backend=stages, draft=pair, state_dir=state_dir or default_state_dir(store.url))
         if emulated:
             say(f"every node runs here; links and loads are emulated with time dilation K = {k:.3g}")
 

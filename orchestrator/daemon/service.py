@@ -33,6 +33,7 @@ from orchestrator.candidate import best_plan
 from orchestrator.cooperative import latency_for_rounds
 from orchestrator.costmodel import latency_for_steps
 from orchestrator.daemon.coop import CoopServing
+from orchestrator.daemon import adopt
 from orchestrator.daemon.decide import Decision, decide
 from orchestrator.daemon.estimate import (
     LinkEstimate,
@@ -101,7 +102,8 @@ class Daemon:
                  dilation: float = 1.0, trace_base: Path | None = None, threads: int | None = 1,
                  progress: Callable[[str], None] | None = None, resume: bool = False,
                  reply_listen: str | None = None, backend: Backend | None = None,
-                 draft: tuple[Profile, ModelAdapter] | None = None) -> None:
+                 draft: tuple[Profile, ModelAdapter] | None = None,
+                 state_dir: Path | None = None) -> None:
         self.model = model
         # cooperative mode: the draft's profile (with its measured acceptance) and model; the re-solve then
         # chooses between split and cooperative plans and k (orchestrator.candidate.best_plan)
@@ -130,6 +132,12 @@ class Daemon:
         self._resume_plan: tuple[Plan, int | None, int] | None = None
         self._version_base = 0
         self._state_id: int | None = None
+        # with a history database and a state folder, local gRPC workers are detached: they outlive a daemon
+        # that crashed (until worker_lease_s without a call from it) and the next one adopts them (adopt.py)
+        self.state_dir = state_dir
+        self._secrets_key: str | None = None
+        self._recorded: dict[str, Any] | None = None      # the crashed run's `workers` record, if any
+        self.adopted: list[str] = []
         self.emulated = not any(n.address for n in network.nodes)
         self.dilation = dilation if self.emulated else 1.0
         self.trace_base = trace_base
@@ -189,22 +197,16 @@ class Daemon:
             crashed = await self._record(self.store.crashed_daemon_state, self.model)
             if crashed is not None:
                 self._take_over(crashed)
+                self._recorded = crashed.get("workers")
         if self.store is not None:
             self._state_id = await self._record(self._open_state)
         local = [n for n, s in self.nodes.items() if s.local]
         if local:
-            self.progress(f"starting {len(local)} local worker(s): {', '.join(local)}")
-            remote = [s.address for s in self.nodes.values() if s.address and not s.local]
-            self.workers = self.backend.workers(self.model, local, token=self.token, threads=self.threads,
-                                                controller_token=self.controller_token,
-                                                host=worker_listen_host(remote, self.reply_listen))
-            self.token = self.workers.token
-            self.controller_token = self.workers.controller_token
-            self.transport = self.backend.transport(self.token, controller_token=self.controller_token, tls=self.tls)
-            addresses = await asyncio.to_thread(self.workers.start)
-            for name, address in addresses.items():
-                self.nodes[name].address = address
-                self.nodes[name].pid = self.workers.pid(name)
+            try:
+                await self._start_local(local)
+            except BaseException:
+                await self.close()
+                raise
         if self.draft_profile is not None and self.draft_adapter is not None:
             self.coop = CoopServing(self.model, self.adapter, self.draft_adapter, self.profile, self.draft_profile,
                                     token=self.token, threads=self.threads)
@@ -228,6 +230,66 @@ class Daemon:
         except BaseException:
             await self.close()
             raise
+
+    async def _start_local(self, local: list[str]) -> None:
+        """Start the local workers; detached ones first adopt what a crashed daemon left running healthy."""
+        remote = [s.address for s in self.nodes.values() if s.address and not s.local]
+        host = worker_listen_host(remote, self.reply_listen)
+        detached = self.state_dir is not None and self._state_id is not None and isinstance(self.backend, GrpcBackend)
+        recorded = self._recorded if detached and self._recorded else {}
+        found = (adopt.read_secrets(self.state_dir, str(recorded.get("secrets_key", "")))
+                 if recorded and self.state_dir is not None else None)
+        refused = None
+        if recorded and found is None:
+            refused = "its credentials file is missing or readable by others"
+        elif found is not None and ((self.token and self.token != found.token) or
+                                    (self.controller_token and self.controller_token != found.controller_token)):
+            refused, found = "its token is not this daemon's", None
+        if found is not None:
+            self.token, self.controller_token = found.token, found.controller_token
+        if detached:
+            assert self.state_dir is not None and isinstance(self.backend, GrpcBackend)
+            self.workers = self.backend.workers(self.model, local, token=self.token, threads=self.threads,
+                                                controller_token=self.controller_token, host=host,
+                                                lease_s=self.settings.worker_lease_s,
+                                                log_dir=adopt.log_dir(self.state_dir))
+        else:
+            self.workers = self.backend.workers(self.model, local, token=self.token, threads=self.threads,
+                                                controller_token=self.controller_token, host=host)
+        self.token = self.workers.token
+        self.controller_token = self.workers.controller_token
+        self.transport = self.backend.transport(self.token, controller_token=self.controller_token, tls=self.tls)
+        held: dict[str, list[int]] = {}
+        if detached:
+            assert self.state_dir is not None and isinstance(self.workers, LocalWorkers)
+            self._secrets_key = adopt.new_key()
+            adopt.write_secrets(self.state_dir, self._secrets_key,
+                                adopt.WorkerSecrets(self.workers.token, self.workers.controller_token))
+            if recorded:
+                held = await adopt.adopt_workers(self.workers, self.transport, recorded.get("nodes") or {},
+                                                 served=self.adapter.name, units=len(self.adapter.units()),
+                                                 timeout_s=self.settings.health_timeout_s, refused=refused)
+        self.adopted = sorted(held)
+        fresh = [n for n in local if n not in held]
+        if fresh:
+            self.progress(f"starting {len(fresh)} local worker(s): {', '.join(fresh)}")
+        addresses = await asyncio.to_thread(self.workers.start)
+        for name, address in addresses.items():
+            self.nodes[name].address = address
+            self.nodes[name].pid = self.workers.pid(name)
+        if detached:
+            await self._record(self._save_workers)
+            if recorded.get("secrets_key"):
+                adopt.remove_secrets(self.state_dir, str(recorded["secrets_key"]))
+        for name, versions in held.items():              # the dead daemon's plans: nobody will use them again
+            for v in versions:
+                with contextlib.suppress(Exception):
+                    await self._send(self.nodes[name].address, encode_frame(Frame("forget", plan_version=v)))
+
+    def _save_workers(self) -> None:
+        assert self._state_id is not None and isinstance(self.workers, LocalWorkers)
+        nodes = {name: self.workers.record(name) for name in self.workers.processes}
+        self.store.update_daemon_state(self._state_id, workers={"secrets_key": self._secrets_key, "nodes": nodes})
 
     def _take_over(self, crashed: dict[str, Any]) -> None:
         """Settings, joined nodes and the plan in force of a daemon that died (its history row)."""
@@ -341,6 +403,8 @@ class Daemon:
         if self.workers is not None:
             await asyncio.to_thread(self.workers.stop)
             self.workers = None
+        if self._secrets_key is not None and self.state_dir is not None:
+            adopt.remove_secrets(self.state_dir, self._secrets_key)       # nothing left to adopt
 
     def _spawn(self, coro: Any, *, write: bool = False) -> None:
         task = asyncio.create_task(coro)
@@ -557,6 +621,8 @@ class Daemon:
             return False
         s.pid = self.workers.pid(s.name)
         self.metrics.restarts.labels(node=s.name).inc()
+        if self._secrets_key is not None:
+            await self._record(self._save_workers)
         return True
 
     def _take_samples(self, meta: dict[str, Any], now: float) -> None:
@@ -1128,7 +1194,8 @@ class Daemon:
                               "method": e.method} for k, e in self.links.items()},
                 "decisions": list(self.decisions)[-10:], "dilation": self.dilation, "emulated": self.emulated,
                 "accepting": self.accepting, "open_requests": self.open_requests, "model": self.model,
-                "settings": asdict(self.settings), "resumed_from": self.resumed_from, "draft": self.draft_model,
+                "settings": asdict(self.settings), "resumed_from": self.resumed_from, "adopted": self.adopted,
+                "draft": self.draft_model,
                 "verifiers": ({n: {"address": a, "pid": self.coop.pid(n)} for n, a in self.coop.addresses.items()}
                               if self.coop is not None else {})}
 

@@ -43,6 +43,9 @@ class DaemonSettings:
     # token reduction: a plan may reduce the encoder output when that loses at most this many points of
     # scene accuracy (the profile's `reductions` section; docs/planner.md, "Token reduction")
     max_quality_loss: float = 1.0
+    # a local worker the daemon started stops once no call from it came for this long: long enough to
+    # outlive a crashed daemon until the next one adopts it, short enough that none lingers for ever
+    worker_lease_s: float = 600.0
     solver: str = "cbc"
     solve_time_limit_s: float | None = 10.0
 
@@ -64,5 +67,8 @@ class DaemonSettings:
                      "rollup_interval_s", "history_retry_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"daemon settings: {name} must be positive, got {getattr(self, name)}")
+        if self.worker_lease_s < 3 * self.probe_interval_s:
+            raise InputError(f"daemon settings: worker_lease_s must be at least 3 probe intervals "
+                             f"({3 * self.probe_interval_s:g} s), got {self.worker_lease_s}")
         if self.probe_min_bytes > self.probe_max_bytes:
             raise InputError("daemon settings: probe_min_bytes must not exceed probe_max_bytes")

@@ -327,6 +327,8 @@ class DaemonState(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column()
+    # revision 0008: the local workers it started ({"secrets_key": ..., "nodes": {name: record}}), no token
+    workers: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 # -- revision 0006: how far each raw table is summarised (store/coverage.py) --------------------------------

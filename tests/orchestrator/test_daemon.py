@@ -257,9 +257,12 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
         stderr = proc.stderr.read()
         assert "Traceback" not in stderr
         # secrets appear nowhere: not in the daemon's log, not in the history database
-        history = b"".join(f.read_bytes() for f in tmp_path.glob("h.db*"))      # the WAL file too
+        history = b"".join(f.read_bytes() for f in tmp_path.glob("h.db*") if f.is_file())   # the WAL file too
+        worker_logs = b"".join(f.read_bytes() for f in (tmp_path / "h.db.state" / "logs").glob("*.log"))
         for secret in secrets:
-            assert secret not in stderr and secret.encode() not in history
+            assert secret not in stderr and secret.encode() not in history and secret.encode() not in worker_logs
+        # the workers' credentials file (mode 0600) is gone with them
+        assert not list((tmp_path / "h.db.state").glob("workers-*.secret"))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -361,27 +364,41 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
 
 
 def test_a_killed_daemon_leaves_no_worker_behind(tmp_path: Path) -> None:
-    """SIGKILL gives the daemon no chance to stop its workers: they notice their parent is gone and exit."""
+    """SIGKILL gives the daemon no chance to stop its workers: they keep running (so a new daemon could adopt
+    them) until no call from a controller came for --worker-lease seconds, then exit by themselves."""
     env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}")
     aiflow = str(Path(sys.executable).parent / "aiflow")
+    lease_s = 6.0
     proc = subprocess.Popen([aiflow, "daemon", "--model", "tiny-captioner", "--network", str(NETWORK),
-                             "--profile", str(PROFILE), "--api", "127.0.0.1:0"],
+                             "--profile", str(PROFILE), "--api", "127.0.0.1:0", "--probe-interval", "1",
+                             "--worker-lease", str(lease_s), "--state-dir", str(tmp_path / "state")],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    pids: list[int] = []
     try:
         url = proc.stdout.readline().split()[-1]
         doc = httpx.get(f"{url}/v1/status", timeout=30, trust_env=False).json()
         pids = [n["pid"] for n in doc["nodes"]]
         assert all(alive(p) for p in pids)
+        time.sleep(lease_s + 1)                          # the daemon's health checks keep them leased
+        assert all(alive(p) for p in pids)
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 15
+        killed = time.monotonic()
+        time.sleep(1.0)
+        assert all(alive(p) for p in pids)               # still there for the next daemon to adopt
+        deadline = killed + lease_s + 15
         while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(alive(p) for p in pids)
+        logs = "".join(f.read_text() for f in (tmp_path / "state" / "logs").glob("*.log"))
+        assert logs.count("no controller call for") == len(pids), logs
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pid in pids:                                 # not our children: stopped by pid if still there
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def check_named_queries(c) -> None:

@@ -9,6 +9,7 @@ stalled and collapsed under requests in flight, and workers killed inside a plan
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -133,45 +134,84 @@ def test_killed_workers_lose_no_request(tmp_path: Path) -> None:
 
 
 def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
-    """SIGKILL the daemon; the next `aiflow daemon` on the same history database takes over the settings it
-    ran with and its plan in force (as the next version, without solving afresh); a clean stop is not
-    resumed."""
+    """SIGKILL the daemon; its local workers keep running, and the next `aiflow daemon` on the same history
+    database takes over the settings it ran with, its plan in force (as the next version, without solving
+    afresh) and its healthy workers (the same processes; one killed meanwhile is started anew), answering
+    exactly as before. The workers' credentials are in a file only the user can read, not in history. A
+    clean stop stops the workers and is not resumed."""
     import subprocess
     import sys
 
     env = dict(os.environ, AIFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}")
+    env.pop("AIFLOW_STATE_DIR", None)                          # the default: beside the SQLite file
     aiflow = str(Path(sys.executable).parent / "aiflow")
     base = [aiflow, "daemon", "--model", "tiny-captioner", "--network", str(NETWORK), "--profile", str(PROFILE),
             "--api", "127.0.0.1:0"]
+    images = [im.path for im in write_test_images(tmp_path, 2)]
+    reference = unsplit_captions(load_adapter("tiny-captioner"), images)
 
     def status(url: str) -> dict:
         return httpx.get(f"{url}/v1/status", timeout=60, trust_env=False).json()
 
-    def run(extra: list[str]) -> tuple[subprocess.Popen, str]:
-        proc = subprocess.Popen(base + extra, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    def captions(url: str) -> list[str]:
+        return [httpx.post(f"{url}/v1/requests", json=body(p), timeout=120, trust_env=False).json().get("output")
+                for p in images]
+
+    def run(extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+        with open(log, "w") as err:
+            proc = subprocess.Popen(base + extra, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         line = proc.stdout.readline()
-        assert line.startswith("aiflow daemon: serving"), line
+        assert line.startswith("aiflow daemon: serving"), (line, log.read_text()[-2000:])
         return proc, line.split()[-1]
 
     procs: list[subprocess.Popen] = []
+    workers: set[int] = set()
     try:
-        first, url = run(["--probe-interval", "7", "--threshold", "0.3", "--solve-interval", "40"])
+        first, url = run(["--probe-interval", "7", "--threshold", "0.3", "--solve-interval", "40"],
+                         tmp_path / "first.log")
         procs.append(first)
         before = status(url)
         assert before["plan"]["version"] == 1 and before["resumed_from"] is None
+        pids = {n["name"]: n["pid"] for n in before["nodes"]}
+        workers |= set(pids.values())
+        assert captions(url) == reference
         first.kill()
         first.wait()
+        assert all(alive(p) for p in pids.values())            # detached: they outlive the daemon
+        secret_files = list((tmp_path / "h.db.state").glob("workers-*.secret"))
+        assert len(secret_files) == 1 and secret_files[0].stat().st_mode & 0o777 == 0o600
+        secret_doc = secret_files[0].read_text()
+        dead = "cloud"                                          # dies while no daemon runs: started anew
+        os.kill(pids[dead], signal.SIGKILL)
 
-        second, url = run([])                                   # no settings given: the dead daemon's are used
+        second, url = run([], tmp_path / "second.log")         # no settings given: the dead daemon's are used
         procs.append(second)
         after = status(url)
+        workers |= {n["pid"] for n in after["nodes"]}
         assert after["resumed_from"] is not None
         assert after["settings"]["probe_interval_s"] == 7 and after["settings"]["threshold"] == 0.3
         assert after["settings"]["solve_interval_s"] == 40
         assert after["plan"]["version"] == 2 and after["plan"]["assignment"] == before["plan"]["assignment"]
         assert not after["decisions"]                           # taken over, not solved afresh
+        again = {n["name"]: n["pid"] for n in after["nodes"]}
+        assert after["adopted"] == sorted(n for n in pids if n != dead)
+        assert all(again[n] == pids[n] for n in pids if n != dead), (pids, again)   # the same processes
+        assert again[dead] != pids[dead] and alive(again[dead])
+        assert all(n["state"] == "up" for n in after["nodes"])
+        assert captions(url) == reference                       # answered exactly, on the adopted workers
+        log = (tmp_path / "second.log").read_text()
+        assert all(f"adopted worker {n} " in log for n in pids if n != dead), log
+        assert f"worker {dead} of the daemon that died not adopted" in log, log
+        # the credentials of the first run are gone (taken over), and no token is in the history database
+        assert not secret_files[0].exists()
+        history = b"".join(f.read_bytes() for f in tmp_path.glob("h.db*") if f.is_file())
+        for value in json.loads(secret_doc).values():
+            assert value.encode() not in history
+            assert value not in log and value not in (tmp_path / "first.log").read_text()
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 0
+        assert not any(alive(p) for p in again.values())       # a clean stop stops them, adopted or not
+        assert not list((tmp_path / "h.db.state").glob("workers-*.secret"))
 
         from orchestrator.store import Store
 
@@ -182,6 +222,12 @@ def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for pid in workers:                                     # orphans of the killed daemon: not our children
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def test_a_link_stalled_mid_transfer_then_collapsed(tmp_path: Path) -> None:

@@ -154,3 +154,38 @@ def test_an_idle_stream_survives_keepalive_pings(monkeypatch: pytest.MonkeyPatch
             await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_stream_to_a_stage_that_went_away_leaves_no_task_behind() -> None:
+    """The stream to a stage that stopped (a killed worker) ends with both its tasks finished, so replacing it
+    leaves no writer waiting for ever ("Task was destroyed but it is pending" once it is collected)."""
+    import gc
+
+    async def scenario() -> list[str]:
+        problems: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: problems.append(ctx["message"]))
+        server = await serve({})
+        address = server.address
+        t = GrpcTransport(TOKEN)
+        try:
+            await t.send(address, frame("a"))
+            old = t._streams[address]
+            await server.stop()
+            with pytest.raises(TransportError):
+                await t.send(address, frame("b"), timeout=5.0)
+            async with asyncio.timeout(5.0):
+                while not all(task.done() for task in old._tasks):
+                    await asyncio.sleep(0.01)
+            with pytest.raises(TransportError):
+                await t.send(address, frame("c"), timeout=5.0)     # a new stream, refused again
+            assert t._streams[address] is not old
+            del old
+            gc.collect()
+            await asyncio.sleep(0.05)
+        finally:
+            await t.close()
+        return problems
+
+    problems = asyncio.run(scenario())
+    gc.collect()
+    assert not problems, problems

@@ -13,7 +13,7 @@ import torch
 from profiler.generate import greedy_generate
 from runtime.client import Client, RequestFailed
 from runtime.codec import Frame, decode_frame, encode_frame
-from runtime.transport import GrpcTransport
+from runtime.transport import GrpcTransport, TransportError
 from runtime.worker import CONTROL_KINDS
 from tests.runtime.conftest import TOKEN, adapter, running_workers, stage_plan
 
@@ -61,5 +61,32 @@ def test_only_the_controller_steers_a_worker(folders) -> None:
             with pytest.raises(RequestFailed, match="controller only"):
                 async with Client(sp, token=TOKEN) as stranger:
                     await stranger.generate(prompt, max_new_tokens=2)
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_token_is_always_refused_as_unauthenticated(folders) -> None:
+    """A caller with a wrong token gets UNAUTHENTICATED, every time: before, a frame written while the worker
+    refused the stream made grpc-core report the call as INTERNAL about half the time with several frames in
+    flight (the sender now writes only once the worker accepted the call)."""
+    ad = adapter(folders, "gpt2")
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+
+    async def scenario() -> None:
+        async with running_workers(ad, ("A", "B"), controller_token=CONTROLLER) as (_workers, addresses):
+            sp = stage_plan(ad, ["A", "B", "B", "A"], addresses)
+            for _ in range(40):                              # frames racing the refusal on one stream
+                stranger = GrpcTransport("not-the-token")
+                try:
+                    results = await asyncio.gather(*(stranger.send(addresses["B"], encode_frame(Frame("report")),
+                                                                   timeout=10.0) for _ in range(4)),
+                                                   return_exceptions=True)
+                finally:
+                    await stranger.close()
+                assert all(isinstance(r, TransportError) and r.code == "UNAUTHENTICATED" for r in results), results
+            for _ in range(5):                               # and through the client, as one clear error
+                with pytest.raises(RequestFailed, match="UNAUTHENTICATED"):
+                    async with Client(sp, token="not-the-token", controller_token=CONTROLLER) as client:
+                        await client.generate(prompt, max_new_tokens=2)
 
     asyncio.run(scenario())
