@@ -32,8 +32,8 @@ import torch
 from orchestrator.candidate import best_plan
 from orchestrator.cooperative import latency_for_rounds
 from orchestrator.costmodel import latency_for_steps
-from orchestrator.daemon.coop import CoopServing
 from orchestrator.daemon import adopt
+from orchestrator.daemon.coop import CoopServing
 from orchestrator.daemon.decide import Decision, decide
 from orchestrator.daemon.estimate import (
     LinkEstimate,
