@@ -13,12 +13,16 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.network import NetworkState, load_network
 from orchestrator.strategies import Strategy
 from profiler.adapters.base import InputSpec, ModelAdapter
 from profiler.paths import cache_root
 from profiler.profile import Profile, load_profile, save_profile
+
+if TYPE_CHECKING:
+    from runtime.local import LocalWorkers
 
 DEMO_MODEL = "tiny-captioner"
 # The shipped example network (a checkout is what the README runs from): a low-end device, where the
@@ -195,10 +199,11 @@ class StrategyRun:
 def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Profile, images: Sequence[Path | str], *,
                  dilation: float, repeats: int = 1, warmup: int = 1, compression: str | None = None,
                  adapter: ModelAdapter | None = None, max_new_tokens: int = CAPTION_TOKENS,
-                 kernel_links: bool = False) -> StrategyRun:
+                 kernel_links: bool = False, pool: LocalWorkers | None = None) -> StrategyRun:
     """Run every input (image files, or prompts for an LLM) `repeats` times through local workers under
     the strategy's plan (emulated links and compute, time dilation K; link rates shaped by the kernel
-    with `kernel_links`); the first `warmup` requests are not counted."""
+    with `kernel_links`); the first `warmup` requests are not counted. `pool`: workers already serving
+    the network's nodes, reused (else the run starts and stops its own)."""
     from orchestrator.compression import compressed_profile
     from orchestrator.costmodel import latency_for_steps
     from runtime.session import run_on_network
@@ -210,7 +215,7 @@ def run_strategy(strategy: Strategy, model: str, net: NetworkState, profile: Pro
     results = run_on_network(model, net, strategy.plan, inputs, profile=profile, dilation=dilation,
                              compression=compression, adapter=adapter, threads=WORKER_THREADS,
                              max_new_tokens=max_new_tokens,
-                             kernel_links=kernel_links)
+                             kernel_links=kernel_links, pool=pool)
     how = compression or strategy.plan.compression
     planned = compressed_profile(profile, how) if how else profile   # the bytes as they will be sent
     for r in results[warmup:]:

@@ -100,14 +100,16 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
                    concurrency: int = 1, threads: int | None = None, adapter: ModelAdapter | None = None,
                    timeout_s: float = 300.0, kernel_links: bool = False,
                    native_hardware: str | None = None, reply_listen: str | None = None,
-                   backend: Any | None = None) -> list[InputResult]:
+                   backend: Any | None = None, pool: LocalWorkers | None = None) -> list[InputResult]:
     """Start local workers as needed, run every input, stop the workers; results in input order.
     Nodes with an `address` are workers already serving (on this host or another): the client takes their
     results on the local address that routes to each (or on `reply_listen`, HOST or HOST:PORT), and local
     workers listen where those remote workers reach them (runtime.hosts).
     With `kernel_links` every node runs in its own network namespace and the kernel shapes the links'
     rates (runtime.netns); the transport then adds each link's latency only. `backend`: how stages are
-    started and reached (runtime.backends; default: gRPC worker processes)."""
+    started and reached (runtime.backends; default: gRPC worker processes). `pool`: local workers the
+    caller started for the network's nodes and keeps across runs (a run forgets its plan on every worker
+    when it ends, so the next run's plan version 1 is theirs); they are left running."""
     from profiler.models import load_adapter
 
     adapter = adapter or load_adapter(model)
@@ -120,8 +122,14 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
     controller_token = os.environ.get("AIFLOW_CONTROLLER_TOKEN") or None
     listen_host = worker_listen_host(given.values(), reply_listen) if local and given else "127.0.0.1"
     workers = None
+    if pool is not None and (kernel is not None or backend is not None):
+        raise ValueError("a worker pool serves plain local workers: not with kernel links or another back-end")
     try:
-        if kernel is not None:
+        if pool is not None:
+            missing = [n for n in local if n not in pool.addresses]
+            if missing:
+                raise ValueError(f"the worker pool serves no node {', '.join(missing)}")
+        elif kernel is not None:
             kernel.start()
             workers = LocalWorkers(model, local, token=token, threads=threads, hosts=kernel.addresses,
                                    launchers={n: kernel.launcher(n) for n in local})
@@ -133,6 +141,9 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
         addresses = dict(given)
         if workers is not None:
             addresses.update(workers.start())
+        elif pool is not None:
+            addresses.update({n: pool.addresses[n] for n in local})
+        serving = workers if workers is not None else pool
         sp = make_stage_plan(adapter, network, plan, addresses=addresses, profile=profile, emulate=emulate,
                              dilation=dilation, compression=compression, trace_base=trace_base,
                              native_hardware=native_hardware)
@@ -140,8 +151,8 @@ def run_on_network(model: str, network: Any, plan: Any, inputs: Sequence[str], *
             sp = replace(sp, links=tuple(replace(lk, kernel_rate=True) for lk in sp.links))
         mode = "generate" if is_generative(adapter) else "forward"
         results = asyncio.run(run_requests(sp, sources, mode=mode, max_new_tokens=max_new_tokens,
-                                           eos=adapter.eos_token_id, token=workers.token if workers else token,
-                                           controller_token=workers.controller_token if workers
+                                           eos=adapter.eos_token_id, token=serving.token if serving else token,
+                                           controller_token=serving.controller_token if serving
                                            else controller_token,
                                            tls=Tls.from_env(),
                                            concurrency=concurrency, timeout_s=timeout_s,

@@ -37,6 +37,7 @@ def demo(
     from orchestrator.strategies import describe_assignment, strategy_plans, why_optimal
     from profiler.models import load_adapter
     from profiler.paths import cache_root
+    from runtime.local import LocalWorkers
 
     if images < 1 or repeats < 1:
         raise InputError("--images and --repeats must be at least 1")
@@ -72,13 +73,15 @@ def demo(
     console.print(f"[bold]5/5[/] running each strategy through local workers (emulated network, time dilation "
                   f"K = {K:.2f})", highlight=False)
     runs = []
-    with Progress(TextColumn("  {task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    # one worker per node serves every strategy in turn (each run forgets its plan when it ends)
+    with LocalWorkers(d.DEMO_MODEL, net.node_names, threads=d.WORKER_THREADS) as pool, \
+            Progress(TextColumn("  {task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console, transient=True) as bar:
         task = bar.add_task("strategies", total=len(strategies))
         for s in strategies:
             bar.update(task, description=s.name)
             runs.append(d.run_strategy(s, d.DEMO_MODEL, net, profile, [i.path for i in imgs], dilation=K,
-                                       repeats=repeats, adapter=adapter))
+                                       repeats=repeats, adapter=adapter, pool=pool))
             bar.advance(task)
 
     _print_captions(imgs, unsplit, runs)

@@ -1,4 +1,5 @@
-"""Stages as Ray actors (runtime.ray_backend) on one local Ray cluster, a Ray node per network node:
+"""Stages as Ray actors (runtime.ray_backend) on one local Ray cluster, a Ray node per network node, joined
+by its address as `--ray-address` joins a user's cluster:
 a split LLM and the split captioner (through the daemon) give exactly the unsplit outputs, activations
 pass actor to actor (never through the driver), a dead actor answers UNAVAILABLE, and when a Ray node dies
 the daemon re-solves without it and the request still gets the exact caption. Skipped where Ray is not
@@ -24,7 +25,7 @@ from profiler.generate import greedy_generate  # noqa: E402
 from profiler.models import load_adapter  # noqa: E402
 from profiler.profile import load_profile  # noqa: E402
 from runtime.backends import open_backend  # noqa: E402
-from runtime.ray_backend import RayBackend, RayTransport  # noqa: E402
+from runtime.ray_backend import LocalRayCluster, RayBackend, RayTransport  # noqa: E402
 from runtime.session import prepare_input  # noqa: E402
 from runtime.transport import TransportError  # noqa: E402
 from tests.runtime.conftest import adapter, network, stage_plan  # noqa: E402
@@ -37,9 +38,22 @@ NEW_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def backend() -> Iterator[RayBackend]:
-    b = open_backend("ray", nodes=NODES)
-    assert isinstance(b, RayBackend) and b.local is not None
+def cluster() -> Iterator[LocalRayCluster]:
+    """A running Ray cluster this process is not connected to, as a user's own cluster would be."""
+    c = LocalRayCluster(NODES).start()
+    ray.shutdown()                               # the driver leaves; the cluster's nodes keep running
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def backend(cluster: LocalRayCluster) -> Iterator[RayBackend]:
+    """The back-end joined to that cluster by its address (`--ray-address`); `open_backend("ray")`
+    without one starts such a cluster itself (test_backends checks that path's refusals)."""
+    b = open_backend("ray", nodes=NODES, ray_address=cluster.cluster.address)
+    assert isinstance(b, RayBackend) and b.local is None and ray.is_initialized()
     try:
         yield b
     finally:
@@ -47,7 +61,8 @@ def backend() -> Iterator[RayBackend]:
     assert not ray.is_initialized()
 
 
-def test_split_llm_on_ray_equals_unsplit(backend: RayBackend, folders: dict[str, Path]) -> None:
+def test_split_llm_on_ray_equals_unsplit(backend: RayBackend, cluster: LocalRayCluster,
+                                         folders: dict[str, Path]) -> None:
     ad = adapter(folders, "llama")
     n = len(ad.units())
     x = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(3))
@@ -56,7 +71,7 @@ def test_split_llm_on_ray_equals_unsplit(backend: RayBackend, folders: dict[str,
     stages = backend.workers(str(folders["llama"]), ["phone", "cloud"])
     addresses = stages.start()
     try:
-        assert set(stages.ray_nodes.values()) == {backend.local.ray_nodes[m].node_id for m in NODES}
+        assert set(stages.ray_nodes.values()) == {cluster.ray_nodes[m].node_id for m in NODES}
         # phone: the embedding and the first half; cloud: the rest (the decode loop crosses both ways)
         assignment = ["phone"] * (n // 2) + ["cloud"] * (n - n // 2)
         sp = stage_plan(ad, assignment, addresses, net=network(NODES))
@@ -88,7 +103,7 @@ def test_split_llm_on_ray_equals_unsplit(backend: RayBackend, folders: dict[str,
         stages.stop()
 
 
-def test_daemon_on_ray_captions_exactly_and_resolves_when_a_node_dies(backend: RayBackend,
+def test_daemon_on_ray_captions_exactly_and_resolves_when_a_node_dies(backend: RayBackend, cluster: LocalRayCluster,
                                                                        tmp_path: Path) -> None:
     profile = load_profile(ROOT / "examples" / "tiny-captioner.profile.json")
     # examples/daemon.network.yaml's phone and cloud, one Wi-Fi + WAN link between them
@@ -116,7 +131,7 @@ def test_daemon_on_ray_captions_exactly_and_resolves_when_a_node_dies(backend: R
                 res, _, _ = await daemon.run_request(pixels(p), CAPTION_TOKENS)
                 assert ad.decode_tokens([int(t) for t in res.tokens[0]]) == want
             victim = next(m for m in first if m != net.source)
-            await asyncio.to_thread(backend.local.remove, victim)
+            await asyncio.to_thread(cluster.remove, victim)
             res, version, _ = await daemon.run_request(pixels(paths[0]), CAPTION_TOKENS)
             assert ad.decode_tokens([int(t) for t in res.tokens[0]]) == reference[0]
             assert victim not in version.plan.assignment and version.number > 1
