@@ -62,7 +62,9 @@ def body(path: Path) -> dict[str, str]:
     return {"image": base64.b64encode(path.read_bytes()).decode()}
 
 
-@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+# SQLite only: the daemon on PostgreSQL is tested through a server restart in test_history_outage.py,
+# and the store's every query in test_store_postgres.py (one scenario less keeps `make test` in budget).
+@pytest.mark.parametrize("database", ["sqlite"])
 def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[Path], list[str]], database: str,
                                              request: pytest.FixtureRequest) -> None:
     paths, reference = images
