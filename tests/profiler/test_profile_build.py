@@ -204,3 +204,43 @@ def test_bad_input_spec(text: str) -> None:
 def test_input_spec() -> None:
     assert parse_input_spec("image=64, prompt=16,new=8") == InputSpec(image_size=64, prompt_tokens=16, new_tokens=8)
     assert parse_input_spec(None) == InputSpec()
+
+
+class _ChainStub:
+    """An adapter whose chained run of a phase sleeps `chained_s` (a worker's segment)."""
+
+    def __init__(self, chained_s: float) -> None:
+        self.chained_s = chained_s
+
+    def run(self, first: int, last: int, x: object, *, phase: str, position: int, state: object) -> torch.Tensor:
+        import time
+        time.sleep(self.chained_s)
+        return torch.zeros(1)
+
+
+def _records(latencies: list[float]) -> list:
+    from profiler.build import _UnitRecord
+    recs = [_UnitRecord() for _ in latencies]
+    for r, t in zip(recs, latencies, strict=True):
+        r.latency["decode"] = t
+    return recs
+
+
+def test_unit_medians_are_scaled_to_the_chained_phase_keeping_their_shares() -> None:
+    from profiler.adapters.base import PhaseInfo
+    from profiler.build import _chain_correct
+    recs = _records([0.010, 0.030])                           # 40 ms timed unit by unit
+    ph = PhaseInfo(name="decode", first=0, last=1, repeat=4, input="loop")
+    factor = _chain_correct(_ChainStub(0.030), ph, None, {}, 0, recs, 0, 3, torch.device("cpu"))
+    assert 0.70 <= factor <= 1.5                               # the chain took about 30 ms (sleep overshoots)
+    assert recs[0].latency["decode"] == pytest.approx(0.010 * factor, rel=1e-6)
+    assert recs[1].latency["decode"] / recs[0].latency["decode"] == pytest.approx(3.0, rel=1e-5)
+
+
+def test_an_implausible_chain_factor_is_not_applied() -> None:
+    from profiler.adapters.base import PhaseInfo
+    from profiler.build import _chain_correct
+    recs = _records([0.001, 0.001])
+    ph = PhaseInfo(name="decode", first=0, last=1, repeat=4, input="loop")
+    assert _chain_correct(_ChainStub(0.020), ph, None, {}, 0, recs, 0, 2, torch.device("cpu")) == 1.0
+    assert [r.latency["decode"] for r in recs] == [0.001, 0.001]
