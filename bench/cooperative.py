@@ -76,11 +76,7 @@ POINTS = (
 def network_at(base: NetworkState, p: Point) -> NetworkState:
     net = base.with_link("phone", "edge", bandwidth_bps=p.phone_edge_bps, latency_s=p.phone_edge_s)
     net = net.with_link("edge", "cloud", latency_s=p.edge_cloud_s)
-    if p.phone_mem_bytes is None:
-        return net
-    doc = net.model_dump()
-    doc["nodes"] = [n | {"mem_bytes": p.phone_mem_bytes} if n["name"] == "phone" else n for n in doc["nodes"]]
-    return NetworkState.model_validate(doc)
+    return net if p.phone_mem_bytes is None else net.with_node("phone", mem_bytes=p.phone_mem_bytes)
 
 
 @dataclass
@@ -97,7 +93,9 @@ class Row:
         return statistics.median(vals) if vals else None
 
 
-def strategies(target: Profile, draft: Profile, net: NetworkState) -> tuple[list[Row], str]:
+def strategies(target: Profile, draft: Profile, net: NetworkState, device: str = "phone") -> tuple[list[Row], str]:
+    """Draft-only on `device`, the target alone on each of `device`, edge and cloud, the best split and the
+    best cooperative plan; and the planner's answer (`split` or `cooperative`)."""
     rows: list[Row] = []
 
     def single(prof: Profile, node: str, label: str) -> None:
@@ -107,8 +105,8 @@ def strategies(target: Profile, draft: Profile, net: NetworkState) -> tuple[list
         except BaselineInfeasible as exc:
             rows.append(Row(label, prof.model, None, None, "; ".join(exc.reasons)))
 
-    single(draft, "phone", "draft-only (phone)")
-    for node in ("phone", "edge", "cloud"):
+    single(draft, device, f"draft-only ({device})")
+    for node in (device, "edge", "cloud"):
         single(target, node, f"target-only ({node})")
     split = solve(target, net, PlanOptions())
     rows.append(Row("best split", target.model, split, split.predicted_latency_s))
@@ -163,6 +161,31 @@ def quality(row: Row, truth: dict[str, str], reference: dict[str, str]) -> tuple
     return acc, same
 
 
+def row_record(row: Row, truth: dict[str, str], reference: dict[str, str]) -> dict[str, Any]:
+    """A strategy's results as the JSON files and `strategy_table` keep them (seconds, medians)."""
+    acc, same = quality(row, truth, reference)
+    return {"strategy": row.strategy, "model": row.model, "why_not": row.why_not,
+            "plan_predicted_s": row.predicted_s, "measured_s": row.median("measured_s"),
+            "predicted_s": row.median("predicted_s"), "scene_accuracy": acc, "same_as_target": same,
+            "plan": row.plan.model_dump(mode="json", exclude_none=True) if row.plan else None,
+            "requests": row.requests}
+
+
+def strategy_table(records: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of `row_record`s: predicted for the plan and per request, measured, quality."""
+    lines = ["| strategy | model | predicted (plan) | measured | predicted | scene accuracy | same as target |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        if r["why_not"]:
+            lines.append(f"| {r['strategy']} | {r['model']} | infeasible: {r['why_not']} | | | | |")
+            continue
+        acc = "-" if r["scene_accuracy"] is None else f"{r['scene_accuracy']:.0%}"
+        same = "-" if r["same_as_target"] is None else f"{r['same_as_target']:.0%}"
+        lines.append(f"| {r['strategy']} | {r['model']} | {_ms(r['plan_predicted_s'])} | "
+                     f"{_ms(r['measured_s'])} | {_ms(r['predicted_s'])} | {acc} | {same} |")
+    return lines
+
+
 def _ms(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e3:.1f}"
 
@@ -176,18 +199,7 @@ def report(points: list[dict], meta: dict) -> str:
              "(its decoder passes, or its rounds and draft passes). Quality: scene accuracy on the true "
              "scenes; 'same' = caption identical to the target's own greedy caption.", ""]
     for p in points:
-        lines += [f"## {p['point']}: the planner answers `{p['mode']}`", "",
-                  "| strategy | model | predicted (plan) | measured | predicted | scene accuracy | same as target |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
-        for r in p["rows"]:
-            if r["why_not"]:
-                lines.append(f"| {r['strategy']} | {r['model']} | infeasible: {r['why_not']} | | | | |")
-                continue
-            acc = "-" if r["scene_accuracy"] is None else f"{r['scene_accuracy']:.0%}"
-            same = "-" if r["same_as_target"] is None else f"{r['same_as_target']:.0%}"
-            lines.append(f"| {r['strategy']} | {r['model']} | {_ms(r['plan_predicted_s'])} | "
-                         f"{_ms(r['measured_s'])} | {_ms(r['predicted_s'])} | {acc} | {same} |")
-        lines.append("")
+        lines += [f"## {p['point']}: the planner answers `{p['mode']}`", "", *strategy_table(p["rows"]), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -231,16 +243,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{p.name}: {row.strategy}: predicted {_ms(row.predicted_s)} ms, measured "
                       f"{_ms(row.median('measured_s'))} ms ({time.perf_counter() - t0:.0f} s)", file=sys.stderr,
                       flush=True)
-            out_rows = []
-            for row in rows:
-                acc, same = quality(row, truth, reference)
-                out_rows.append({"strategy": row.strategy, "model": row.model, "why_not": row.why_not,
-                                 "plan_predicted_s": row.predicted_s, "measured_s": row.median("measured_s"),
-                                 "predicted_s": row.median("predicted_s"), "scene_accuracy": acc,
-                                 "same_as_target": same,
-                                 "plan": row.plan.model_dump(mode="json", exclude_none=True) if row.plan else None,
-                                 "requests": row.requests})
-            out_points.append({"point": p.name, "mode": mode, "rows": out_rows})
+            out_points.append({"point": p.name, "mode": mode,
+                               "rows": [row_record(row, truth, reference) for row in rows]})
     meta = {"command": "python -m bench.cooperative " + " ".join(argv if argv is not None else sys.argv[1:]),
             "images": a.images, "dilation": dilation, "load_before": load_before,
             "load_after": ", ".join(f"{x:.2f}" for x in __import__("os").getloadavg()),

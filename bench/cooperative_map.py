@@ -65,11 +65,7 @@ def family_profiles() -> tuple[Profile, Profile]:
 def cell(device: str, mbit: float, latency_s: float, raw_on_device: bool, lent: float | None,
          edge_cloud_s: float) -> NetworkState:
     net = cell_network(device, mbit, latency_s, raw_on_device).with_link("edge", "cloud", latency_s=edge_cloud_s)
-    if lent is None:
-        return net
-    doc = net.model_dump()
-    doc["nodes"] = [n | {"mem_bytes": lent} if n["name"] == "device" else n for n in doc["nodes"]]
-    return NetworkState.model_validate(doc)
+    return net if lent is None else net.with_node("device", mem_bytes=lent)
 
 
 def _single_ms(profile: Profile, net: NetworkState, node: str) -> float | None:
@@ -127,30 +123,15 @@ def parse_cell(text: str) -> tuple[str, float, float, float | None, float]:
 
 def measure_cell(target: Profile, draft: Profile, spec: tuple[str, float, float, float | None, float],
                  images: int) -> dict[str, Any]:
-    """Every strategy of one cell run on the emulated runtime (bench.cooperative's runner)."""
+    """Every strategy of one cell run on the emulated runtime (bench.cooperative's strategies and runner)."""
     import tempfile
 
-    from bench.cooperative import Row, quality, run_row
+    from bench.cooperative import row_record, run_row, strategies
     from orchestrator.demo import local_dilation, unsplit_captions, write_test_images
-    from orchestrator.planner.cooperative import coop_plan
 
     device, mbit, lat, lent, ec = spec
     net = cell(device, mbit, lat, False, lent, ec)
-    rows: list[Row] = []
-    for label, prof, node in (("draft-only (device)", draft, "device"), ("target-only (device)", target, "device"),
-                              ("target-only (edge)", target, "edge"), ("target-only (cloud)", target, "cloud")):
-        try:
-            plan = single_node(prof, net, node)
-            rows.append(Row(label, prof.model, plan, plan.predicted_latency_s))
-        except BaselineInfeasible as exc:
-            rows.append(Row(label, prof.model, None, None, "; ".join(exc.reasons)))
-    split = solve(target, net, PlanOptions())
-    rows.append(Row("best split", target.model, split, split.predicted_latency_s))
-    search = search_cooperative(target, draft, net)
-    if search.best is not None:
-        plan = coop_plan(target, draft, search.best)
-        rows.append(Row(f"best cooperative (k={plan.k}, {search.best.evaluation.verifier})", target.model, plan,
-                        plan.predicted_latency_s))
+    rows, _ = strategies(target, draft, net, device="device")
     dilation = max(local_dilation(target, net), local_dilation(draft, net))
     adapters = {TARGET: load_adapter(TARGET), DRAFT: load_adapter(DRAFT)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,39 +142,28 @@ def measure_cell(target: Profile, draft: Profile, spec: tuple[str, float, float,
         out = []
         for row in rows:
             run_row(row, net, target, draft, imgs, dilation, adapters, names=(TARGET, DRAFT))
-            acc, same = quality(row, truth, reference)
-            print(f"  {row.strategy}: predicted {_ms(row.predicted_s and 1e3 * row.predicted_s)} ms, measured "
-                  f"{_ms(row.median('measured_s') and 1e3 * row.median('measured_s'))} ms", file=sys.stderr,
-                  flush=True)
-            out.append({"strategy": row.strategy, "model": row.model, "why_not": row.why_not,
-                        "plan_predicted_ms": None if row.predicted_s is None else 1e3 * row.predicted_s,
-                        "measured_ms": None if row.median("measured_s") is None else 1e3 * row.median("measured_s"),
-                        "predicted_ms": None if row.median("predicted_s") is None else 1e3 * row.median("predicted_s"),
-                        "scene_accuracy": acc, "same_as_target": same, "requests": row.requests})
+            out.append(row_record(row, truth, reference))
+            print(f"  {row.strategy}: predicted {_s_as_ms(out[-1]['plan_predicted_s'])} ms, measured "
+                  f"{_s_as_ms(out[-1]['measured_s'])} ms", file=sys.stderr, flush=True)
     return {"device": device, "access_mbit": mbit, "access_latency_ms": 1e3 * lat, "device_lends_bytes": lent,
             "edge_cloud_latency_ms": 1e3 * ec, "dilation": dilation, "images": images, "rows": out}
 
 
 def measured_report(cells: Sequence[dict[str, Any]]) -> str:
+    from bench.cooperative import strategy_table
+
     lines: list[str] = []
     for c in cells:
         mem = "datasheet memory" if c["device_lends_bytes"] is None else f"lends {c['device_lends_bytes'] / 1e6:.0f} MB"
         lines += [f"## Measured (EMULATED): {c['device']} ({mem}), {c['access_mbit']:g} Mbit/s, "
                   f"{c['access_latency_ms']:.0f} ms; cloud {c['edge_cloud_latency_ms']:.0f} ms beyond the edge", "",
                   f"{c['images']} held-out test images per strategy after one warm-up; dilation K = "
-                  f"{c['dilation']:.3g}; measured = wall time / K (median).", "",
-                  "| strategy | model | predicted (plan) | measured | predicted (per request) | scene accuracy | "
-                  "same as target |", "|---|---|---:|---:|---:|---:|---:|"]
-        for r in c["rows"]:
-            if r["why_not"]:
-                lines.append(f"| {r['strategy']} | {r['model']} | infeasible: {r['why_not']} | | | | |")
-                continue
-            acc = "-" if r["scene_accuracy"] is None else f"{r['scene_accuracy']:.0%}"
-            same = "-" if r["same_as_target"] is None else f"{r['same_as_target']:.0%}"
-            lines.append(f"| {r['strategy']} | {r['model']} | {_ms(r['plan_predicted_ms'])} | {_ms(r['measured_ms'])}"
-                         f" | {_ms(r['predicted_ms'])} | {acc} | {same} |")
-        lines.append("")
+                  f"{c['dilation']:.3g}; measured = wall time / K (median).", "", *strategy_table(c["rows"]), ""]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _s_as_ms(v: float | None) -> str:
+    return _ms(None if v is None else 1e3 * v)
 
 
 def _ms(v: float | None) -> str:

@@ -109,6 +109,13 @@ class NetworkState(_Frozen):
                  for link in self.links]
         return NetworkState.model_validate(self.model_dump() | {"links": links})
 
+    def with_node(self, name: str, **fields: Any) -> NetworkState:
+        """A validated copy with node `name` changed, e.g. mem_bytes=16e6."""
+        if name not in self.node_names:
+            raise KeyError(f"no node {name}")
+        nodes = [n.model_dump() | fields if n.name == name else n.model_dump() for n in self.nodes]
+        return NetworkState.model_validate(self.model_dump() | {"nodes": nodes})
+
     def with_constraints(self, **fields: Any) -> NetworkState:
         """A validated copy with constraints changed, e.g. raw_input_stays_on_source=True."""
         return NetworkState.model_validate(self.model_dump() | {"constraints": self.constraints.model_dump() | fields})

@@ -75,3 +75,16 @@ def test_with_constraints_changes_only_the_named_constraint() -> None:
     assert private.constraints.pins == {"vision.embed": ["phone"]} and private.links == net.links
     with pytest.raises(pydantic.ValidationError):
         net.with_constraints(pins={"vision.embed": ["moon"]})
+
+
+def test_with_node_changes_one_node_and_validates() -> None:
+    net = _net()
+    changed = net.with_node("phone", mem_bytes=16e6)
+    assert changed.node("phone").mem_bytes == 16e6
+    assert net.node("phone").mem_bytes != 16e6                       # the original stays as it was
+    assert [n.model_dump() for n in changed.nodes if n.name != "phone"] == \
+        [n.model_dump() for n in net.nodes if n.name != "phone"]
+    with pytest.raises(pydantic.ValidationError):
+        net.with_node("phone", mem_bytes=-1.0)
+    with pytest.raises(KeyError, match="nowhere"):
+        net.with_node("nowhere", mem_bytes=1e9)
