@@ -107,10 +107,11 @@ def machine_info(repeats: int, warmup: int, device: torch.device | None = None) 
 
 
 class RooflineSamples:
-    """This machine's matmul peak and copy bandwidth, measured between the phases of the profiling run
-    and summarised by their medians: a shared, virtualised host's speed drifts (211-332 GFLOP/s in four
-    runs seconds apart here), and the estimates for described devices scale with the measured peak over
-    the measured unit times, so both are taken across the same stretch of time."""
+    """This machine's matmul peak and copy bandwidth, measured after each phase of the profiling run
+    (machine_info measured them before the first) and summarised by their medians: a shared,
+    virtualised host's speed drifts (211-332 GFLOP/s in four runs seconds apart here), and the
+    estimates for described devices scale with the measured peak over the measured unit times, so
+    both are taken across the same stretch of time."""
 
     def __init__(self, device: torch.device, seconds: float = 0.15) -> None:
         self.device, self.seconds = device, seconds
@@ -161,7 +162,6 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
 
     chain: dict[str, float] = {}
     for ph in phase_infos:
-        roof.sample()
         position = tokens_seen.get(ph.first, 0) if ph.input == "loop" else 0
         x = adapter.example_input(spec, ph.name)
         phase_x, phase_state = x, copy.deepcopy(state)
@@ -210,7 +210,7 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
             x = out
             done += 1
         chain[ph.name] = _chain_correct(adapter, ph, phase_x, phase_state, position, recs, warmup, repeats, device)
-    roof.sample()
+        roof.sample()                          # machine_info measured before the first phase
     roof.record(info)
     info["chain_factors"] = {k: round(v, 4) for k, v in chain.items()}
     if progress is not None:

@@ -115,11 +115,8 @@ def local_threads(name: str, fp: dict[str, object] | None = None) -> int | None:
     machine's cores can give ("cpu-xeon-1t" on a 2-core Xeon -> 1); None for any other class. A native
     run of such a class gives each worker that many threads, so its compute matches the profile's."""
     fp = fp if fp is not None else fingerprint()
-    m = re.fullmatch(r"cpu-(.+)-(\d+)t", name)
-    if m is None or m.group(1) != cpu_slug(str(fp.get("cpu_model", "unknown"))):
-        return None
-    n = int(m.group(2))
-    return n if 1 <= n <= (os.cpu_count() or 1) else None
+    return next((n for n in range(1, (os.cpu_count() or 1) + 1) if hardware_class(fp, "cpu", threads=n) == name),
+                None)
 
 
 def native_class(node_classes: Iterable[str], local: str,
