@@ -16,7 +16,8 @@ assumed:
   hop_s already).
 
 Workers run in this process on loopback, so the numbers hold the runtime's work and none of a
-network's (the links are modelled apart). Medians of many repetitions after a warm-up.
+network's (the links are modelled apart). Medians of many repetitions after a warm-up, the
+kinds of run taking turns in each round (pipeline_costs).
 
 Beside them, `socket_round_trip` measures the floor any transport on this host stands on: a plain TCP
 socket round trip on loopback (an echo thread, TCP_NODELAY) of a message of a frame's size.
@@ -25,6 +26,7 @@ socket round trip on loopback (an echo thread, TCP_NODELAY) of a message of a fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import statistics
 import threading
@@ -55,6 +57,12 @@ class RuntimeOverheads:
     def as_profile_entry(self) -> dict[str, object]:
         """The value of `overheads.<hw>` in a profile."""
         return {"hop_s": self.hop_s, "request_s": self.request_s, "pass_s": self.pass_s, "codec": self.codec}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -142,9 +150,9 @@ async def pipeline_costs(repeats: int) -> dict[str, float]:
                 out = ad.run(0, n_units - 1, out.argmax(-1, keepdim=True), phase="decode",
                              position=ids.shape[1] + k, state=state)
 
-    out = {"compute_s": _median_time(lambda: direct(1), repeats),
-           "gen_compute_s": _median_time(lambda: direct(GEN_PASSES), repeats // 4 + 1)}
     single, alternating = ["A"] * n_units, ["AB"[u % 2] for u in range(n_units)]
+    samples: dict[str, list[float]] = {k: [] for k in ("compute_s", "gen_compute_s", "single_s", "alternating_s",
+                                                        "gen_single_s")}
     workers = {name: Worker(name, adapter=ad, token="overheads") for name in ("A", "B")}
     try:
         addresses = {k: await w.start() for k, w in workers.items()}
@@ -152,22 +160,30 @@ async def pipeline_costs(repeats: int) -> dict[str, float]:
             nodes=[SimpleNamespace(name=k, hardware="local", slowdown=1.0, address=v) for k, v in addresses.items()],
             links=[SimpleNamespace(a="A", b="B", bandwidth_bps=1e12, latency_s=0.0, directed=False, trace=None)],
             source="A", sink=None)
-        runs = (("single_s", single, "forward", repeats), ("alternating_s", alternating, "forward", repeats),
-                ("gen_single_s", single, "generate", repeats // 4 + 1))
-        for version, (key, asg, mode, n) in enumerate(runs, start=1):
-            sp = build_stage_plan(version=version, model=ad.name, units=ad.units(), phases=ad.phases(InputSpec()),
-                                  edges=ad.edges(), assignment=asg, network=net)
-            times = []
-            async with Client(sp, token="overheads") as client:
-                for k in range(WARMUP + n):
-                    r = await (client.forward(ids) if mode == "forward"
-                               else client.generate(ids, max_new_tokens=GEN_PASSES))
-                    if k >= WARMUP:
-                        times.append(r.measured_s)
-            out[key] = statistics.median(times)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {}
+            for version, (key, asg) in enumerate((("single", single), ("alternating", alternating)), start=1):
+                sp = build_stage_plan(version=version, model=ad.name, units=ad.units(), phases=ad.phases(InputSpec()),
+                                      edges=ad.edges(), assignment=asg, network=net)
+                clients[key] = await stack.enter_async_context(Client(sp, token="overheads"))
+            # Every kind of run takes its turn in each round, so a change of this host's speed during the
+            # measurement moves them alike and their differences (the runtime's costs) hold; measured one
+            # kind after another, a slow spell under the direct runs made the worker's costs come out 0.
+            for k in range(WARMUP + repeats):
+                round_ = {"compute_s": _timed(lambda: direct(1)),
+                          "single_s": (await clients["single"].forward(ids)).measured_s,
+                          "alternating_s": (await clients["alternating"].forward(ids)).measured_s}
+                if k % 4 == 0:                 # a generation every fourth round: GEN_PASSES passes each
+                    round_["gen_compute_s"] = _timed(lambda: direct(GEN_PASSES))
+                    round_["gen_single_s"] = (await clients["single"].generate(
+                        ids, max_new_tokens=GEN_PASSES)).measured_s
+                if k >= WARMUP:
+                    for key, v in round_.items():
+                        samples[key].append(v)
     finally:
         for w in workers.values():
             await w.stop()
+    out = {key: statistics.median(v) for key, v in samples.items()}
     out["cuts"] = float(sum(1 for u in range(n_units - 1) if alternating[u] != alternating[u + 1]))
     out["result_hops"] = float(alternating[-1] != "A")
     return out
