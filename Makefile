@@ -9,9 +9,10 @@ demo: setup
 
 # pytest exits 5 when it collects no test: that is a failure, not a pass. Two pytest workers: most
 # of the slow tests wait on emulated links and daemons' schedules, not on the CPU (8.8 min against
-# 15 min in one process on this 2-core machine); namespace tests share one worker (tests/conftest.py).
+# 15 min in one process on this 2-core machine). Tests that make network namespaces look only at their
+# own process's (named aiflow-<pid>-...), so they may run beside each other.
 test: setup
-	@.venv/bin/python -m pytest -q -n 2 --dist loadgroup; rc=$$?; \
+	@.venv/bin/python -m pytest -q -n 2; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: setup
