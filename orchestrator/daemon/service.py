@@ -922,11 +922,13 @@ class Daemon:
         old = self.current
         if self.client is not None and not cooperative:
             self.client.commit(number)
+        # the plan is in force from the commit: requests take it (and find its version) while the record waits
+        applied = Version(number, plan, snapshot, plan_id, None, datetime.now(UTC))
+        self.current = self.versions[number] = applied
         app_id = await self._record(self._save_application, plan_id, old.plan_id if old else None, number,
                                     decision_id)
-        self.current = Version(number, plan, snapshot, plan_id, app_id, datetime.now(UTC))
-        self.versions[number] = self.current
-        self.switches.append({"version": number, "at": self.current.applied_at.timestamp(),
+        applied.application_id = app_id
+        self.switches.append({"version": number, "at": applied.applied_at.timestamp(),
                               "assignment": list(plan.assignment), **plan_mode(plan),
                               "predicted_latency_s": plan.predicted_latency_s})
         self.metrics.switches.labels(outcome="applied").inc()

@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -130,9 +130,10 @@ def test_daemon_adapts_migrates_and_recovers(tmp_path: Path, images: tuple[list[
             async def stream(j: int) -> None:
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
-                    t0 = datetime.now(UTC)
-                    version = (await ask(j))["plan_version"]
-                    spans.append((t0, datetime.now(UTC), version))
+                    answer = await ask(j)
+                    version, t1 = answer["plan_version"], datetime.now(UTC)
+                    # when the daemon sent it on its plan (the HTTP call began earlier, before its decoding)
+                    spans.append((t1 - timedelta(seconds=answer["wall_s"]), t1, version))
                     if version == 3:
                         return
 
