@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 
@@ -30,13 +32,15 @@ from runtime.links import EmulatedNetwork, Emulation
 from runtime.local import LocalWorkers
 from runtime.transport import GrpcTransport, TransportError
 
+log = logging.getLogger("aiflow.daemon")
+
 
 class CoopServing:
     """The cooperative side of one daemon: its verifier processes, routes per plan version and requests in flight."""
 
     def __init__(self, model: str, target: ModelAdapter, draft: ModelAdapter, target_profile: Profile,
                  draft_profile: Profile, *, token: str | None, threads: int | None = 1,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", on_restart: Callable[[str], None] | None = None) -> None:
         self.model, self.target, self.draft = model, target, draft
         self.target_profile, self.draft_profile = target_profile, draft_profile
         self.token, self.threads, self.host = token, threads, host
@@ -47,6 +51,10 @@ class CoopServing:
         self.transport = GrpcTransport(token)
         self.network: EmulatedNetwork | None = None
         self.truth: Emulation | None = None
+        self.restarts: dict[str, int] = defaultdict(int)     # node -> verifiers restarted after they died
+        self.retried = 0                                     # requests run again on a restarted verifier
+        self._revive_lock = asyncio.Lock()
+        self._on_restart = on_restart
 
     def pid(self, node: str) -> int | None:
         workers = self.verifiers.get(node)
@@ -103,17 +111,25 @@ class CoopServing:
         if self.network is not None and self.truth is not None:
             pacing = pacing_from_profiles(self.target_profile, self.draft_profile, self._pacing_network(base), route,
                                           self.target, self.draft, self.truth.dilation)
-        client = CoopClient(self.draft, self.target, route, self.addresses[route.verifier], self.transport,
-                            network=self.network, pacing=pacing)
         self.in_flight[version] += 1
         try:
-            left = deadline - time.monotonic()
-            res = await asyncio.wait_for(client.generate(source, max_new_tokens=max_new_tokens, eos=eos),
-                                         timeout=max(left, 0.001))
-        except TimeoutError:
-            raise RequestFailed("request timed out (cooperative)") from None
-        except (RuntimeError, TransportError, OSError) as exc:
-            raise RequestFailed(f"cooperative request failed on {route.verifier}: {exc}") from None
+            for attempt in range(2):
+                address = self.addresses[route.verifier]
+                client = CoopClient(self.draft, self.target, route, address, self.transport, network=self.network,
+                                    pacing=pacing)
+                try:
+                    left = deadline - time.monotonic()
+                    res = await asyncio.wait_for(client.generate(source, max_new_tokens=max_new_tokens, eos=eos),
+                                                 timeout=max(left, 0.001))
+                    break
+                except TimeoutError:
+                    raise RequestFailed("request timed out (cooperative)") from None
+                except (RuntimeError, TransportError, OSError) as exc:
+                    # a verifier that died is started again and the request run again from its start, once
+                    if attempt or time.monotonic() >= deadline or not await self.revive(route.verifier, address):
+                        raise RequestFailed(f"cooperative request failed on {route.verifier}: {exc}",
+                                            (route.verifier,)) from None
+                    self.retried += 1
         finally:
             self.in_flight[version] -= 1
         tokens = torch.tensor([res.tokens], dtype=torch.long)
@@ -121,6 +137,33 @@ class CoopServing:
                             dilation=res.dilation, emulated=self.network is not None,
                             transfer_bytes={h: int(b) for h, b in res.bytes_sent.items()}, plan_version=version)
         return out, res.rounds, res.draft_passes
+
+    async def revive(self, node: str, seen_address: str) -> bool:
+        """After a request failed on the verifier at `seen_address`: True when a verifier on `node` can be
+        tried again (restarted here because its process died, or already restarted by another request)."""
+        workers = self.verifiers.get(node)
+        if workers is None:
+            return False
+        async with self._revive_lock:
+            if self.addresses.get(node) != seen_address:
+                return True
+            if workers.alive(node):
+                return False
+            try:
+                self.addresses[node] = await asyncio.to_thread(workers.restart, node)
+            except Exception as exc:  # noqa: BLE001 - a verifier that will not start: its requests fail
+                log.warning("restarting the verifier on %s failed: %s", node, exc)
+                return False
+            self.restarts[node] += 1
+            if self._on_restart is not None:
+                self._on_restart(node)
+            log.warning("verifier on %s died: started again at %s", node, self.addresses[node])
+            return True
+
+    async def revive_dead(self) -> list[str]:
+        """The probe's check: restart every verifier whose process died; the nodes restarted."""
+        dead = [(n, a) for n, a in self.addresses.items() if not self.verifiers[n].alive(n)]
+        return [n for n, a in dead if await self.revive(n, a)]
 
     def forget(self, version: int) -> None:
         self.routes.pop(version, None)

@@ -37,6 +37,8 @@ class Metrics:
                                        buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10))
         self.restarts = Counter("aiflow_worker_restarts", "Local workers restarted after they died", ["node"],
                                 registry=r)
+        self.verifier_restarts = Counter("aiflow_verifier_restarts", "Verifiers (cooperative mode) restarted after "
+                                         "they died", ["node"], registry=r)
         self.history_errors = Counter("aiflow_history_errors", "History writes that failed", registry=r)
         self.history_dropped = Counter("aiflow_history_dropped", "Buffered history records dropped (buffer full)",
                                        registry=r)

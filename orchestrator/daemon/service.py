@@ -209,7 +209,8 @@ class Daemon:
                 raise
         if self.draft_profile is not None and self.draft_adapter is not None:
             self.coop = CoopServing(self.model, self.adapter, self.draft_adapter, self.profile, self.draft_profile,
-                                    token=self.token, threads=self.threads)
+                                    token=self.token, threads=self.threads,
+                                    on_restart=lambda n: self.metrics.verifier_restarts.labels(node=n).inc())
         try:
             await self._push_emulation()
             self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
@@ -596,6 +597,8 @@ class Daemon:
                 change = change or new
                 if new == "up":
                     await self._push_emulation()
+        if self.coop is not None:
+            await self.coop.revive_dead()       # a verifier that died between requests: ready for the next
         if restarted:
             # a restarted worker listens at a new address and holds no plan: the plan in force is applied
             # again (as a new version) even if the planner would keep it

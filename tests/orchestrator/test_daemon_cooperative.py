@@ -7,8 +7,11 @@ requests in flight at a switch finish, and the mode and k are in the status and 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -34,6 +37,13 @@ NETWORK = ROOT / "examples" / "family.network.yaml"
 PROBE_S = 1.0
 
 
+async def wait_for(condition: Callable[[], bool], limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
 def test_daemon_switches_between_cooperative_and_split_as_the_link_changes(tmp_path: Path) -> None:
     paths = [im.path for im in write_test_images(tmp_path, 3)]
     target = load_adapter("captioner-target")
@@ -54,12 +64,12 @@ def test_daemon_switches_between_cooperative_and_split_as_the_link_changes(tmp_p
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://daemon",
                                      timeout=120) as api:
             async def ask(i: int) -> int:
-                t0 = datetime.now(UTC)
                 r = await api.post("/v1/requests", json=body(paths[i % len(paths)]))
                 assert r.status_code == 200, r.text
                 j = r.json()
                 outputs.append((j["plan_version"], j["output"], reference[i % len(paths)]))
-                spans.append((t0, datetime.now(UTC), j["plan_version"]))
+                t1 = datetime.now(UTC)     # sent on its plan wall_s before (the HTTP call began earlier)
+                spans.append((t1 - timedelta(seconds=j["wall_s"]), t1, j["plan_version"]))
                 return j["plan_version"]
 
             async def until_version(v: int, streams: int = 2, limit_s: float = 30.0) -> None:
@@ -89,6 +99,24 @@ def test_daemon_switches_between_cooperative_and_split_as_the_link_changes(tmp_p
             # and recovers: cooperative again
             await api.post("/v1/emulation/links", json={"a": "phone", "b": "edge", "latency_s": 0.002})
             await until_version(3)
+
+            # the verifier is killed between requests and again under a request: each time it is started
+            # again (by the probe, or by the failed request, which then runs again) and the captions hold
+            node = seen[-1]["plan"]["assignment"][-1]
+            first = daemon.coop.pid(node)
+            os.kill(first, signal.SIGKILL)
+            await wait_for(lambda: daemon.coop.pid(node) != first, 10 * PROBE_S)     # the probe's restart
+            await asyncio.gather(*(ask(i) for i in range(2)))
+            second = daemon.coop.pid(node)
+            asking = asyncio.gather(*(ask(i) for i in range(2)))
+            await wait_for(lambda: daemon.coop.in_flight[3] == 2, 5.0)
+            await asyncio.sleep(0.2)                                   # inside their verification rounds
+            os.kill(second, signal.SIGKILL)
+            await asking
+            assert daemon.coop.pid(node) not in (first, second, None) and not alive(first) and not alive(second)
+            assert daemon.coop.restarts[node] == 2 and daemon.coop.retried >= 1 and daemon.current.number == 3
+            metrics = (await api.get("/metrics")).text
+            assert f'aiflow_verifier_restarts_total{{node="{node}"}} 2.0' in metrics
         pids = [s.pid for s in daemon.nodes.values()] + [daemon.coop.pid(n) for n in daemon.coop.verifiers]
         await daemon.drain()
         await daemon.close()
