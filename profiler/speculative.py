@@ -10,8 +10,8 @@ Pieces:
 - `Scorer`: a model reduced to "the target's greedy next token after each of the last `count`
   prefixes of this token list" (one pass over the whole list: the verification pass).
   `EncoderDecoderScorer` (a cross-attention decoder given the encoder output once) and
-  `CausalScorer` (a causal LM given the prompt once) implement it with a full recompute, so a pass
-  over k+1 new positions is one forward of the decoder.
+  `CausalScorer` (a causal LM given the prompt once) implement it over a key/value cache (`KVCache`),
+  so a verification pass runs the k+1 new positions only and a draft pass one.
 - `speculative_decode(propose, verify, k, ...)`: the round loop, over any proposer and verifier
   (in-process here, across the network in runtime.cooperative).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -44,6 +44,31 @@ class Scorer(Protocol):
         """Greedy next tokens after tokens[:len(tokens) - count + 1], ..., tokens (count >= 1)."""
 
 
+class KVCache:
+    """A decoder's key/value cache over the ids it has run, so that a pass runs only the positions it has
+    not seen: a verification pass k + 1 new positions, a draft pass one (the passes the cooperative cost
+    model prices, profiler.speculative_profile.verify_ratios). Proposals the target rejected are cropped
+    off before the next pass."""
+
+    def __init__(self) -> None:
+        self.cache: Any = None
+        self.seen: list[int] = []
+
+    def logits(self, model: torch.nn.Module, ids: Sequence[int], count: int, **kwargs: Any) -> torch.Tensor:
+        """[count, vocab]: the logits at the last `count` positions of `ids`, which are always run anew."""
+        keep, limit = 0, min(len(self.seen), len(ids) - count)
+        while keep < limit and self.seen[keep] == ids[keep]:
+            keep += 1
+        if keep == 0:
+            self.cache = None
+        elif keep < len(self.seen):
+            self.cache.crop(keep - len(self.seen))          # drop the positions after the common prefix
+        new = torch.tensor([list(ids[keep:])], dtype=torch.long)
+        out = model(input_ids=new, cache=self.cache, use_cache=True, **kwargs)
+        self.cache, self.seen = out["cache"], list(ids)
+        return out.logits[0, -count:]
+
+
 class EncoderDecoderScorer:
     """A cross-attention decoder (GPT-2 with add_cross_attention) on a fixed encoder output (already
     through enc_to_dec_proj when the model has one), the sequence started by `start_token_id`."""
@@ -53,13 +78,13 @@ class EncoderDecoderScorer:
         self.encoder_out = encoder_out
         self.start = start_token_id
         self.passes = 0
+        self.kv = KVCache()
 
     @torch.no_grad()
     def predict(self, tokens: Sequence[int], count: int) -> list[int]:
-        ids = torch.tensor([[self.start, *tokens]], dtype=torch.long)
-        logits = self.decoder(input_ids=ids, encoder_hidden_states=self.encoder_out, use_cache=False).logits
+        logits = self.kv.logits(self.decoder, [self.start, *tokens], count, encoder_hidden_states=self.encoder_out)
         self.passes += 1
-        return logits[0, -count:].argmax(-1).tolist()
+        return logits.argmax(-1).tolist()
 
 
 class CausalScorer:
@@ -71,13 +96,13 @@ class CausalScorer:
         self.model = model
         self.prompt = list(prompt_ids)
         self.passes = 0
+        self.kv = KVCache()
 
     @torch.no_grad()
     def predict(self, tokens: Sequence[int], count: int) -> list[int]:
-        ids = torch.tensor([[*self.prompt, *tokens]], dtype=torch.long)
-        logits = self.model(input_ids=ids, use_cache=False).logits
+        logits = self.kv.logits(self.model, [*self.prompt, *tokens], count)
         self.passes += 1
-        return logits[0, -count:].argmax(-1).tolist()
+        return logits.argmax(-1).tolist()
 
 
 def greedy_propose(draft: Scorer, tokens: Sequence[int], k: int, eos: int | None) -> list[int]:

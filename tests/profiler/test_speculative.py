@@ -175,3 +175,33 @@ def test_llm_pair_with_shared_embeddings_equals_target_greedy() -> None:
             assert torch.equal(torch.tensor(got.tokens, dtype=torch.long), want)
             accepted += got.accepted
     assert accepted > 0   # the early-exit draft agrees with the target some of the time
+
+
+class _Counting(torch.nn.Module):
+    """A causal LM that records how many positions each call runs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.runs = model, []
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: object) -> object:
+        self.runs.append(int(input_ids.shape[1]))
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_cached_scorer_runs_only_new_positions_and_matches_a_full_recompute() -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+    counting = _Counting(model)
+    scorer = CausalScorer(counting, [5, 6, 7])
+    rng = random.Random(1)
+    tokens: list[int] = []
+    for _ in range(12):                        # rounds: k proposals, some kept, the rest cropped off
+        k = rng.randint(0, 4)
+        proposed = [rng.randrange(50) for _ in range(k)]
+        got = scorer.predict([*tokens, *proposed], k + 1)
+        with torch.no_grad():                  # the oracle: the whole sequence run without a cache
+            full = model(input_ids=torch.tensor([[5, 6, 7, *tokens, *proposed]]), use_cache=False).logits
+        assert got == full[0, -(k + 1):].argmax(-1).tolist()
+        assert counting.runs[-1] == (k + 1 if tokens or len(counting.runs) > 1 else 3 + k)
+        tokens += proposed[: rng.randint(0, k)] + [got[0]]
