@@ -29,9 +29,9 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -48,6 +48,8 @@ from profiler.speculative import (
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame
 from runtime.links import EmulatedNetwork, sleep_until
 from runtime.transport import FrameServer, Transport
+
+T = TypeVar("T")
 
 TOKEN_BYTES = 8          # an int64 token id on the wire
 
@@ -229,8 +231,17 @@ class CoopClient:
             raise RuntimeError(f"{self.route.verifier}: {replies[0].meta.get('error', replies[0].meta)}")
         return replies[0]
 
+    def _source_encoders(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the draft's context, the target's input to the verifier): the encoders' parts on the source."""
+        enc_d = encoder_range(self.draft)
+        draft_context = run_encoder(self.draft, 0, enc_d.stop - 1, x) if enc_d else x
+        target_in = run_encoder(self.target, 0, self.route.cut - 1, x) if encoder_range(self.target) else x
+        return draft_context, target_in
+
     async def generate(self, x: torch.Tensor, *, max_new_tokens: int, eos: int | None) -> CoopResult:
-        """One request (batch 1): the target's greedy tokens, made cooperatively."""
+        """One request (batch 1): the target's greedy tokens, made cooperatively. The source's compute
+        (encoders, draft passes) runs in a worker thread: the event loop it shares (the daemon's, with
+        its API, probes and other requests) is not held for it."""
         if x.shape[0] != 1:
             raise ValueError("cooperative decoding runs one request at a time (batch 1)")
         r, p = self.route, self.pacing
@@ -238,9 +249,7 @@ class CoopClient:
         rid = uuid.uuid4().hex
         start = time.perf_counter()
         t0 = time.perf_counter()
-        enc_d = encoder_range(self.draft)
-        draft_context = run_encoder(self.draft, 0, enc_d.stop - 1, x) if enc_d else x
-        target_in = run_encoder(self.target, 0, r.cut - 1, x) if encoder_range(self.target) else x
+        draft_context, target_in = await _off_loop(self._source_encoders, x)
         await sleep_until(t0 + p.draft_encode_s + p.target_source_s)
         draft = make_scorer(self.draft, draft_context)
         await self._carry(r.source, r.verifier, target_in.numel() * target_in.element_size(), sent)
@@ -251,7 +260,7 @@ class CoopClient:
                 # the passes run back to back on the source: paced once for all of them (one sleep
                 # per round rather than per pass, whose wake-up delays would add up)
                 t = time.perf_counter()
-                out = greedy_propose(draft, tokens, k, eos)
+                out = await _off_loop(greedy_propose, draft, tokens, k, eos)
                 await sleep_until(t + len(out) * p.draft_pass_s)
                 return out
 
@@ -279,6 +288,14 @@ class CoopClient:
                 await self._call(Frame(kind="close", request_id=rid))
         return CoopResult(result.tokens, result.rounds, result.draft_passes, result.accepted,
                           time.perf_counter() - start, self.dilation, sent)
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a worker thread under inference mode (a thread does not inherit the caller's mode)."""
+    def run() -> T:
+        with torch.inference_mode():
+            return fn(*args)
+    return await asyncio.to_thread(run)
 
 
 # -- the verifier process ------------------------------------------------------------------------------
