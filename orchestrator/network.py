@@ -42,6 +42,9 @@ class Node(_Frozen):
     tier: Tier | None = None
     # host:port of a worker that already runs elsewhere; absent means "start one on this machine".
     address: str | None = None
+    # host:port of a cooperative verifier (`aiflow verifier`) already running there: where a cooperative
+    # plan that verifies on this node sends its proposals; absent means "start one on this machine".
+    verifier_address: str | None = None
 
 
 class Link(_Frozen):

@@ -88,7 +88,10 @@ def run_cooperative(target_model: str, draft_model: str, network: Any, plan: Any
     except ValueError as exc:
         raise InputError(f"--plan: {exc}") from None
     sources = [prepare_input(target, item) for item in inputs]
-    given = {n.name: n.address for n in network.nodes if n.address}
+    # a verifier already serving on the node: its verifier_address, else (a node that serves cooperative
+    # plans only) its address
+    given = {n.name: getattr(n, "verifier_address", None) or n.address for n in network.nodes
+             if getattr(n, "verifier_address", None) or n.address}
     pacing = (pacing_from_profiles(target_profile, draft_profile, network, route, target, draft, dilation)
               if emulate and target_profile is not None and draft_profile is not None else None)
     k = dilation if pacing is not None else 1.0

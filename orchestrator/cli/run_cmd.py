@@ -381,6 +381,28 @@ def _print(rows: list[dict[str, Any]], prof_source: str | None, k: float, emulat
         console.print(b)
 
 
+def verifier(
+    name: str = typer.Option(..., "--name", help="The node this verifier serves (a name from the network file)."),
+    listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port)."),
+    model: str = typer.Option(..., "--model", help="The target model it verifies with (e.g. captioner-target)."),
+    token: str | None = typer.Option(None, "--token", envvar="AIFLOW_TOKEN",
+                                     help="Shared token clients must present (default: $AIFLOW_TOKEN)."),
+    threads: int | None = threads_option(),
+    state_timeout: float = typer.Option(120.0, "--state-timeout", help="Seconds an idle request's state is kept."),
+) -> None:
+    """Serve cooperative decoding's target on one node: check a draft's proposals in one pass each. Prints
+    READY HOST:PORT; name it as the node's verifier_address in the network file."""
+    from profiler.models import resolve_folder
+    from runtime.cooperative import serve as serve_verifier
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--listen: expected HOST:PORT, got {listen!r}")
+    resolve_folder(model)                     # a bad model name is a one-line error before serving
+    asyncio.run(serve_verifier(name, listen, model, token=token, threads=threads, state_timeout_s=state_timeout))
+
+
 def register(app: typer.Typer) -> None:
     app.command("worker")(worker)
+    app.command("verifier")(verifier)
     app.command("run")(run)

@@ -78,8 +78,13 @@ class CoopServing:
         route = coop_route(self.target, network.source, plan.assignment, plan.draft_assignment, plan.k)
         node = route.verifier
         if node not in self.addresses:
+            spec = network.node(node)
+            if spec.verifier_address:              # a verifier serving on that node already: used, not started
+                self.addresses[node] = spec.verifier_address
+        if node not in self.addresses:
             if network.node(node).address:
-                raise ValueError(f"node {node} is remote: the daemon starts verifiers on its local nodes only")
+                raise ValueError(f"node {node} is remote and names no verifier_address: the daemon starts "
+                                 "verifiers on its local nodes only")
             workers = LocalWorkers(self.model, [node], token=self.token, threads=self.threads, host=self.host,
                                    module="runtime.cooperative")
             started = await asyncio.to_thread(workers.start)
