@@ -25,13 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BANDWIDTHS_MBIT = (1, 5, 20, 100)
 LATENCIES_S = (0.002, 0.010)
+NODES = ("phone", "edge", "cloud")
 SPEED_RUNS = 5                          # in-process generations before and after each point: the host's speed
 
 
 def network(hw: str, mbit: float, latency: float, pins: dict[str, list[str]] | None = None) -> Any:
     from orchestrator.network import parse_network
     doc: dict[str, Any] = {"format": "aiflow.network/v1", "source": "phone", "nodes": [
-        {"name": n, "hardware": hw, "mem_bytes": 1e10} for n in ("phone", "edge", "cloud")], "links": [
+        {"name": n, "hardware": hw, "mem_bytes": 1e10} for n in NODES], "links": [
         {"a": "phone", "b": "edge", "bandwidth_bps": mbit * 1e6, "latency_s": latency},
         {"a": "edge", "b": "cloud", "bandwidth_bps": 1e8, "latency_s": latency}]}
     if pins:
@@ -109,6 +110,7 @@ def run_model(model: str, requests: int, quick: bool, threads: int) -> list[dict
     from profiler.build import build_profile
     from profiler.hardware import hardware_class
     from profiler.models import load_adapter
+    from runtime.local import LocalWorkers
     from runtime.overheads import measure_overheads, with_overheads
     from runtime.session import prepare_input, run_on_network
 
@@ -121,7 +123,8 @@ def run_model(model: str, requests: int, quick: bool, threads: int) -> list[dict
     points = [(m, lat) for m in BANDWIDTHS_MBIT for lat in LATENCIES_S]
     if quick:
         points = points[::3]
-    with tempfile.TemporaryDirectory() as tmp:
+    # one pool of workers for every point: no worker starts or stops beside the host-speed runs
+    with tempfile.TemporaryDirectory() as tmp, LocalWorkers(model, NODES, threads=threads) as pool:
         items = inputs_for(adapter, Path(tmp), requests + 1, int(profile.input.get("prompt_tokens", 16)))
         sources = [prepare_input(adapter, item) for item in items[:SPEED_RUNS]]
         for mbit, lat in points:
@@ -132,7 +135,7 @@ def run_model(model: str, requests: int, quick: bool, threads: int) -> list[dict
                 before = host_speed(adapter, sources, profile, hw)
                 results = run_on_network(model, net, plan, items, max_new_tokens=16, emulate=True, profile=profile,
                                          dilation=1.0, adapter=adapter, native_hardware=hw,
-                                         threads=threads)
+                                         threads=threads, pool=pool)
                 speed = statistics.median(before + host_speed(adapter, sources, profile, hw))
                 ratios, at_speed, measured = [], [], []
                 for r in results[1:]:                   # the first request warms the workers up
