@@ -47,7 +47,7 @@ from profiler.speculative import (
 )
 from runtime.codec import Frame, FrameError, ack_frame, decode_frame, encode_frame, error_frame
 from runtime.links import EmulatedNetwork, sleep_until
-from runtime.transport import FrameServer, Transport
+from runtime.transport import FrameServer, Tls, Transport
 
 T = TypeVar("T")
 
@@ -65,12 +65,14 @@ class _Request:
 class Verifier:
     """The target's side of cooperative decoding on one node."""
 
-    def __init__(self, name: str, adapter: ModelAdapter, *, state_timeout_s: float = 120.0) -> None:
+    def __init__(self, name: str, adapter: ModelAdapter, *, state_timeout_s: float = 120.0,
+                 token: str | None = None, tls: Tls | None = None) -> None:
         self.name, self.adapter = name, adapter
         self.state_timeout_s = state_timeout_s
         self.requests: dict[str, _Request] = {}
         self.served = 0
-        self.server = FrameServer(self.handle, self.health)
+        # as a worker: a call without `token` is refused; with `tls`, only clients with a certificate of its CA
+        self.server = FrameServer(self.handle, self.health, token=token, tls=tls)
 
     def health(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.adapter.name, "role": "verifier", "open": len(self.requests),
@@ -300,15 +302,14 @@ async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
 
 # -- the verifier process ------------------------------------------------------------------------------
 async def serve(name: str, listen: str, model: str, *, token: str | None = None, threads: int | None = None,
-                state_timeout_s: float = 120.0) -> None:
+                state_timeout_s: float = 120.0, tls: Tls | None = None) -> None:
     """Serve until SIGINT/SIGTERM; prints `READY host:port` once serving (as runtime.worker does)."""
     from profiler.models import load_adapter
     from runtime.worker import wait_until_stopped
 
     if threads:
         torch.set_num_threads(threads)
-    verifier = Verifier(name, load_adapter(model), state_timeout_s=state_timeout_s)
-    verifier.server = FrameServer(verifier.handle, verifier.health, token=token)
+    verifier = Verifier(name, load_adapter(model), state_timeout_s=state_timeout_s, token=token, tls=tls)
     address = await verifier.start(listen)
     print(f"READY {address}", flush=True)
     await wait_until_stopped()
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     token = a.token or os.environ.get("AIFLOW_TOKEN") or None
     try:
-        asyncio.run(serve(a.name, a.listen, a.model, token=token, threads=a.threads, state_timeout_s=a.state_timeout))
+        asyncio.run(serve(a.name, a.listen, a.model, token=token, threads=a.threads, state_timeout_s=a.state_timeout,
+                          tls=Tls.from_env()))
     except ValueError as exc:
         print(f"aiflow verifier: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -19,7 +19,7 @@ from runtime.links import EmulatedNetwork, network_traces
 from runtime.local import LocalWorkers
 from runtime.session import prepare_input
 from runtime.stages import links_from_network, nodes_from_network
-from runtime.transport import GrpcTransport
+from runtime.transport import GrpcTransport, Tls
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def run_cooperative(target_model: str, draft_model: str, network: Any, plan: Any
                                                                  threads=threads, module="runtime.cooperative")
 
     async def go(address: str, tok: str | None) -> list[CoopResult]:
-        transport = GrpcTransport(tok)
+        transport = GrpcTransport(tok, tls=Tls.from_env())     # as the verifier serves ($AIFLOW_TLS_*)
         try:
             client = CoopClient(draft, target, route, address, transport, network=emulated, pacing=pacing)
             return [await client.generate(x, max_new_tokens=max_new_tokens, eos=target.eos_token_id)

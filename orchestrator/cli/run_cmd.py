@@ -399,7 +399,8 @@ def verifier(
     if not host or not port.isdigit():
         raise InputError(f"--listen: expected HOST:PORT, got {listen!r}")
     resolve_folder(model)                     # a bad model name is a one-line error before serving
-    asyncio.run(serve_verifier(name, listen, model, token=token, threads=threads, state_timeout_s=state_timeout))
+    asyncio.run(serve_verifier(name, listen, model, token=token, threads=threads, state_timeout_s=state_timeout,
+                               tls=_tls()))
 
 
 def register(app: typer.Typer) -> None:

@@ -30,7 +30,7 @@ from runtime.cooperative import CoopClient, CoopRoute, coop_route
 from runtime.cooperative_session import pacing_from_profiles
 from runtime.links import EmulatedNetwork, Emulation
 from runtime.local import LocalWorkers
-from runtime.transport import GrpcTransport, TransportError
+from runtime.transport import GrpcTransport, Tls, TransportError
 
 log = logging.getLogger("aiflow.daemon")
 
@@ -40,7 +40,8 @@ class CoopServing:
 
     def __init__(self, model: str, target: ModelAdapter, draft: ModelAdapter, target_profile: Profile,
                  draft_profile: Profile, *, token: str | None, threads: int | None = 1,
-                 host: str = "127.0.0.1", on_restart: Callable[[str], None] | None = None) -> None:
+                 host: str = "127.0.0.1", on_restart: Callable[[str], None] | None = None,
+                 tls: Tls | None = None) -> None:
         self.model, self.target, self.draft = model, target, draft
         self.target_profile, self.draft_profile = target_profile, draft_profile
         self.token, self.threads, self.host = token, threads, host
@@ -48,7 +49,7 @@ class CoopServing:
         self.addresses: dict[str, str] = {}
         self.routes: dict[int, CoopRoute] = {}
         self.in_flight: dict[int, int] = defaultdict(int)
-        self.transport = GrpcTransport(token)
+        self.transport = GrpcTransport(token, tls=tls)      # verifiers serve TLS when the workers do
         self.network: EmulatedNetwork | None = None
         self.truth: Emulation | None = None
         self.restarts: dict[str, int] = defaultdict(int)     # node -> verifiers restarted after they died

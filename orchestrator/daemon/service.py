@@ -210,7 +210,8 @@ class Daemon:
         if self.draft_profile is not None and self.draft_adapter is not None:
             self.coop = CoopServing(self.model, self.adapter, self.draft_adapter, self.profile, self.draft_profile,
                                     token=self.token, threads=self.threads,
-                                    on_restart=lambda n: self.metrics.verifier_restarts.labels(node=n).inc())
+                                    on_restart=lambda n: self.metrics.verifier_restarts.labels(node=n).inc(),
+                                    tls=self.tls)
         try:
             await self._push_emulation()
             self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)

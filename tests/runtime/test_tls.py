@@ -84,3 +84,46 @@ def test_tls_from_the_environment_is_all_or_nothing(tmp_path) -> None:
         Tls.from_env({"AIFLOW_TLS_CA": "x"})
     with pytest.raises(ValueError, match="TLS CA .*missing"):
         Tls.from_env({"AIFLOW_TLS_CA": str(tmp_path / "missing"), "AIFLOW_TLS_CERT": "c", "AIFLOW_TLS_KEY": "k"})
+
+
+def test_a_verifier_serves_cooperative_decoding_over_mutual_tls(tmp_path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from profiler.models import load_adapter
+    from runtime.cooperative import CoopClient, Verifier, coop_route
+
+    cfg = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=None,
+                     eos_token_id=None)
+    torch.manual_seed(5)
+    target = GPT2LMHeadModel(cfg).eval()
+    draft = GPT2LMHeadModel(GPT2Config(**{**cfg.to_dict(), "n_layer": 1})).eval()
+    draft.load_state_dict(target.state_dict(), strict=False)
+    target.save_pretrained(tmp_path / "t")
+    draft.save_pretrained(tmp_path / "d")
+    prompt = torch.tensor([[5, 17, 3]])
+    with torch.no_grad():
+        want = target.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)[0, 3:]
+    ca, other_ca = make_ca("aiflow test CA"), make_ca("someone else")
+
+    async def scenario() -> list[int]:
+        t, d = load_adapter(str(tmp_path / "t")), load_adapter(str(tmp_path / "d"))
+        verifier = Verifier("cloud", t, token=TOKEN, tls=issue(ca, "verifier"))
+        address = await verifier.start("127.0.0.1:0")
+        try:
+            for tls in (None, issue(other_ca, "stranger")):     # no certificate; one of another CA
+                stranger = GrpcTransport(TOKEN, tls=tls)
+                with pytest.raises(TransportError) as err:
+                    await stranger.health(address, timeout=3.0)
+                assert err.value.code == "UNAVAILABLE"
+                await stranger.close()
+            transport = GrpcTransport(TOKEN, tls=issue(ca, "client"))
+            try:
+                route = coop_route(t, "dev", ["cloud"] * len(t.units()), ["dev"] * len(d.units()), 3)
+                res = await CoopClient(d, t, route, address, transport).generate(prompt, max_new_tokens=8, eos=None)
+                return res.tokens
+            finally:
+                await transport.close()
+        finally:
+            await verifier.stop()
+
+    assert torch.equal(torch.tensor(asyncio.run(scenario())), want)
