@@ -14,6 +14,26 @@ def token_option() -> Any:
                              "Workers with an `address` must have been started with the same.")
 
 
+def serve_options(role: str) -> dict[str, Any]:
+    """The options of a serving process (`aiflow worker`, `aiflow verifier`), by parameter name."""
+    return {
+        "name": typer.Option(..., "--name", help=f"The node this {role} serves (a name from the network file)."),
+        "listen": typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port)."),
+        "token": typer.Option(None, "--token", envvar="AIFLOW_TOKEN",
+                              help="Shared token clients must present (default: $AIFLOW_TOKEN)."),
+        "state_timeout": typer.Option(120.0, "--state-timeout", help="Seconds an idle request's state is kept."),
+    }
+
+
+def check_listen(listen: str) -> None:
+    """A malformed --listen is a one-line error before anything is loaded."""
+    from profiler.errors import InputError
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--listen: expected HOST:PORT, got {listen!r}")
+
+
 def _check_reply_listen(value: str | None) -> str | None:
     """A malformed --reply-listen is refused before anything starts."""
     if value is not None:

@@ -15,21 +15,30 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli.backend_opts import backend_option, check_cli_backend, open_cli_backend, ray_address_option
-from orchestrator.cli.options import reply_listen_option, threads_option, token_option
+from orchestrator.cli.options import (
+    check_listen,
+    reply_listen_option,
+    serve_options,
+    threads_option,
+    token_option,
+)
 from profiler.errors import InputError
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+_WORKER = serve_options("worker")
+_VERIFIER = serve_options("verifier")
+
+
 def worker(
-    name: str = typer.Option(..., "--name", help="The node this worker serves (a name from the network file)."),
-    listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port)."),
+    name: str = _WORKER["name"],
+    listen: str = _WORKER["listen"],
     model: str = typer.Option(..., "--model", help="Built-in model name or a Hugging Face model folder."),
-    token: str | None = typer.Option(None, "--token", envvar="AIFLOW_TOKEN",
-                                     help="Shared token clients must present (default: $AIFLOW_TOKEN)."),
+    token: str | None = _WORKER["token"],
     threads: int | None = threads_option(),
-    state_timeout: float = typer.Option(120.0, "--state-timeout", help="Seconds an idle request's state is kept."),
+    state_timeout: float = _WORKER["state_timeout"],
     release_unused: bool = typer.Option(False, "--release-unused",
                                         help="Drop the weights of units no applied plan gives this node."),
     join: str | None = typer.Option(None, "--join", help="URL of a running daemon to join once serving."),
@@ -46,12 +55,10 @@ def worker(
                                          help="With --join: the daemon API's token, if it needs one."),
 ) -> None:
     """Serve one node: run the units a plan gives it and pass activations on. Prints READY HOST:PORT."""
+    from profiler.models import resolve_folder
     from runtime.worker import serve
 
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--listen: expected HOST:PORT, got {listen!r}")
-    from profiler.models import resolve_folder
+    check_listen(listen)
     resolve_folder(model)                     # a bad model name is a one-line error before serving
     on_ready = None
     if join is not None:
@@ -382,22 +389,19 @@ def _print(rows: list[dict[str, Any]], prof_source: str | None, k: float, emulat
 
 
 def verifier(
-    name: str = typer.Option(..., "--name", help="The node this verifier serves (a name from the network file)."),
-    listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port)."),
+    name: str = _VERIFIER["name"],
+    listen: str = _VERIFIER["listen"],
     model: str = typer.Option(..., "--model", help="The target model it verifies with (e.g. captioner-target)."),
-    token: str | None = typer.Option(None, "--token", envvar="AIFLOW_TOKEN",
-                                     help="Shared token clients must present (default: $AIFLOW_TOKEN)."),
+    token: str | None = _VERIFIER["token"],
     threads: int | None = threads_option(),
-    state_timeout: float = typer.Option(120.0, "--state-timeout", help="Seconds an idle request's state is kept."),
+    state_timeout: float = _VERIFIER["state_timeout"],
 ) -> None:
     """Serve cooperative decoding's target on one node: check a draft's proposals in one pass each. Prints
     READY HOST:PORT; name it as the node's verifier_address in the network file."""
     from profiler.models import resolve_folder
     from runtime.cooperative import serve as serve_verifier
 
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--listen: expected HOST:PORT, got {listen!r}")
+    check_listen(listen)
     resolve_folder(model)                     # a bad model name is a one-line error before serving
     asyncio.run(serve_verifier(name, listen, model, token=token, threads=threads, state_timeout_s=state_timeout,
                                tls=_tls()))
