@@ -164,19 +164,23 @@ class RayTransport(Transport):
             self._forget(address)
             raise TransportError(address, "UNAVAILABLE", f"actor died: {exc}") from None
 
-    def _forget(self, address: str) -> None:
-        """Drop what this transport holds of a stage that died: its handle and its lane."""
+    def _forget(self, address: str, dead: bool = True) -> None:
+        """Drop what this transport holds of a stage (that died, unless `dead` is false): handle and lane."""
         self._handles.pop(address, None)
         pending = self._lanes.pop(address, None)
         if pending is not None and pending.done() and not pending.cancelled() and pending.exception() is None:
-            pending.result().close()
+            lane = pending.result()
+            if dead:
+                lane.fail(RuntimeError("the receiver died"))     # a dead receiver is told nothing
+            else:
+                lane.close()
 
     async def health(self, address: str, *, timeout: float = 5.0) -> dict[str, Any]:
         return await self._call(address, "health", None, timeout)
 
     async def close(self) -> None:
         for address in list(self._lanes):
-            self._forget(address)
+            self._forget(address, dead=False)
         self._handles.clear()
 
 
@@ -193,6 +197,9 @@ class _LaneReceiver:
 
     async def watch_lane(self, key: int) -> None:
         await self.lanes.watch(key)
+
+    async def close_lane(self, key: int) -> None:
+        self.lanes.close_lane(key)
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)

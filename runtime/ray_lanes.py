@@ -120,17 +120,19 @@ class LaneServer:
 class Lane:
     """The sending end of one lane to one receiver actor."""
 
-    def __init__(self, address: str, out: Channel, back: Channel, watch: Any) -> None:
+    def __init__(self, address: str, out: Channel, back: Channel, receiver: Any, key: int) -> None:
         self.address = address
         self.out = out
         self.back = back
+        self.receiver = receiver
+        self.key = key
         self.loop = asyncio.get_running_loop()
         self.stop = threading.Event()
         self.failed: BaseException | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._seq = itertools.count()
         _start_reader("aiflow-lane-back", back, self.stop, self._deliver)
-        self._watcher = asyncio.ensure_future(self._watch(watch))
+        self._watcher = asyncio.ensure_future(self._watch(receiver.watch_lane.remote(key)))
 
     async def _watch(self, ref: Any) -> None:
         """`ref` is a call the receiver answers only when the lane closes; an error means it died."""
@@ -172,6 +174,9 @@ class Lane:
         self.close()
 
     def close(self) -> None:
+        """Stop this end; a live receiver is told to stop its end too (its reader thread, its watch)."""
+        if self.failed is None and not self.stop.is_set():
+            self.receiver.close_lane.remote(self.key)
         self.stop.set()
         self._watcher.cancel()
 
@@ -190,6 +195,11 @@ class LaneHost:
         key = next(self._keys)
         self.servers[key] = LaneServer(inbound, outbound, self.handler)
         return key, outbound
+
+    def close_lane(self, key: int) -> None:
+        server = self.servers.get(key)
+        if server is not None:
+            server.close()
 
     async def watch(self, key: int) -> None:
         """Answered when lane `key` closes; never, while it serves (its sender learns of a death by it)."""
@@ -210,4 +220,4 @@ async def connect(address: str, receiver: Any) -> Lane:
     peer_node = await receiver.node_id.remote()
     out = await asyncio.to_thread(open_channel, receiver, peer_node)
     key, back = await receiver.open_lane.remote(out, me, my_node)
-    return Lane(address, out, back, receiver.watch_lane.remote(key))
+    return Lane(address, out, back, receiver, key)
