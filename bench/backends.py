@@ -8,8 +8,10 @@ each, natively (no emulated links, no dilation), so every number is the runtime'
 
 - per hop: a 400-byte frame (a small activation's size) sent by the phone's sender to the edge's stage
   and acked, median of `--hops` sends. The sender is what a stage sends with: the transport of that
-  back-end in another process (for Ray an actor pinned to the phone's Ray node, calling the edge's actor
-  directly; for gRPC this process, on the stream a worker keeps open).
+  back-end in another process (for Ray an actor pinned to the phone's Ray node, sending on its lane to
+  the edge's actor, runtime.ray_lanes; for gRPC this process, on the stream a worker keeps open).
+  For Ray also: the same hop with every frame by actor call (no lane), and a bare actor call between
+  the two Ray nodes (no aiflow code: Ray's own floor for a call).
 - transfer: 1 MiB and 8 MiB frames the same way, median of `--transfers`; rate = bytes / seconds.
   On Ray these travel as object references (ray.put by the sender, fetched by the receiver's node).
 - end to end: captions of test images through the Client, median of `--requests` after a warm-up, on
@@ -166,10 +168,15 @@ def run_ray(images: list[Path], hops: int, transfers: int, requests: int) -> dic
 
     @ray.remote(num_cpus=0)
     class Sender:
-        """A process on the phone's Ray node that sends as a StageHost does (RayTransport, direct calls)."""
+        """A process on the phone's Ray node that sends as a StageHost does (RayTransport)."""
 
-        async def run(self, address: str, sizes: dict[str, tuple[int, int]]) -> dict[str, list[float]]:
-            return await time_sends(RayTransport(), address, sizes)
+        async def run(self, address: str, sizes: dict[str, tuple[int, int]], use_lanes: bool = True,
+                      ) -> dict[str, list[float]]:
+            transport = RayTransport(use_lanes=use_lanes)
+            try:
+                return await time_sends(transport, address, sizes)
+            finally:
+                await transport.close()
 
         async def floor(self, echo: Any, repeats: int) -> list[float]:
             """Bare actor calls with a 400-byte argument: Ray's own cost, no aiflow code on either end."""
@@ -200,6 +207,7 @@ def run_ray(images: list[Path], hops: int, transfers: int, requests: int) -> dic
         try:
             sender = Sender.options(resources={node_resource("phone"): 0.01}).remote()
             sends = ray.get(sender.run.remote(addresses["edge"], sizes))
+            by_call = ray.get(sender.run.remote(addresses["edge"], {"per hop": (SMALL, hops)}, False))["per hop"]
             echo = Echo.options(resources={node_resource("edge"): 0.01}).remote()
             floor = ray.get(sender.floor.remote(echo, hops))
             ray.kill(echo)
@@ -223,6 +231,7 @@ def run_ray(images: list[Path], hops: int, transfers: int, requests: int) -> dic
         backend.close()
     return {"sends": summarise(sends, sizes), "end_to_end": e2e, "driver_bytes": driver, "actor_bytes": actors,
             "bare_call_s": statistics.median(floor), "bare_call_p90_s": _p90(floor),
+            "hop_by_call_s": statistics.median(by_call), "hop_by_call_p90_s": _p90(by_call),
             "cluster_start_s": cluster_s, "stages_start_s": stages_s}
 
 
@@ -248,14 +257,18 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| end to end, {label} ({' '.join(a['assignment'])}; {a['steps']:.0f} passes) | "
                      f"{a['median_s'] * 1e3:.1f} ms | {b['median_s'] * 1e3:.1f} ms | "
                      f"{b['median_s'] / a['median_s']:.2f} ({same}) |")
-    lines.append(f"| a bare Ray actor call, phone's node -> edge's node ({SMALL} B, no aiflow code) | | "
-                 f"{r['bare_call_s'] * 1e3:.3f} ms | {r['bare_call_s'] / g['sends']['per hop']['median_s']:.2f} |")
+    hop = g["sends"]["per hop"]["median_s"]
+    lines += [f"| per hop by actor call (no lane: how every hop went before) | | {r['hop_by_call_s'] * 1e3:.3f} ms | "
+              f"{r['hop_by_call_s'] / hop:.2f} |",
+              f"| a bare Ray actor call, phone's node -> edge's node ({SMALL} B, no aiflow code) | | "
+              f"{r['bare_call_s'] * 1e3:.3f} ms | {r['bare_call_s'] / hop:.2f} |"]
     d, act = r["driver_bytes"], r["actor_bytes"]
     actor_sent = sum(v["sent_bytes"] for v in act.values())
     lines += ["", f"Driver bytes on Ray over the {2 * (data['requests'] + 1)} end-to-end requests: the driver's "
               f"transport sent {d['sent_bytes']:,} B (inputs and control frames, {d['by_ref']} by reference) and "
               f"received {d['received_bytes']:,} B (acks, stats, results); the actors sent each other "
-              f"{actor_sent:,} B ({sum(v['by_ref'] for v in act.values())} frames by reference) and results to "
+              f"{actor_sent:,} B ({sum(v['by_ref'] for v in act.values())} frames by reference, "
+              f"{sum(v.get('on_lanes', 0) for v in act.values())} on lanes) and results to "
               "the reply inbox: no activation passed through the driver.", "",
               f"Ray cluster start: {r['cluster_start_s']:.1f} s (3 Ray nodes); stages: {r['stages_start_s']:.1f} s."]
     return "\n".join(lines) + "\n"

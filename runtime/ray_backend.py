@@ -4,16 +4,19 @@
   is one `StageHost` actor that asks for 0.01 of it, so Ray places it there and nowhere else. The actor
   holds an unchanged runtime.worker.Worker (plans, request state, compute, emulation, forwarding); only
   the transport differs.
-- `RayTransport` is the runtime.transport.Transport of actors: `send(address, frame)` is one direct
-  actor call, `StageHost.handle(frame) -> frames`, answered with the same ack/error frames a gRPC worker
-  answers. Addresses are `ray:<actor name>` (named actors in the `aiflow` namespace). A frame of
-  `BY_REF_BYTES` or more is `ray.put` by the sending actor and passed as an object reference: Ray moves
-  it from the sender's object store to the receiver's, never through the driver.
+- `RayTransport` is the runtime.transport.Transport of actors, answered with the same ack/error frames a
+  gRPC worker answers. Addresses are `ray:<actor name>` (named actors in the `aiflow` namespace). From one
+  actor to another (stage to stage, stage to inbox) a small frame goes on a lane (runtime.ray_lanes: a
+  pair of Ray shared-memory channels opened with the first frame and kept, about half an actor call's
+  cost); a frame from the driver is one direct actor call, `StageHost.handle(frame) -> frames`. A frame
+  of `BY_REF_BYTES` or more is `ray.put` by the sender and passed by object reference in an actor call:
+  Ray moves it from the sender's object store to the receiver's, never through the driver.
 - Results come back to the driver through a small `ReplyInbox` actor on the driver's Ray node: the
   request's reply address names it, the last stage calls it like any stage, and the driver long-polls it
   (`RayClient`). Only inputs, control frames and results cross the driver (`RayTransport.sent_bytes` /
   `received_bytes` count them).
-- A stage whose actor died (its process or its Ray node gone) raises `TransportError(..., "UNAVAILABLE")`,
+- A stage whose actor died (its process or its Ray node gone; a lane learns it from a call its receiver
+  answers only when it closes) raises `TransportError(..., "UNAVAILABLE")`,
   the code a gRPC worker whose port refuses gives, so the client fails the request naming the node and
   the daemon re-solves without it.
 - `LocalRayCluster` starts a Ray cluster on this machine with one Ray node per network node
@@ -38,6 +41,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from runtime.backends import Backend, BackendError
 from runtime.client import Client
 from runtime.local import WorkerStartError
+from runtime.ray_lanes import Lane, LaneBroken, LaneHost, connect
 from runtime.stages import StagePlan
 from runtime.transport import DEFAULT_TIMEOUT_S, Tls, Transport, TransportError
 
@@ -62,16 +66,26 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
-class RayTransport(Transport):
-    """Frames to stages (and reply inboxes) that are Ray actors, by direct actor calls."""
+class _NoLane(Exception):
+    """A lane could not be opened for a reason other than its receiver's death."""
 
-    def __init__(self, namespace: str = NAMESPACE, by_ref_bytes: int = BY_REF_BYTES) -> None:
+
+class RayTransport(Transport):
+    """Frames to stages (and reply inboxes) that are Ray actors: from an actor, a small frame goes on the
+    lane to its receiver (runtime.ray_lanes); a large one, or any frame from the driver, by a direct actor
+    call. `use_lanes=False` sends every frame by actor call (the benchmark's comparison)."""
+
+    def __init__(self, namespace: str = NAMESPACE, by_ref_bytes: int = BY_REF_BYTES, use_lanes: bool = True) -> None:
         self.namespace = namespace
         self.by_ref_bytes = by_ref_bytes
+        self.use_lanes = use_lanes
         self._handles: dict[str, Any] = {}
+        self._lanes: dict[str, asyncio.Future[Lane]] = {}
+        self._in_actor: bool | None = None   # known at the first send: only an actor can read a lane's replies
         self.sent_bytes = 0              # frame bytes this process handed to other actors (by value or by ref)
         self.received_bytes = 0          # reply frame bytes it got back
         self.by_ref = 0                  # frames sent as object references
+        self.on_lanes = 0                # frames sent on lanes
 
     def _handle(self, address: str) -> Any:
         handle = self._handles.get(address)
@@ -93,7 +107,7 @@ class RayTransport(Transport):
         except TimeoutError:
             raise TransportError(address, "DEADLINE_EXCEEDED", f"no reply within {timeout:g} s") from None
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            self._handles.pop(address, None)
+            self._forget(address)
             raise TransportError(address, "UNAVAILABLE", f"actor died: {_one_line(exc)}") from None
         except ray.exceptions.RayError as exc:
             raise TransportError(address, "UNKNOWN", _one_line(exc)) from None
@@ -103,22 +117,93 @@ class RayTransport(Transport):
         self.sent_bytes += len(data)
         if len(data) >= self.by_ref_bytes:
             self.by_ref += 1
-            arg: Any = ray.put(data)           # owned by this process; Ray copies it store to store
+            replies = await self._call(address, "handle", ray.put(data), timeout)   # Ray copies it store to store
+        elif self._lanes_usable():
+            replies = await self._send_on_lane(address, data, timeout)
         else:
-            arg = data                          # inlined in the call
-        replies = await self._call(address, "handle", arg, timeout)
+            replies = await self._call(address, "handle", data, timeout)            # inlined in the call
         self.received_bytes += sum(len(r) for r in replies)
         return replies
+
+    def _lanes_usable(self) -> bool:
+        if self._in_actor is None:
+            self._in_actor = ray.get_runtime_context().get_actor_id() is not None
+        return self.use_lanes and self._in_actor
+
+    async def _lane(self, address: str, timeout: float) -> Lane:
+        """The lane to `address`, opened on first use (concurrent first sends share one opening)."""
+        pending = self._lanes.get(address)
+        if pending is None or (pending.done() and (pending.cancelled() or pending.exception() is not None)):
+            pending = self._lanes[address] = asyncio.ensure_future(connect(address, self._handle(address)))
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(pending)
+        except TimeoutError:
+            raise TransportError(address, "DEADLINE_EXCEEDED", f"no lane within {timeout:g} s") from None
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            self._forget(address)
+            raise TransportError(address, "UNAVAILABLE", f"actor died: {_one_line(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - channels are a developer API of Ray: any other failure means none
+            self._lanes.pop(address, None)
+            raise _NoLane(_one_line(exc)) from None
+
+    async def _send_on_lane(self, address: str, data: bytes, timeout: float) -> list[bytes]:
+        try:
+            lane = await self._lane(address, timeout)
+        except _NoLane as exc:
+            # a Ray whose channels do not open so (another version): every frame goes by actor call instead
+            log.warning("no lane to %s (%s); sending by actor call from now on", address, exc)
+            self.use_lanes = False
+            return await self._call(address, "handle", data, timeout)
+        self.on_lanes += 1
+        try:
+            return await lane.send(data, timeout)
+        except TimeoutError:
+            raise TransportError(address, "DEADLINE_EXCEEDED", f"no reply within {timeout:g} s") from None
+        except LaneBroken as exc:
+            self._forget(address)
+            raise TransportError(address, "UNAVAILABLE", f"actor died: {exc}") from None
+
+    def _forget(self, address: str, dead: bool = True) -> None:
+        """Drop what this transport holds of a stage (that died, unless `dead` is false): handle and lane."""
+        self._handles.pop(address, None)
+        pending = self._lanes.pop(address, None)
+        if pending is not None and pending.done() and not pending.cancelled() and pending.exception() is None:
+            lane = pending.result()
+            if dead:
+                lane.fail(RuntimeError("the receiver died"))     # a dead receiver is told nothing
+            else:
+                lane.close()
 
     async def health(self, address: str, *, timeout: float = 5.0) -> dict[str, Any]:
         return await self._call(address, "health", None, timeout)
 
     async def close(self) -> None:
+        for address in list(self._lanes):
+            self._forget(address, dead=False)
         self._handles.clear()
 
 
+class _LaneReceiver:
+    """What an actor that frames are sent to offers the senders' lanes (runtime.ray_lanes.connect)."""
+
+    lanes: LaneHost
+
+    async def node_id(self, _: Any = None) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    async def open_lane(self, inbound: Any, sender: Any, sender_node: str) -> tuple[int, Any]:
+        return await self.lanes.open(inbound, sender, sender_node)
+
+    async def watch_lane(self, key: int) -> None:
+        await self.lanes.watch(key)
+
+    async def close_lane(self, key: int) -> None:
+        self.lanes.close_lane(key)
+
+
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)
-class StageHost:
+class StageHost(_LaneReceiver):
     """One network node's stage: a runtime.worker.Worker whose transport is RayTransport."""
 
     def __init__(self, name: str, model: str, state_timeout_s: float, release_unused: bool,
@@ -130,6 +215,7 @@ class StageHost:
         torch.set_num_threads(threads or 1)
         self.worker = Worker(name, model, transport=RayTransport(), state_timeout_s=state_timeout_s,
                              release_unused=release_unused)
+        self.lanes = LaneHost(self.worker.handle)
         self._reaper: asyncio.Task | None = None
 
     async def ready(self, _: Any = None) -> dict[str, Any]:
@@ -146,24 +232,26 @@ class StageHost:
     async def transport_bytes(self, _: Any = None) -> dict[str, int]:
         t = self.worker.transport
         assert isinstance(t, RayTransport)
-        return {"sent_bytes": t.sent_bytes, "received_bytes": t.received_bytes, "by_ref": t.by_ref}
+        return {"sent_bytes": t.sent_bytes, "received_bytes": t.received_bytes, "by_ref": t.by_ref,
+                "on_lanes": t.on_lanes}
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1000)
-class ReplyInbox:
+class ReplyInbox(_LaneReceiver):
     """Where stages send a request's `result` and `error` frames; the driver takes them with `take`."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.arrived: asyncio.Event | None = None
+        self.lanes = LaneHost(self.handle)
 
     def _event(self) -> asyncio.Event:
         if self.arrived is None:
             self.arrived = asyncio.Event()
         return self.arrived
 
-    async def handle(self, frame: bytes) -> list[bytes]:
-        self.frames.append(frame)
+    async def handle(self, frame: bytes | memoryview) -> list[bytes]:
+        self.frames.append(bytes(frame))
         self._event().set()
         return []
 

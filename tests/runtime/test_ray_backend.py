@@ -25,7 +25,8 @@ from profiler.generate import greedy_generate  # noqa: E402
 from profiler.models import load_adapter  # noqa: E402
 from profiler.profile import load_profile  # noqa: E402
 from runtime.backends import open_backend  # noqa: E402
-from runtime.ray_backend import LocalRayCluster, RayBackend, RayTransport  # noqa: E402
+from runtime.codec import Frame, encode_frame  # noqa: E402
+from runtime.ray_backend import LocalRayCluster, RayBackend, RayTransport, node_resource  # noqa: E402
 from runtime.session import prepare_input  # noqa: E402
 from runtime.transport import TransportError  # noqa: E402
 from tests.runtime.conftest import adapter, network, stage_plan  # noqa: E402
@@ -35,6 +36,23 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ("phone", "cloud")                   # a Ray node each: two keep the module's cluster quick to start
 NEW_TOKENS = 8
+
+
+@ray.remote(num_cpus=0)
+class LaneSender:
+    """An actor that sends as a stage does (on lanes), keeping its transport between calls."""
+
+    def __init__(self) -> None:
+        self.transport = RayTransport()
+
+    async def probe(self, address: str) -> str:
+        """"ok", or the code of the TransportError a probe to `address` raised."""
+        frame = encode_frame(Frame("probe", tensor=torch.zeros(0, dtype=torch.uint8)))
+        try:
+            await self.transport.send(address, frame, timeout=10.0)
+        except TransportError as exc:
+            return exc.code
+        return "ok" if self.transport.on_lanes else "not on a lane"
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +110,15 @@ def test_split_llm_on_ray_equals_unsplit(backend: RayBackend, cluster: LocalRayC
         # the driver sent the input and control frames and took the result: not the activations
         bytes_by_actor = {m: ray.get(stages.actors[m].transport_bytes.remote()) for m in NODES}
         assert bytes_by_actor["phone"]["sent_bytes"] >= hops["phone->cloud"]
+        assert bytes_by_actor["phone"]["on_lanes"] > 0 and bytes_by_actor["cloud"]["on_lanes"] > 0
 
-        # a stage whose actor died answers UNAVAILABLE, as a gRPC worker whose port refuses
+        # a stage whose actor died answers UNAVAILABLE, as a gRPC worker whose port refuses: to the driver's
+        # actor call and on a lane opened while it lived
+        sender = LaneSender.options(resources={node_resource("phone"): 0.01}).remote()
+        assert ray.get(sender.probe.remote(addresses["cloud"])) == "ok"
         ray.kill(stages.actors["cloud"])
+        assert ray.get(sender.probe.remote(addresses["cloud"]), timeout=30) == "UNAVAILABLE"
+        ray.kill(sender)
         with pytest.raises(TransportError) as info:
             asyncio.run(RayTransport().health(addresses["cloud"], timeout=10))
         assert info.value.code == "UNAVAILABLE"
