@@ -16,6 +16,8 @@ what a backend cannot do; `open_backend(name, ...)` checks and builds one.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,6 +51,18 @@ class StageGroup(Protocol):
     def restart(self, name: str, timeout_s: float = 300.0) -> str: ...
 
     def stop(self, grace_s: float = 5.0) -> None: ...
+
+
+async def exited(group: StageGroup, name: str, grace_s: float = 2.0) -> bool:
+    """Whether the stage `name` of `group`, which stopped answering, has exited. A killed process closes its
+    sockets before it is gone (a large one takes a moment to free its memory), so it is given `grace_s`
+    to go; one still running after that is stuck, not dead (no restart: it is down until a later check)."""
+    deadline = time.monotonic() + grace_s
+    while await asyncio.to_thread(group.alive, name):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 class Backend(ABC):

@@ -25,6 +25,7 @@ from orchestrator.network import NetworkState
 from orchestrator.plan import Plan
 from profiler.adapters.base import ModelAdapter
 from profiler.profile import Profile
+from runtime.backends import exited
 from runtime.client import RequestFailed, RequestResult
 from runtime.cooperative import CoopClient, CoopRoute, coop_route
 from runtime.cooperative_session import pacing_from_profiles
@@ -153,7 +154,7 @@ class CoopServing:
         async with self._revive_lock:
             if self.addresses.get(node) != seen_address:
                 return True
-            if workers.alive(node):
+            if not await exited(workers, node):
                 return False
             try:
                 self.addresses[node] = await asyncio.to_thread(workers.restart, node)

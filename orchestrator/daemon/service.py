@@ -55,7 +55,7 @@ from orchestrator.reductions import profile_for_plan
 from profiler.adapters.base import ModelAdapter
 from profiler.errors import InputError
 from profiler.profile import Profile
-from runtime.backends import Backend, GrpcBackend
+from runtime.backends import Backend, GrpcBackend, exited
 from runtime.client import Client, RequestFailed, RequestResult
 from runtime.codec import Frame, decode_frame, encode_frame
 from runtime.hosts import worker_listen_host
@@ -588,7 +588,7 @@ class Daemon:
         results = await asyncio.gather(*(self._health(s) for s in statuses))
         restarted = False
         for s, ok in zip(statuses, results, strict=True):
-            if not ok and s.local and self.workers is not None and not self.workers.alive(s.name):
+            if not ok and s.local and self.workers is not None and await exited(self.workers, s.name):
                 ok = await self._restart(s)
                 restarted = restarted or ok
             new = "up" if ok else "down"
