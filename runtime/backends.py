@@ -53,7 +53,13 @@ class StageGroup(Protocol):
     def stop(self, grace_s: float = 5.0) -> None: ...
 
 
-async def exited(group: StageGroup, name: str, grace_s: float = 2.0) -> bool:
+class Watched(Protocol):
+    """What `exited` needs of a stage group: whether a stage's process runs."""
+
+    def alive(self, name: str) -> bool: ...
+
+
+async def exited(group: Watched, name: str, grace_s: float = 2.0) -> bool:
     """Whether the stage `name` of `group`, which stopped answering, has exited. A killed process closes its
     sockets before it is gone (a large one takes a moment to free its memory), so it is given `grace_s`
     to go; one still running after that is stuck, not dead (no restart: it is down until a later check)."""

@@ -3,11 +3,13 @@ in one line, by the library and by `aiflow run`, `aiflow caption` and `aiflow da
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
-from runtime.backends import BackendError, GrpcBackend, check_backend, open_backend
+from runtime.backends import BackendError, GrpcBackend, check_backend, exited, open_backend
 from runtime.client import Client
 from runtime.local import LocalWorkers
 from runtime.transport import GrpcTransport
@@ -62,3 +64,22 @@ def test_cli_refusals_are_one_line(capsys: pytest.CaptureFixture[str], monkeypat
         code, out, err = aiflow_in_process(capsys, monkeypatch, *args)
         assert code == 2 and out == "", (args, err)
         assert len(err.strip().splitlines()) == 1 and says in err and "Traceback" not in err, (args, err)
+
+
+class _Exiting:
+    """A stage group whose process reports running for `calls` more polls (a killed one tearing down)."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+
+    def alive(self, name: str) -> bool:
+        self.calls -= 1
+        return self.calls >= 0
+
+
+def test_a_stage_still_exiting_counts_as_exited_and_a_stuck_one_does_not() -> None:
+    assert asyncio.run(exited(_Exiting(0), "edge"))               # gone at the first look
+    assert asyncio.run(exited(_Exiting(3), "edge", grace_s=2.0))  # gone after 3 polls (0.3 s)
+    t0 = time.monotonic()
+    assert not asyncio.run(exited(_Exiting(10**6), "edge", grace_s=0.3))   # still running: stuck, not dead
+    assert 0.3 <= time.monotonic() - t0 < 2.0
