@@ -47,6 +47,10 @@ def daemon(
                                   "migration cost."),
     window: float = typer.Option(30.0, "--window", help="Seconds of samples the estimates are made from."),
     drain: float = typer.Option(30.0, "--drain", help="On SIGTERM/SIGINT, seconds requests in flight get to finish."),
+    request_timeout: float = typer.Option(120.0, "--request-timeout", help="Seconds a request may take from its "
+                                          "arrival, runs again included; later it fails with a 502."),
+    max_retries: int = typer.Option(2, "--max-retries", help="Times a request whose node died runs again on the "
+                                    "plan applied without (or with a restarted) node."),
     retain: str = typer.Option("7d", "--retain", help="Keep raw probe, node and request rows this long (30m, "
                                "12h, 7d); older ones become hourly roll-ups. 0 keeps every row."),
     solver: str = typer.Option("cbc", "--solver", help="Planner back-end: cbc, highs or cpsat."),
@@ -82,6 +86,7 @@ def daemon(
     from orchestrator.network import load_network
     from orchestrator.store import Store
     from profiler.models import load_adapter
+    from runtime.worker import MAX_IDLE_S
 
     host, port = parse_listen(api)
     if draft_profile is not None and draft is None:
@@ -94,8 +99,13 @@ def daemon(
         raise InputError(f"--solver: expected cbc, highs or cpsat, got {solver!r}")
     if private_reads and token is None and _loopback(host):
         raise InputError("--private-reads: reads need a token; give one with --token (or $AIFLOW_API_TOKEN)")
+    if not 0 < request_timeout <= MAX_IDLE_S:
+        raise InputError(f"--request-timeout: must be in (0, {MAX_IDLE_S:g}] seconds, got {request_timeout:g}")
+    if max_retries < 0:
+        raise InputError(f"--max-retries: must be 0 or more, got {max_retries}")
     settings = DaemonSettings(probe_interval_s=probe_interval, solve_interval_s=solve_interval, threshold=threshold,
                               horizon_s=horizon, window_s=window, drain_s=drain, solver=solver,
+                              request_timeout_s=request_timeout, max_retries=max_retries,
                               max_quality_loss=max_quality_loss,
                               worker_lease_s=worker_lease,
                               retain_raw_s=0.0 if retain.strip() == "0" else parse_seconds(retain, "--retain"))

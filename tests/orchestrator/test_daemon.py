@@ -212,7 +212,8 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
     aiflow = str(Path(sys.executable).parent / "aiflow")
     proc = subprocess.Popen([aiflow, "daemon", "--model", "tiny-captioner", "--network", str(NETWORK),
                              "--profile", str(PROFILE), "--api", "127.0.0.1:0", "--probe-interval", "2",
-                             "--token", secrets[0], "--worker-token", secrets[1], "-v"],
+                             "--token", secrets[0], "--worker-token", secrets[1], "--request-timeout", "90",
+                             "--max-retries", "1", "-v"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -225,6 +226,7 @@ def test_daemon_cli_serves_reports_status_and_stops_cleanly(tmp_path: Path) -> N
         doc = json.loads(st.stdout)
         pids = [n["pid"] for n in doc["nodes"]]
         assert len(pids) == 3 and all(alive(p) for p in pids)
+        assert doc["settings"]["request_timeout_s"] == 90 and doc["settings"]["max_retries"] == 1
         shown = subprocess.run([aiflow, "status", "--url", url], capture_output=True, text=True, env=env, timeout=60)
         assert "plan v1" in shown.stdout and "phone" in shown.stdout
         live = subprocess.run([aiflow, "plan", "show", "--live", "--url", url], capture_output=True, text=True,

@@ -155,7 +155,10 @@ def test_daemon_cli_draft_options_are_checked_before_anything_starts(tmp_path: P
                                                                                  "tiny-captioner.profile.json")],
                             "no `speculative` section"),
                            (["--draft", "captioner-draft", "--draft-profile", str(other)],
-                            "measured against tiny-captioner, not captioner-target")):
+                            "measured against tiny-captioner, not captioner-target"),
+                           (["--request-timeout", "0"], "--request-timeout: must be in (0, 3600]"),
+                           (["--request-timeout", "inf"], "--request-timeout: must be in (0, 3600]"),
+                           (["--max-retries", "-1"], "--max-retries: must be 0 or more")):
         code, out, err = aiflow_in_process(capsys, monkeypatch, *common, *extra)
         errors = [line for line in err.splitlines() if line.startswith("aiflow: error:")]
         assert code == 2 and len(errors) == 1 and message in errors[0], (extra, err)
