@@ -142,6 +142,14 @@ def create_app(daemon: Daemon, *, token: str | None = None, open_reads: bool = T
         except TransportError as exc:
             raise HTTPException(422, f"address: the worker does not answer: {exc}") from None
 
+    @app.get("/v1/emulation", dependencies=[Depends(check_read)])
+    async def emulated() -> dict[str, Any]:
+        """The network the local workers are emulating now, and what the API changed in it."""
+        try:
+            return daemon.emulation_view()
+        except LookupError as exc:
+            raise HTTPException(404, str(exc.args[0]) if exc.args else str(exc)) from None
+
     @app.post("/v1/emulation/links", dependencies=[Depends(check)])
     async def emulate_link(body: LinkChange) -> dict[str, Any]:
         try:

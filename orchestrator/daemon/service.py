@@ -32,7 +32,7 @@ import torch
 from orchestrator.candidate import best_plan
 from orchestrator.cooperative import latency_for_rounds
 from orchestrator.costmodel import latency_for_steps
-from orchestrator.daemon import adopt
+from orchestrator.daemon import adopt, emulation
 from orchestrator.daemon.coop import CoopServing
 from orchestrator.daemon.decide import Decision, decide
 from orchestrator.daemon.estimate import (
@@ -142,6 +142,7 @@ class Daemon:
         self.dilation = dilation if self.emulated else 1.0
         self.trace_base = trace_base
         self.truth: Emulation | None = self._initial_truth() if self.emulated else None
+        self.overrides = emulation.no_overrides()     # what the API changed in the emulated network
         self.nodes = {n.name: NodeStatus(n.name, n.address, n.address is None) for n in network.nodes}
         self.snapshot = take_snapshot(network, {}, {}, set())
         self.snapshot_id: int | None = None
@@ -200,6 +201,8 @@ class Daemon:
                 self._recorded = crashed.get("workers")
         if self.store is not None:
             self._state_id = await self._record(self._open_state)
+            if self._state_id is not None and (self.overrides["links"] or self.overrides["nodes"]):
+                await self._record(self._save_emulation)      # taken over: the next crash restores them too
         local = [n for n, s in self.nodes.items() if s.local]
         if local:
             try:
@@ -294,7 +297,8 @@ class Daemon:
         self.store.update_daemon_state(self._state_id, workers={"secrets_key": self._secrets_key, "nodes": nodes})
 
     def _take_over(self, crashed: dict[str, Any]) -> None:
-        """Settings, joined nodes and the plan in force of a daemon that died (its history row)."""
+        """Settings, joined nodes, changes to the emulated network and the plan in force of a daemon that died
+        (its history row)."""
         known = {f.name for f in fields(DaemonSettings)}
         try:
             self.settings = DaemonSettings(**{k: v for k, v in crashed["settings"].items() if k in known})
@@ -321,6 +325,10 @@ class Daemon:
                                      links=(*self.truth.links, *(LinkSpec(lk.a, lk.b, lk.bandwidth_bps, lk.latency_s)
                                                                  for lk in new_links)))
             self.snapshot = take_snapshot(self.base, self.links, self.slowdown, {n.name for n in joined})
+        if self.truth is not None:
+            self.truth, self.overrides, skipped = emulation.apply_overrides(self.truth, crashed.get("emulation"))
+            for why in skipped:
+                log.warning("not restoring a change to the emulated network: %s", why)
         if crashed.get("plan") and crashed.get("version"):
             try:
                 plan = Plan.model_validate(crashed["plan"])
@@ -427,29 +435,30 @@ class Daemon:
 
     async def set_link(self, a: str, b: str, bandwidth_bps: float | None, latency_s: float | None) -> dict[str, Any]:
         """Change an emulated link under the running system (a replayed trace on it stops)."""
-        truth = self._require_truth()
-        found = False
-        links = []
-        for lk in truth.links:
-            if {lk.a, lk.b} == {a, b}:
-                found = True
-                lk = replace(lk, bandwidth_bps=lk.bandwidth_bps if bandwidth_bps is None else float(bandwidth_bps),
-                             latency_s=lk.latency_s if latency_s is None else float(latency_s), trace=None)
-            links.append(lk)
-        if not found:
-            raise KeyError(f"no link between {a!r} and {b!r}")
-        self.truth = replace(truth, links=tuple(links))
-        await self._push_emulation()
-        self.events.publish("state")
-        return self.truth.to_meta()
+        self.truth = emulation.with_link(self._require_truth(), a, b, bandwidth_bps, latency_s)
+        emulation.note_link(self.overrides, self.truth, a, b)
+        return await self._emulation_changed()
 
     async def set_node(self, name: str, slowdown: float) -> dict[str, Any]:
         truth = self._require_truth()
         if name not in self.nodes:
             raise KeyError(f"no node {name!r}")
-        nodes = tuple(replace(n, slowdown=float(slowdown)) if n.name == name else n for n in truth.nodes)
-        self.truth = replace(truth, nodes=nodes)
+        self.truth = emulation.with_node(truth, name, slowdown)
+        emulation.note_node(self.overrides, name, slowdown)
+        return await self._emulation_changed()
+
+    def emulation_view(self) -> dict[str, Any]:
+        """The emulated network as it is now (`network`, as the workers are given it) and the changes the API
+        made to the one declared (`changes`); LookupError when nothing is emulated."""
+        return {"network": self._require_truth().to_meta(), "changes": self.overrides}
+
+    async def _emulation_changed(self) -> dict[str, Any]:
+        """Push the changed network to the workers and keep the change in history (a daemon that takes over
+        after a crash emulates the network as it is now, not as the network file declared it)."""
+        assert self.truth is not None
         await self._push_emulation()
+        if self._state_id is not None:
+            await self._record(self._save_emulation, buffered=True)
         self.events.publish("state")
         return self.truth.to_meta()
 
@@ -1177,6 +1186,10 @@ class Daemon:
         assert self._state_id is not None
         self.store.update_daemon_state(self._state_id, network=network, plan_id=plan_id, version=version,
                                        stopped=stopped, at=at)
+
+    def _save_emulation(self) -> None:
+        assert self._state_id is not None
+        self.store.update_daemon_state(self._state_id, emulation=self.overrides)
 
     def _finish_application(self, app_id: int, outcome: str, at: datetime | None = None) -> None:
         self.store.finish_plan_application(app_id, outcome=outcome, finished_at=at)

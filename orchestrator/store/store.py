@@ -340,8 +340,10 @@ class Store:
 
     def update_daemon_state(self, state_id: int, *, network: dict[str, Any] | None = None,
                             plan_id: int | None = None, version: int | None = None, stopped: bool = False,
-                            at: datetime | None = None, workers: dict[str, Any] | None = None) -> None:
-        """`workers`: the local workers of the run as runtime.local.LocalWorkers.record gives them (no token)."""
+                            at: datetime | None = None, workers: dict[str, Any] | None = None,
+                            emulation: dict[str, Any] | None = None) -> None:
+        """`workers`: the local workers of the run as runtime.local.LocalWorkers.record gives them (no token);
+        `emulation`: the changes made to its emulated network (orchestrator.daemon.emulation)."""
         with self._session() as s:
             row = self._require(s, DaemonState, state_id, "daemon state")
             assert row is not None
@@ -349,6 +351,8 @@ class Store:
                 row.network = _plain(network)
             if workers is not None:
                 row.workers = _plain(workers)
+            if emulation is not None:
+                row.emulation = _plain(emulation)
             if version is not None:
                 self._require(s, PlanRow, plan_id, "plan")
                 row.plan_id, row.version = plan_id, version
@@ -366,7 +370,8 @@ class Store:
             plan = s.get(PlanRow, row.plan_id).document if row.plan_id is not None else None
             return {"id": row.id, "settings": dict(row.settings), "network": dict(row.network), "plan": plan,
                     "plan_id": row.plan_id, "version": row.version, "updated_at": row.updated_at,
-                    "workers": dict(row.workers) if row.workers else None}
+                    "workers": dict(row.workers) if row.workers else None,
+                    "emulation": dict(row.emulation) if row.emulation else None}
 
     def current_plan_id(self) -> int | None:
         """The plan applied most recently, or None when none was."""

@@ -329,6 +329,8 @@ class DaemonState(Base):
     stopped_at: Mapped[datetime | None] = mapped_column()
     # revision 0008: the local workers it started ({"secrets_key": ..., "nodes": {name: record}}), no token
     workers: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # revision 0009: changes made to its emulated network through the API (orchestrator.daemon.emulation)
+    emulation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 # -- revision 0006: how far each raw table is summarised (store/coverage.py) --------------------------------

@@ -135,10 +135,10 @@ def test_killed_workers_lose_no_request(tmp_path: Path) -> None:
 
 def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
     """SIGKILL the daemon; its local workers keep running, and the next `aiflow daemon` on the same history
-    database takes over the settings it ran with, its plan in force (as the next version, without solving
-    afresh) and its healthy workers (the same processes; one killed meanwhile is started anew), answering
-    exactly as before. The workers' credentials are in a file only the user can read, not in history. A
-    clean stop stops the workers and is not resumed."""
+    database takes over the settings it ran with, the changes made to its emulated network, its plan in
+    force (as the next version, without solving afresh) and its healthy workers (the same processes; one
+    killed meanwhile is started anew), answering exactly as before. The workers' credentials are in a file
+    only the user can read, not in history. A clean stop stops the workers and is not resumed."""
     import subprocess
     import sys
 
@@ -175,6 +175,10 @@ def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
         pids = {n["name"]: n["pid"] for n in before["nodes"]}
         workers |= set(pids.values())
         assert captions(url) == reference
+        # the emulated world changes through the API: the next daemon must find it as it was left
+        changed = httpx.post(f"{url}/v1/emulation/links", json={"a": "edge", "b": "phone", "bandwidth_bps": 3e6,
+                                                                "latency_s": 0.03}, timeout=60, trust_env=False)
+        assert changed.status_code == 200, changed.text
         first.kill()
         first.wait()
         assert all(alive(p) for p in pids.values())            # detached: they outlive the daemon
@@ -193,6 +197,10 @@ def test_a_killed_daemon_resumes_its_plan_and_settings(tmp_path: Path) -> None:
         assert after["settings"]["solve_interval_s"] == 40
         assert after["plan"]["version"] == 2 and after["plan"]["assignment"] == before["plan"]["assignment"]
         assert not after["decisions"]                           # taken over, not solved afresh
+        emulated = httpx.get(f"{url}/v1/emulation", timeout=60, trust_env=False).json()
+        phone_edge = next(lk for lk in emulated["network"]["links"] if {lk["a"], lk["b"]} == {"phone", "edge"})
+        assert (phone_edge["bandwidth_bps"], phone_edge["latency_s"]) == (3e6, 0.03), emulated
+        assert list(emulated["changes"]["links"]) == ["edge~phone"]
         again = {n["name"]: n["pid"] for n in after["nodes"]}
         assert after["adopted"] == sorted(n for n in pids if n != dead)
         assert all(again[n] == pids[n] for n in pids if n != dead), (pids, again)   # the same processes

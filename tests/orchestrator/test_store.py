@@ -33,7 +33,7 @@ TABLES_0004 = {"probe_hours", "node_sample_hours", "run_hours"}
 TABLES_0005 = {"daemon_states"}
 TABLES_0006 = {"summary_marks"}
 ALL_TABLES = TABLES_0001 | TABLES_0002 | TABLES_0003 | TABLES_0004 | TABLES_0005 | TABLES_0006
-HEAD = "0008"
+HEAD = "0009"
 
 
 @pytest.fixture
