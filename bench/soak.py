@@ -289,7 +289,7 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 
 async def soak(minutes: float, streams: int, fault_every: float, seed: int, db: str,
-               faults: tuple[str, ...]) -> dict[str, Any]:
+               faults: tuple[str, ...], verbose: bool = False) -> dict[str, Any]:
     from orchestrator.demo import unsplit_captions, write_test_images
     from orchestrator.network import load_network
     from profiler.models import load_adapter
@@ -306,7 +306,7 @@ async def soak(minutes: float, streams: int, fault_every: float, seed: int, db: 
         faults = tuple(f for f in faults if f != "db-outage")
     args = ["--model", "tiny-captioner", "--network", str(NETWORK), "--profile", str(PROFILE),
             "--probe-interval", "2", "--solve-interval", "10", "--dilation", f"{k:.6g}", "--url", history.url,
-            "--state-dir", str(run_dir / "state")]
+            "--state-dir", str(run_dir / "state")] + (["-v"] if verbose else [])
     env = {key: v for key, v in os.environ.items() if key not in ("AIFLOW_STATE_DIR", "AIFLOW_DATABASE_URL")}
     daemon = DaemonProcess(args, run_dir, env)
     load_start = os.getloadavg()
@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--db", choices=("auto", "postgres", "sqlite"), default="auto",
                     help="history database: PostgreSQL at 127.0.0.1:5432 (auto: when it answers) or SQLite")
     ap.add_argument("--faults", default=",".join(FAULTS), help="the faults drawn from, comma-separated")
+    ap.add_argument("--verbose", "-v", action="store_true", help="the daemon logs every decision and switch")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where soak.json and .md go")
     a = ap.parse_args(argv)
     faults = tuple(f.strip() for f in a.faults.split(",") if f.strip())
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     db = choose_db(a.db)
     print(f"bench.soak: history on {db}", flush=True)
-    result = asyncio.run(soak(a.minutes, a.streams, a.fault_every, a.seed, db, faults))
+    result = asyncio.run(soak(a.minutes, a.streams, a.fault_every, a.seed, db, faults, a.verbose))
     md = report(result)
     write_results(a.out, "soak", result, md)
     print(md)
