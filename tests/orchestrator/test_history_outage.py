@@ -2,14 +2,12 @@
 restart) while the daemon records requests and probe rounds: nothing raises into the service, the records
 are kept (bounded) and written when the database answers again, in order, with the times they happened.
 
-The outage is real at the network level: the daemon reaches PostgreSQL through a TCP proxy made here,
+The outage is real at the network level: the daemon reaches PostgreSQL through a TCP proxy (bench/tcp_proxy.py),
 which the test stops (closing every connection) and starts again on the same port."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from bench.tcp_proxy import Proxy
 from orchestrator.daemon.service import Daemon
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.network import load_network
@@ -29,61 +28,6 @@ from tests.orchestrator.test_store_postgres import pg_url, server  # noqa: F401 
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Proxy:
-    """A TCP relay 127.0.0.1:port -> target, in a thread; `stop` cuts every connection and refuses new ones."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    def _run(self, coro) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            w.close()
-
-    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection(*self.target)
-        self.writers |= {w, uw}
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
-
-    async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port, reuse_address=True)
-
-    async def _stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.transport.abort()
-        self.writers.clear()
-        await self.server.wait_closed()
-
-    def start(self) -> None:
-        self._run(self._start())
-
-    def stop(self) -> None:
-        self._run(self._stop())
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 def result(i: int) -> RequestResult:
@@ -144,5 +88,4 @@ def test_history_survives_a_database_outage(pg_url: str) -> None:  # noqa: F811 
         asyncio.run(scenario())
     finally:
         store.close()
-        proxy.stop() if proxy.server and proxy.server.is_serving() else None
         proxy.close()
