@@ -997,19 +997,27 @@ class Daemon:
         try:
             attempt = 0
             while True:
-                started_on = self.client.plan.version
+                started = self.client.plan
                 try:
                     res = await self.client.generate(source, max_new_tokens=max_new_tokens,
                                                      eos=self.adapter.eos_token_id, deadline=deadline)
                     break
                 except RequestFailed as exc:
                     attempt += 1
-                    if exc.down and attempt <= self.settings.max_retries and time.monotonic() < deadline:
-                        await self.recover(exc.down, started_on)
-                    moved = self.client.plan.version != started_on
-                    if attempt > self.settings.max_retries or time.monotonic() >= deadline or not moved:
+                    # the addresses that failed it: one death is recovered from once, however many plan
+                    # versions were applied to the dead address meanwhile (a switch may commit just after)
+                    at = {x.name: x.address or "" for x in started.nodes}
+                    dead = {n: at.get(n, "") for n in exc.down}
+                    retry = attempt <= self.settings.max_retries and time.monotonic() < deadline
+                    if dead and retry:
+                        await self.recover(dead)
+                    moved = self.client.plan.version != started.version and not self._still_on(dead)
+                    if not (retry and moved):
                         self.metrics.requests.labels(outcome="failed").inc()
-                        if exc.down and not moved:
+                        if dead and attempt > self.settings.max_retries:
+                            raise RequestFailed(f"{exc}; given up after {attempt} runs (--max-retries "
+                                                f"{self.settings.max_retries})", exc.down) from None
+                        if dead and not moved:
                             raise RequestFailed(f"{exc}; no plan without {', '.join(exc.down)} could be applied",
                                                 exc.down) from None
                         raise
@@ -1046,15 +1054,22 @@ class Daemon:
         self.metrics.latency.labels(plan_version=str(res.plan_version)).observe(res.scaled_s)
         return res, version, predicted if math.isfinite(predicted) else plan.predicted_latency_s
 
-    async def recover(self, down: tuple[str, ...], seen_version: int) -> None:
-        """Requests found `down` not answering on plan `seen_version`: check every node now (restarting
-        dead local workers), and re-plan at once. Requests that fail together recover once: a caller
-        that finds the plan already moved past `seen_version` has nothing to do."""
+    async def recover(self, dead: dict[str, str]) -> None:
+        """Requests found nodes not answering at the addresses `dead` ({node: address}): check every node now
+        (restarting dead local workers), and re-plan at once. Requests that fail together recover once: a
+        caller whose dead addresses the plan in force no longer uses has nothing to do."""
         async with self._recover_lock:
-            if self.client is None or self.client.plan.version != seen_version:
+            if self.client is None or not self._still_on(dead):
                 return
-            log.warning("requests failed: %s not answering; checking nodes", ", ".join(down))
+            log.warning("requests failed: %s not answering; checking nodes", ", ".join(dead))
             await self._check_nodes(locked=True)
+
+    def _still_on(self, dead: dict[str, str]) -> bool:
+        """Whether the plan in force still sends to one of the `dead` addresses."""
+        assert self.client is not None
+        plan = self.client.plan
+        hosting = set(plan.hosting_nodes())
+        return any(n in hosting and plan.node(n).address == a for n, a in dead.items())
 
     async def _check_nodes(self, locked: bool = False) -> str | None:
         """Health of every node (dead local workers restarted); on a change, a snapshot without the down
