@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,23 +16,10 @@ from typing import Any
 
 import httpx
 
-from bench.tcp_proxy import Proxy
+from bench.tcp_proxy import Proxy, free_port
+from runtime.local import same_process
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def scrape(text: str) -> Counter[str]:
@@ -120,7 +106,7 @@ class DaemonProcess:
         rc = await asyncio.to_thread(self.proc.wait, 120)
         pids = [n["pid"] for n in status["nodes"] if n["pid"]]
         await asyncio.sleep(2.0)
-        return {"exit_code": rc, "workers_left_running": [p for p in pids if alive(p)]}
+        return {"exit_code": rc, "workers_left_running": [p for p in pids if same_process(p, None)]}
 
     def kill_all(self, pids: list[int]) -> None:
         """After a failure: nothing of the soak's may outlive it."""
@@ -128,7 +114,7 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
         for pid in pids:
-            if alive(pid):
+            if same_process(pid, None):
                 os.kill(pid, signal.SIGKILL)
 
 

@@ -11,16 +11,20 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+def free_port() -> int:
+    """A loopback port no one listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Proxy:
     """A TCP relay 127.0.0.1:port -> target, in a thread; `stop` cuts every connection and refuses new ones,
     `start` listens again on the same port."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port: int = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         # a loop of its own: the relay keeps running whatever the caller's loop (or lack of one) is doing
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

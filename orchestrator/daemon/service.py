@@ -440,10 +440,7 @@ class Daemon:
         return await self._emulation_changed()
 
     async def set_node(self, name: str, slowdown: float) -> dict[str, Any]:
-        truth = self._require_truth()
-        if name not in self.nodes:
-            raise KeyError(f"no node {name!r}")
-        self.truth = emulation.with_node(truth, name, slowdown)
+        self.truth = emulation.with_node(self._require_truth(), name, slowdown)
         emulation.note_node(self.overrides, name, slowdown)
         return await self._emulation_changed()
 
