@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NETWORK = ROOT / "examples" / "daemon.network.yaml"
 PROFILE = ROOT / "examples" / "tiny-captioner.profile.json"
 FAULTS = ("kill", "cut", "stall", "restore", "bad", "daemon-kill", "db-outage", "switch-kill")
-DEADLINE_S = 120.0          # the daemon's request_timeout_s (its default: the CLI has no option for it)
+DEADLINE_S = 120.0          # each request's deadline: the daemon is given it (--request-timeout)
 LATE_S = 5.0                # an answer this long after the deadline still counts as on time
 PHONE_EDGE_BPS, EDGE_CLOUD_BPS, CUT_BPS = 2e7, 1e8, 1e6
 
@@ -306,6 +306,7 @@ async def soak(minutes: float, streams: int, fault_every: float, seed: int, db: 
         faults = tuple(f for f in faults if f != "db-outage")
     args = ["--model", "tiny-captioner", "--network", str(NETWORK), "--profile", str(PROFILE),
             "--probe-interval", "2", "--solve-interval", "10", "--dilation", f"{k:.6g}", "--url", history.url,
+            "--request-timeout", f"{DEADLINE_S:g}",
             "--state-dir", str(run_dir / "state")] + (["-v"] if verbose else [])
     env = {key: v for key, v in os.environ.items() if key not in ("AIFLOW_STATE_DIR", "AIFLOW_DATABASE_URL")}
     daemon = DaemonProcess(args, run_dir, env)
