@@ -1,6 +1,7 @@
 """A few cells of the split map run for real on the EMULATED runtime: measured vs predicted.
 
     python -m bench.map_measure [--cells pi0-png-kept-2ms ...] [--requests 3] [--out bench/results]
+                                [--name map_measure]
 
 bench.split_map predicts every cell from the cost model alone. Here a few chosen cells run their best
 plan and device-only (and, where device-only is the answer, the best other tier) through local worker
@@ -10,7 +11,7 @@ each node's compute stretched to its profiled time, everything slowed by one tim
 cloud are this machine's processes, and their speeds are the profile's (roofline estimates for the
 device and edge classes, and for the h200, measured here for this machine's class). What the run does
 check is the runtime against the cost model (transfers, hops, passes, the decode loop) and that every
-plan gives the same output as device-only.
+plan gives the same output as the unsplit model run in this process (for the LLM: as device-only).
 
 Per cell and strategy: the measured median latency (divided by K), the predicted latency for each
 request's own number of decoder passes (median), their ratio, and the speedup over device-only,
@@ -32,7 +33,7 @@ from typing import Any
 
 from bench.results_io import write_results
 from bench.split_map import WORKLOADS, Workload, cell_network, md_escape, workload_profile
-from orchestrator.demo import StrategyRun, local_dilation, run_strategy, write_test_images
+from orchestrator.demo import StrategyRun, local_dilation, run_strategy, unsplit_captions, write_test_images
 from orchestrator.strategies import describe_assignment, strategy_plans
 from profiler.errors import InputError
 from profiler.models import load_adapter
@@ -40,6 +41,7 @@ from profiler.models import load_adapter
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ("The capital of France is", "Write a haiku about the sea.", "List three primary colours.")
 LLM_NEW_TOKENS = 4       # short requests: the LLM's device-only plan is seconds per request under K
+CAPTION_TOKENS = 16      # the random-init ViT-GPT-2 captioner never stops early: the profile's 16 tokens
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,14 @@ CELLS: tuple[Cell, ...] = (
          "a flagship-class phone: device-only is the optimum", ("optimal", "device-only", "cloud-only")),
     Cell("sd695-smollm2-kept-2ms", "smollm2-text", "phone-sd695", 31.6, 0.002, True,
          "SmolLM2 prompt kept on a mid-range phone: tokenize there, the rest in the cloud", k_scale=1.5),
+    # The ViT-B/16 + GPT-2 captioner: the h200 runs it ~100x faster than this CPU, so K is ~100 before
+    # slack and every predicted second costs minutes; these cells run on a quiet host with little slack,
+    # and the second leaves out device-only (predicted 7.9x slower than the optimum, 4.6x than cloud-only).
+    Cell("a78-camera-free-20ms", "vit-gpt2-camera", "phone-a78", 31.6, 0.020, False,
+         "a 12 MP photo, no constraint: the optimum decodes it on the phone and sends the cloud 224 px pixels",
+         ("optimal", "cloud-only", "device-only"), k_scale=1.25),
+    Cell("sd695-camera-free-2ms", "vit-gpt2-camera", "phone-sd695", 31.6, 0.002, False,
+         "the same on a mid-range phone, 2 ms to the edge", ("optimal", "cloud-only"), k_scale=1.25),
 )
 
 
@@ -82,7 +92,33 @@ def _inputs(work: Workload, folder: Path, count: int) -> tuple[list[str], int]:
         return [PROMPTS[i % len(PROMPTS)] for i in range(count)], LLM_NEW_TOKENS
     if work.key == "tiny-png":
         return [str(img.path) for img in write_test_images(folder, count)], 32
+    if work.key == "vit-gpt2-camera":
+        return camera_files(folder, count), CAPTION_TOKENS
     raise InputError(f"{work.key}: map_measure has no inputs for this workload")
+
+
+def camera_files(folder: Path, count: int) -> list[str]:
+    """`count` 12 MP JPEGs: the profiled camera photo as it is, mirrored, upside down and both (each
+    a different picture of the same size, saved like the original)."""
+    import io
+
+    from PIL import Image
+
+    from profiler.images import CAMERA_QUALITY, camera_photo_bytes
+
+    turns = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)
+    with Image.open(io.BytesIO(camera_photo_bytes())) as im:
+        photo = im.convert("RGB")
+    paths = []
+    for i in range(count):
+        path = folder / f"camera-{i}.jpeg"
+        turn = turns[i % len(turns)]
+        if turn is None:
+            path.write_bytes(camera_photo_bytes())
+        else:
+            photo.transpose(turn).save(path, format="JPEG", quality=CAMERA_QUALITY)
+        paths.append(str(path))
+    return paths
 
 
 def _row(cell: Cell, run: StrategyRun, K: float) -> dict[str, Any]:
@@ -106,6 +142,9 @@ def measure_cell(cell: Cell, requests: int, k_scale: float | None = None) -> dic
     rows = []
     with tempfile.TemporaryDirectory(prefix="map-measure-") as tmp:
         inputs, new_tokens = _inputs(work, Path(tmp), requests)
+        # the oracle for an image workload: the whole model in this process (an LLM's: device-only)
+        unsplit = (None if work.key == "smollm2-text"
+                   else unsplit_captions(adapter, [Path(p) for p in inputs], max_new_tokens=new_tokens))
         for strategy in strategy_plans(profile, net, names=cell.strategies):
             if strategy.plan is None:
                 rows.append({"cell": cell.key, "strategy": strategy.name, "why_not": strategy.why_not})
@@ -120,11 +159,13 @@ def measure_cell(cell: Cell, requests: int, k_scale: float | None = None) -> dic
             rows.append(row)
     done = {r["strategy"]: r for r in rows if "measured_median_ms" in r}
     dev = done.get("device-only")
+    reference = unsplit if unsplit is not None else (dev["outputs"] if dev else None)
     for r in done.values():
         r["speedup_vs_device_measured"] = dev["measured_median_ms"] / r["measured_median_ms"] if dev else None
         r["speedup_vs_device_predicted"] = dev["predicted_median_ms"] / r["predicted_median_ms"] if dev else None
-        # every plan must give device-only's outputs (the same model, cut elsewhere)
-        r["same_outputs_as_device_only"] = (r["outputs"] == dev["outputs"]) if dev else None
+        # every plan must give the unsplit model's outputs (the same model, cut elsewhere)
+        r["same_outputs_as"] = "unsplit" if unsplit is not None else "device-only"
+        r["same_outputs"] = (r["outputs"] == reference) if reference is not None else None
     return {"cell": asdict(cell), "model": profile.model, "dilation": K, "rows": rows}
 
 
@@ -135,9 +176,10 @@ def markdown(cells: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
            "EMULATED: every node is a local worker process on this machine; links are shaped in the transport, "
            "each node's compute is stretched to its profiled time (roofline estimates for the device and edge "
            "classes and the h200) and everything runs K times slower, then is divided by K. Measured/predicted "
-           "checks the runtime against the cost model, not the estimates against real devices.", "",
+           "checks the runtime against the cost model, not the estimates against real devices. The oracle for the "
+           "outputs is the unsplit model run in this process (SmolLM2's: its device-only plan).", "",
            "| cell | model | device | link | raw on device | strategy | placement | measured ms | predicted ms | "
-           "measured/predicted | x device measured | x device predicted | same output |",
+           "measured/predicted | x device measured | x device predicted | same output as the oracle |",
            "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for c in cells:
         cell = c["cell"]
@@ -149,7 +191,7 @@ def markdown(cells: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
                 out.append(f"{head} no plan: {md_escape(str(r['why_not']))} | | | | | | |")
                 continue
             sm, sp = r["speedup_vs_device_measured"], r["speedup_vs_device_predicted"]
-            same = r["same_outputs_as_device_only"]
+            same = r["same_outputs"]
             out.append(f"{head} {md_escape(r['placement'])} | {r['measured_median_ms']:.1f} | "
                        f"{r['predicted_median_ms']:.1f} | {r['ratio']:.3f} | "
                        f"{'n/a' if sm is None else f'{sm:.2f}'} | {'n/a' if sp is None else f'{sp:.2f}'} | "
@@ -166,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--k-scale", type=float, default=None,
                     help="multiply the smallest safe time dilation K by this (>= 1; default: each cell's own)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--name", default="map_measure", help="results file name under --out (default map_measure)")
     args = ap.parse_args(argv)
     known = {c.key: c for c in CELLS}
     bad = [k for k in args.cells if k not in known]
@@ -190,9 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d"), "wall_s": time.perf_counter() - t0, "emulated": True,
             "requests_per_strategy": args.requests, "k_scale": args.k_scale}
     text = markdown(cells, meta)
-    write_results(args.out, "map_measure", {"meta": meta, "cells": cells}, text)
+    write_results(args.out, args.name, {"meta": meta, "cells": cells}, text)
     print(text)
-    print(f"wrote {args.out / 'map_measure'}.json, .md in {meta['wall_s']:.0f} s")
+    print(f"wrote {args.out / args.name}.json, .md in {meta['wall_s']:.0f} s")
     return 0
 
 

@@ -1,13 +1,16 @@
 """Where splitting pays, as the planner predicts it: a map over low-end devices and their access link.
 
-    python -m bench.split_map [--workloads tiny-png vit-gpt2-jpeg smollm2-text]
+    python -m bench.split_map [--workloads tiny-png vit-gpt2-jpeg vit-gpt2-camera smollm2-text]
                               [--devices pi-zero-2w phone-sd695 phone-a78] [--mbit 1 5.62 31.6 178 1000]
                               [--out bench/results]
 
-Three workloads, each with its request input as it is captured (the first unit decodes or tokenizes
+Four workloads, each with its request input as it is captured (the first unit decodes or tokenizes
 it and is placed like any other unit):
 - tiny-png: the project's trained tiny captioner, the input a PNG file (its bytes, not float32 pixels);
-- vit-gpt2-jpeg: the ViT-B/16 + GPT-2 small captioner built from its config (random weights), a JPEG;
+- vit-gpt2-jpeg: the ViT-B/16 + GPT-2 small captioner built from its config (random weights), a JPEG
+  at the encoder's 224 px;
+- vit-gpt2-camera: the same captioner, the input a 12 MP JPEG as a phone camera writes it
+  (profiler.images.camera_photo_bytes: a real photograph upsampled, 1.1 MB, smaller than a camera's);
 - smollm2-text: SmolLM2-135M built from its config (bench/models/smollm2-135m-config, random weights,
   no tokenizer files: one token per UTF-8 byte), a text prompt.
 
@@ -61,6 +64,8 @@ class Workload:
 WORKLOADS: tuple[Workload, ...] = (
     Workload("tiny-png", "tiny-captioner+png", "tiny captioner (trained), PNG file"),
     Workload("vit-gpt2-jpeg", "vit-gpt2-captioner+jpeg", "ViT-B/16 + GPT-2 captioner (config, random-init), JPEG file"),
+    Workload("vit-gpt2-camera", "vit-gpt2-captioner+camera",
+             "ViT-B/16 + GPT-2 captioner (config, random-init), 12 MP camera JPEG"),
     Workload("smollm2-text", f"{SMOLLM2_CONFIG}+text", "SmolLM2-135M (config, random-init), text prompt"),
 )
 DEVICES: tuple[str, ...] = ("pi-zero-2w", "phone-sd695", "phone-a78")
@@ -151,8 +156,8 @@ def compute_bound(profile: Profile, device: str) -> dict[str, float]:
     """What a split could gain from compute alone on (device, edge, cloud): the best single node's compute
     (among those whose memory holds the whole model) over the sum of every unit's fastest node's compute
     (network free, memory ignored). No split computes faster than that; where the raw input is also the
-    smallest thing to send (as in all three workloads), the network cannot favour a split either, so a
-    bound near 1 explains why no split beats the best single tier by 20%."""
+    smallest thing to send (as in every workload but the camera photo), the network cannot favour a split
+    either, so a bound near 1 explains why no split beats the best single tier by 20% there."""
     classes = (device, EDGE_CLASS, CLOUD_CLASS)
 
     def t(u: int, c: str, phase: str, repeat: int) -> float:

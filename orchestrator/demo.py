@@ -58,9 +58,28 @@ def weights_digest(adapter: ModelAdapter) -> str:
     return h.hexdigest()[:12]
 
 
+# Bumped when what a profile holds changes meaning (r2: a decode unit hands on uint8 pixels and is
+# marked host_code), so a cache made by older code is measured again rather than mispredicting.
+PROFILE_REVISION = 2
+
+
 def profile_cache_path(model: str, hardware: str, digest: str, devices: Sequence[str]) -> Path:
-    key = "-".join([model, hardware, digest, *devices])
+    """The cache file of a model's profile on this machine class, with its weights' digest, the
+    profile revision and the described devices (their descriptions hashed in: an edited description
+    gives fresh estimates)."""
+    key = "-".join([model, hardware, digest, f"r{PROFILE_REVISION}", *devices, _descriptions_digest(devices)])
     return cache_root() / "profiles" / f"{key}.profile.json"
+
+
+def _descriptions_digest(devices: Sequence[str]) -> str:
+    from profiler.hardware import load_device, shipped_device_names
+
+    shipped = set(shipped_device_names())
+    h = hashlib.sha256()
+    for d in devices:
+        name = d.removesuffix("-measured")
+        h.update(load_device(name).model_dump_json().encode() if name in shipped else name.encode())
+    return h.hexdigest()[:8]
 
 
 def demo_devices(net: NetworkState) -> list[str]:

@@ -12,7 +12,9 @@ so the cache a decode step sees is the one the prefill really left. For each (un
   produced (forward hooks);
 - bytes_moved (an extra field the roofline estimator reads): weights read in full (embedding tables
   excepted: a lookup reads only its rows) + input + output + the KV cache the unit holds after the pass;
-- ops (an extra field the estimator reads): the ATen operations one pass dispatches.
+- ops (an extra field the estimator reads): the ATen operations one pass dispatches;
+- host_code (an extra field, true or absent): the unit is plain CPU code (decoding an image file,
+  tokenizing), which the estimator scales by a device's host speed instead of its roofline.
 
 Per unit then: param_bytes (its modules' parameters and buffers), and
 mem_bytes = param_bytes + KV cache at the request's maximum length (prompt + new tokens) + the
@@ -81,7 +83,7 @@ def parse_input_spec(text: str | None, where: str = "--input") -> InputSpec:
 
 
 def _spec_dict(spec: InputSpec, image_size: int | None, uses_prompt: bool,
-               image_format: str | None = None) -> dict[str, object]:
+               image_format: str | None = None, captured: dict[str, object] | None = None) -> dict[str, object]:
     out: dict[str, object] = {"new_tokens": spec.new_tokens, "batch": spec.batch}
     if uses_prompt:
         out["prompt_tokens"] = spec.prompt_tokens
@@ -89,6 +91,8 @@ def _spec_dict(spec: InputSpec, image_size: int | None, uses_prompt: bool,
         out["image_size"] = spec.image_size or image_size
     if image_format is not None:
         out["image_format"] = image_format     # the request input is an image file of this format
+    if captured is not None:
+        out["captured"] = captured             # that file: width, height, format, bytes
     return out
 
 
@@ -216,11 +220,12 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
     if progress is not None:
         progress(done, total, "done")
 
+    host_code = adapter.host_code_units()
     units = [
         Unit(name=u.name, param_bytes=params[i], mem_bytes=params[i] + int(recs[i].kv_bytes) + recs[i].activation,
              flops=recs[i].flops, out_bytes=recs[i].out_bytes, latency_s={hw: recs[i].latency},
              source={hw: "measured"}, spread={hw: recs[i].spread}, bytes_moved=recs[i].bytes_moved,
-             ops=recs[i].ops)
+             ops=recs[i].ops, **({"host_code": True} if i in host_code else {}))
         for i, u in enumerate(unit_infos)
     ]
     phases = [Phase(name=p.name, first=p.first, last=p.last, repeat=p.repeat, input=p.input,
@@ -230,7 +235,8 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
     return Profile(model=adapter.name, units=units, phases=phases, edges=edges,
                    result_bytes=result_bytes(phase_infos, recs, spec),
                    hardware={hw: info}, weights=adapter.weights,
-                   input=_spec_dict(spec, image_size, uses_prompt, getattr(adapter, "image_format", None)),
+                   input=_spec_dict(spec, image_size, uses_prompt, getattr(adapter, "image_format", None),
+                                    adapter.captured(spec) if hasattr(adapter, "captured") else None),
                    family=adapter.family)
 
 

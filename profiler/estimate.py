@@ -23,6 +23,11 @@ with `efficiency` (the sustained fraction of the datasheet peak, from its descri
 (the description's `op_overhead_s`, else this machine's fitted `c` times the description's
 `op_overhead_scale`, default 1: the same Python and PyTorch dispatch drives the device, from a host
 CPU that may be slower). Entries made this way are marked `source: estimated`.
+
+Units marked `host_code` (decoding an image file, tokenizing a prompt) run plain CPU code, not tensor
+kernels, so no roofline describes them: they are left out of the fit, and a device gets their measured
+time here times its description's `host_factor` (how many times slower its host CPU runs such code
+than a current x86 server core, the class of machine the profiles are made on).
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ def op_count(unit: Unit, phase: str) -> float:
     if isinstance(recorded, dict) and phase in recorded:
         return float(recorded[phase])
     return 1.0
+
+
+def is_host_code(unit: Unit) -> bool:
+    """Plain CPU code (profiler.build's `host_code`): estimated by host speed, not the roofline."""
+    return bool((unit.model_extra or {}).get("host_code"))
 
 
 def unit_inputs(profile: Profile) -> dict[tuple[int, str], float]:
@@ -130,7 +140,7 @@ def calibrate(profile: Profile, hardware: str) -> Calibration:
         per_phase = u.latency_s.get(hardware, {})
         for ph in profile.phases:
             t = per_phase.get(ph.name)
-            if t is None or t <= 0 or not ph.first <= i <= ph.last:
+            if t is None or t <= 0 or not ph.first <= i <= ph.last or is_host_code(u):
                 continue
             flops = float(u.flops.get(ph.name, 0.0))
             xs.append(roofline(flops, bytes_moved(u, ph.name, inputs[(i, ph.name)]), peak, bw))
@@ -164,6 +174,10 @@ def estimate_latencies(profile: Profile, device: DeviceClass, calibration: Calib
         for ph in profile.phases:
             if not ph.first <= i <= ph.last:
                 continue
+            measured = u.latency_s.get(calibration.hardware, {}).get(ph.name)
+            if is_host_code(u) and measured is not None:
+                per_phase[ph.name] = float(measured) * device.host_factor
+                continue
             flops = float(u.flops.get(ph.name, 0.0))
             roof = roofline(flops, bytes_moved(u, ph.name, inputs[(i, ph.name)]), peak, bw)
             per_phase[ph.name] = calibration.slowdown * roof + per_op * op_count(u, ph.name)
@@ -188,7 +202,7 @@ def estimate_profile(profile: Profile, device: DeviceClass, *, base: str | None 
         "estimated": True, "description": device.description, "tier": device.tier,
         "peak_flops": device.peak_flops, "mem_bandwidth_bps": device.mem_bandwidth_bps,
         "mem_bytes": device.mem_bytes, "efficiency": device.efficiency,
-        "op_overhead_scale": device.op_overhead_scale, **cal.as_dict(),
+        "op_overhead_scale": device.op_overhead_scale, "host_factor": device.host_factor, **cal.as_dict(),
     }
     if device.op_overhead_s is not None:
         info["op_overhead_s"] = device.op_overhead_s

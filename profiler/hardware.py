@@ -229,6 +229,9 @@ class DeviceClass(BaseModel):
     efficiency: float = Field(default=1.0, gt=0, le=1)  # sustained fraction of peak_flops (datasheet vs real)
     op_overhead_s: float | None = Field(default=None, ge=0)  # cost of one dispatched op; None: this machine's
     op_overhead_scale: float = Field(default=1.0, gt=0)      # ... times this factor (a slower host CPU)
+    # How many times longer the device's host CPU takes than the profiling machine's core for plain CPU
+    # code (decoding an image file, tokenizing: units marked host_code); 1.0 when not described
+    host_factor: float = Field(default=1.0, gt=0)
     tier: Tier | None = None
     description: str = ""
 

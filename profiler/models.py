@@ -187,18 +187,19 @@ def _eos(config: Any, tokenizer: Any | None, vocab_size: int) -> int | None:
 
 def split_variant(name_or_folder: str) -> tuple[str, str | None]:
     """("tiny-captioner", "png") from "tiny-captioner+png": the model, and the form its requests start
-    from as captured: an image file format (profiler.adapters.raw_image) or "text", a prompt's UTF-8
-    (profiler.adapters.raw_text); (name, None) without a known suffix."""
-    from profiler.images import IMAGE_FORMATS
+    from as captured: an image file format (profiler.adapters.raw_image; "camera": a 12 MP JPEG) or
+    "text", a prompt's UTF-8 (profiler.adapters.raw_text); (name, None) without a known suffix."""
+    from profiler.adapters.raw_image import IMAGE_VARIANTS
 
     base, plus, kind = str(name_or_folder).rpartition("+")
-    known = kind in IMAGE_FORMATS or kind == "text"
+    known = kind in IMAGE_VARIANTS or kind == "text"
     return (base, kind) if plus and base and known else (str(name_or_folder), None)
 
 
 def load_adapter(name_or_folder: str, *, eager_attention: bool = False) -> ModelAdapter:
     """A built-in name or a local Hugging Face folder -> the adapter of its family. A "+png" or
-    "+jpeg" suffix: the same model with its image file's decoding as a first unit; "+text": a
+    "+jpeg" (or "+camera", profiled with a 12 MP photo) suffix: the same model with its image file's
+    decoding as a first unit; "+text": a
     language model with its prompt's tokenizing as a first unit."""
     base, kind = split_variant(name_or_folder)
     if kind is not None:

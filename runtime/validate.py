@@ -18,7 +18,9 @@ from profiler.adapters.base import InputSpec, ModelAdapter, PhaseInfo
 from runtime.codec import Frame
 from runtime.stages import PhaseRoute, Segment, StagePlan
 
-Shapes = dict[str, list[tuple[int, ...]]]      # phase -> output shape of each of its units, batch 1
+# phase -> (output shape, whether it is uint8 pixels) of each of its units, batch 1; a decode unit
+# (profiler.adapters.raw_image) hands on uint8 pixels, every other unit a float or int64 tensor
+Shapes = dict[str, list[tuple[tuple[int, ...], bool]]]
 
 
 class RequestRejected(ValueError):
@@ -43,10 +45,10 @@ def probe_shapes(adapter: ModelAdapter) -> Shapes:
                 continue
             p = phases[name]
             x = adapter.example_input(spec, name)
-            out: list[tuple[int, ...]] = []
+            out: list[tuple[tuple[int, ...], bool]] = []
             for u in range(p.first, p.last + 1):
                 x = adapter.run(u, u, x, phase=name, position=0, state=state)
-                out.append(tuple(x.shape))
+                out.append((tuple(x.shape), x.dtype == torch.uint8))
             shapes[name] = out
             if name == "encode" and any(e.src == p.last for e in adapter.edges()):
                 state.encoder_out = x
@@ -101,8 +103,13 @@ def check_input(frame: Frame, phase: PhaseRoute, batch: int, shapes: Shapes,
             raise RequestRejected(f"{where}: hidden state missing", "wrong-shape")
         # a decode pass is prefill's units on one token
         ref_phase = "prefill" if phase.name == "decode" else phase.name
-        ref = shapes[ref_phase][u - 1 - phase_infos[ref_phase].first]
-        if len(ref) == 2 and phase.name == "prefill":
+        ref, ref_pixels = shapes[ref_phase][u - 1 - phase_infos[ref_phase].first]
+        if ref_pixels:          # the unit before decoded an image file into uint8 pixels
+            if not (x.dtype == torch.uint8 and tuple(x.shape[1:]) == ref[1:]):
+                raise RequestRejected(f"{where}: expected uint8 pixels {list(ref[1:])}, got {describe(x)}",
+                                      "wrong-shape")
+            ok = True
+        elif len(ref) == 2 and phase.name == "prefill":
             # the unit before made token ids (a first unit that tokenizes the prompt's bytes)
             ok = x.dtype == torch.int64 and x.dim() == 2 and x.shape[1] >= 1
             if not ok:

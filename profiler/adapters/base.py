@@ -91,6 +91,12 @@ class ModelAdapter(ABC):
     def unit_modules(self, index: int) -> list[nn.Module]:
         """The modules whose parameters belong to unit `index` (for param bytes and FLOPs)."""
 
+    def host_code_units(self) -> set[int]:
+        """Units whose work is plain CPU code, not tensor kernels (decoding a JPEG, tokenizing): the
+        roofline does not describe them, so an estimate scales their measured time by the device's
+        host speed instead (profiler.estimate)."""
+        return set()
+
     # -- execution -----------------------------------------------------------------------------
     @abstractmethod
     def example_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:

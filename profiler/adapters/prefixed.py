@@ -29,3 +29,6 @@ class PrefixedAdapter(ModelAdapter):
 
     def unit_modules(self, index: int) -> list[nn.Module]:
         return [] if index == 0 else self.inner.unit_modules(index - 1)
+
+    def host_code_units(self) -> set[int]:
+        return {0} | {i + 1 for i in self.inner.host_code_units()}

@@ -10,21 +10,38 @@ file's (a few hundred bytes for the tiny captioner's scenes) unless the plan dec
 The bytes travel as a [1, N] uint8 tensor in an ordinary frame. Unit i + 1 of this adapter is unit i
 of the wrapped one. A model name with the suffix `+png` or `+jpeg` (`tiny-captioner+png`) loads
 this wrapper (`profiler.models.load_adapter`); the suffix is the format of the example image the
-profiler encodes (its size is the model's image size), and requests may carry either format.
+profiler encodes (its size is the model's image size), and requests may carry either format. The
+suffix `+camera` profiles with a 12 MP JPEG as a phone camera writes it (`profiler.images.
+camera_photo_bytes`): a large JPEG is decoded at a reduced DCT scale, so the decode unit's cost and
+the file's bytes are those of a photo as captured.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
+from PIL import Image
 
 from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from profiler.adapters.common import model_device
 from profiler.adapters.prefixed import PrefixedAdapter
-from profiler.images import IMAGE_FORMATS, bytes_tensor, decode_image_bytes, encode_image, example_image
+from profiler.images import (
+    CAMERA_QUALITY,
+    CAMERA_SOURCE,
+    IMAGE_FORMATS,
+    bytes_tensor,
+    camera_photo_bytes,
+    decode_image_bytes,
+    encode_image,
+    example_image,
+    normalise_pixels,
+)
 
 DECODE_UNIT = "vision.decode"
+CAMERA_VARIANT = "camera"     # a JPEG as a phone camera writes it (12 MP), profiled from a real photo
+IMAGE_VARIANTS = (*IMAGE_FORMATS, CAMERA_VARIANT)
 
 
 class RawImageAdapter(PrefixedAdapter):
@@ -32,23 +49,40 @@ class RawImageAdapter(PrefixedAdapter):
     prefix_unit = DECODE_UNIT
     prefix_phase = "encode"
 
-    def __init__(self, inner: ModelAdapter, image_format: str) -> None:
+    def __init__(self, inner: ModelAdapter, variant: str) -> None:
         if not any(p.name == "encode" and p.first == 0 for p in inner.phases(InputSpec())):
             raise ValueError(f"{inner.name}: takes no image (no encode phase at unit 0)")
-        if image_format not in IMAGE_FORMATS:
-            raise ValueError(f"image format {image_format!r} (known: {', '.join(IMAGE_FORMATS)})")
-        super().__init__(inner.model, f"{inner.name}+{image_format}", inner.weights)
+        if variant not in IMAGE_VARIANTS:
+            raise ValueError(f"image variant {variant!r} (known: {', '.join(IMAGE_VARIANTS)})")
+        super().__init__(inner.model, f"{inner.name}+{variant}", inner.weights)
         self.inner = inner
         self.family = inner.family
-        self.image_format = image_format
+        self.camera = variant == CAMERA_VARIANT
+        self.image_format = "jpeg" if self.camera else variant
         self.image_size = int(inner.prepare_image(example_image(8)).shape[-1])   # what the encoder is fed
+
+    def example_file(self, spec: InputSpec) -> bytes:
+        """The file the profiler encodes requests from: a 12 MP photo for `+camera`, else the synthetic
+        scene at the spec's (or the encoder's) size in this adapter's format."""
+        if self.camera:
+            return camera_photo_bytes()
+        return encode_image(example_image(spec.image_size or self.image_size), self.image_format)
+
+    def captured(self, spec: InputSpec) -> dict[str, object]:
+        """The request input as captured, for the profile's `input.captured`."""
+        data = self.example_file(spec)
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+        out: dict[str, object] = {"format": self.image_format, "width": width, "height": height, "bytes": len(data)}
+        if self.camera:
+            out.update(quality=CAMERA_QUALITY, source=f"matplotlib sample {CAMERA_SOURCE}, upsampled")
+        return out
 
     # -- execution -------------------------------------------------------------------------------
     def example_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:
         if phase != "encode":
             return self.inner.example_input(spec, phase)
-        data = encode_image(example_image(spec.image_size or self.image_size), self.image_format)
-        return bytes_tensor(data).expand(spec.batch, -1).contiguous()
+        return bytes_tensor(self.example_file(spec)).expand(spec.batch, -1).contiguous()
 
     def new_state(self) -> RequestState:
         return self.inner.new_state()
@@ -64,6 +98,8 @@ class RawImageAdapter(PrefixedAdapter):
             if last == 0:
                 return x
             first = 1
+        if first == 1 and phase == "encode" and x is not None and x.dtype == torch.uint8:
+            x = normalise_pixels(x)          # the decode unit hands on uint8 pixels: a quarter of the bytes
         return self.inner.run(first - 1, last - 1, x, phase=phase, position=position, state=state,
                               all_logits=all_logits)
 

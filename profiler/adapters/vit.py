@@ -73,7 +73,7 @@ class ViTStack:
 
     def prepare_image(self, image: Any) -> torch.Tensor:
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-            image = load_image(image)
+            image = load_image(image, self.image_size)
         return image_to_pixel_values(image, self.image_size)
 
 

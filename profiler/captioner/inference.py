@@ -42,7 +42,7 @@ def load_pixels(paths: Sequence[str | Path]) -> torch.Tensor:
     """The images as one [N, 3, 64, 64] batch, with the shared preprocessing training used."""
     if not paths:
         raise InputError("IMAGE: give at least one image file")
-    return torch.cat([image_to_pixel_values(load_image(p), IMAGE_SIZE) for p in paths])
+    return torch.cat([image_to_pixel_values(load_image(p, IMAGE_SIZE), IMAGE_SIZE) for p in paths])
 
 
 def _adapter_captions(name_or_folder: str, pixels: torch.Tensor) -> list[str] | None:

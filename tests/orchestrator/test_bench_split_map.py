@@ -99,6 +99,27 @@ def test_brute_force_oracle_on_small_cells(synthetic: Profile) -> None:
         assert row["best_ms"] == pytest.approx(1e3 * best, rel=1e-9), (device, mbit, lat, raw)
 
 
+def test_an_input_larger_than_the_decoded_pixels_makes_an_unconstrained_split_win() -> None:
+    """The camera case: the file (1.1 MB) is larger than what the decode unit hands on (150 KB of uint8
+    pixels), so on a thin uplink the optimum decodes on the device and ships the pixels; it beats every
+    single tier by >= 20%, and brute force over every placement agrees it is the optimum."""
+    camera = synthetic_profile().model_dump(by_alias=True)
+    camera["phases"][0]["in_bytes"] = 1_116_030.0
+    camera["units"][0]["out_bytes"] = {"encode": 150_528.0}
+    profile = parse_profile(camera)
+    row = split_map.map_cell(profile, split_map.WORKLOADS[0], "pi-zero-2w", 31.6, 0.020, False)
+    assert row["true_split"] and row["best_plan"].startswith("device x1 | ")
+    assert row["speedup_vs_best_tier"] >= split_map.SPLIT_GOAL and split_map.split_wins([row]) == [row]
+    net = split_map.cell_network("pi-zero-2w", 31.6, 0.020, False)
+    best = min(ev.latency_s for assign in itertools.product(net.node_names, repeat=len(profile.units))
+               if (ev := evaluate(profile, net, assign)).feasible)
+    assert row["best_ms"] == pytest.approx(1e3 * best, rel=1e-9)
+    # the same profile with the file smaller than the pixels (the 224 px JPEG): no split wins
+    small = parse_profile(camera | {"phases": [dict(camera["phases"][0], in_bytes=4_200.0), *camera["phases"][1:]]})
+    assert split_map.split_wins([split_map.map_cell(small, split_map.WORKLOADS[0], "pi-zero-2w", 31.6, 0.020,
+                                                    False)]) == []
+
+
 def test_memory_rules_out_device_only_on_the_small_device(monkeypatch: pytest.MonkeyPatch) -> None:
     big = synthetic_profile(unit_mem=200_000_000)          # 800 MB of units: more than a Pi Zero's 512 MB
     row = split_map.map_cell(big, split_map.WORKLOADS[0], "pi-zero-2w", 31.6, 0.002, True)
@@ -155,7 +176,7 @@ def test_map_measure_report_says_emulated(capsys: pytest.CaptureFixture[str], tm
     rows = [{"cell": cell.key, "strategy": "optimal", "placement": "device x2 | cloud x9", "dilation": 10.0,
              "requests": 3, "measured_median_ms": 80.0, "predicted_median_ms": 76.0, "ratio": 80 / 76,
              "outputs": ["a"], "speedup_vs_device_measured": 3.2, "speedup_vs_device_predicted": 3.4,
-             "same_outputs_as_device_only": True},
+             "same_outputs_as": "unsplit", "same_outputs": True},
             {"cell": cell.key, "strategy": "cloud-only", "why_not": "raw input | stays"}]
     from dataclasses import asdict
     md = map_measure.markdown([{"cell": asdict(cell), "model": "m", "dilation": 10.0, "rows": rows}],

@@ -99,6 +99,12 @@ def test_profile_cache_path_depends_on_every_part(tmp_path: Path, monkeypatch: p
               profile_cache_path("tiny-captioner", "cpu-xeon-1t", "abc123", ["h200", "phone-a78"]),
               profile_cache_path("tiny-gpt2", "cpu-epyc-1t", "abc123", ["h200", "phone-a78"])}
     assert base not in others and len(others) == 5
+    # an edited device description (here the h200's host speed) gives fresh estimates
+    import profiler.hardware as hardware
+    real = hardware.load_device
+    monkeypatch.setattr(hardware, "load_device", lambda name: real(name).model_copy(update={"host_factor": 9.0})
+                        if name == "h200" else real(name))
+    assert profile_cache_path("tiny-captioner", "cpu-epyc-1t", "abc123", ["h200", "phone-a78"]) != base
 
 
 def test_weights_digest_follows_the_parameters() -> None:

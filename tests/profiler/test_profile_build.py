@@ -167,6 +167,31 @@ def test_shipped_devices_estimate(gpt2_profile: Profile) -> None:
     assert load_device("h200") == devices["h200"]
 
 
+def test_host_code_units_scale_by_host_speed_and_stay_out_of_the_fit(gpt2_profile: Profile) -> None:
+    """A unit marked host_code (decoding a file, tokenizing) is plain CPU code: its estimate is its
+    measured time times the device's host_factor, whatever the roofline says, and it does not move
+    the calibration of the other units."""
+    units = list(gpt2_profile.units)
+    hw = "test-cpu"
+    slow = {ph: 1000 * t for ph, t in units[0].latency_s[hw].items()}   # far off any roofline fit
+    units[0] = units[0].model_copy(update={"latency_s": {**units[0].latency_s, hw: slow}, "host_code": True})
+    marked = gpt2_profile.model_copy(update={"units": units})
+    as_measured = gpt2_profile.model_copy(update={"units": [units[0].model_copy(update={
+        "latency_s": gpt2_profile.units[0].latency_s}), *units[1:]]})
+    cal, cal_slow = calibrate(as_measured, hw), calibrate(marked, hw)
+    assert cal_slow.entries == calibrate(gpt2_profile, hw).entries - len(slow)
+    assert (cal_slow.slowdown, cal_slow.op_overhead_s) == (cal.slowdown, cal.op_overhead_s)
+    device = DeviceClass(name="board", peak_flops=1e9, mem_bandwidth_bps=1e9, mem_bytes=1e9, host_factor=3.0)
+    est = estimate_profile(marked, device)
+    for ph, t in slow.items():
+        assert est.units[0].latency_s["board"][ph] == pytest.approx(3.0 * t, rel=1e-12)
+    plain = estimate_profile(as_measured, device)
+    assert est.units[1].latency_s["board"] == plain.units[1].latency_s["board"]
+    assert est.hardware["board"]["host_factor"] == 3.0
+    assert {d.name: d.host_factor for d in shipped_devices()} == {
+        "h200": 1.0, "jetson-orin-nano": 4.0, "phone-a78": 2.0, "phone-sd695": 2.5, "pi-zero-2w": 8.0}
+
+
 def test_fit_recovers_slope_and_per_op_cost() -> None:
     xs = [1e-5, 3e-4, 2e-3, 5e-5, 1e-2]
     ns = [10, 40, 40, 8, 6]

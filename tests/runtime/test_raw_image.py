@@ -17,7 +17,7 @@ from profiler.captioner.data import fixed_examples
 from profiler.captioner.scenes import render
 from profiler.errors import InputError
 from profiler.generate import greedy_generate
-from profiler.images import decode_image_bytes, encode_image, image_to_pixel_values
+from profiler.images import bytes_tensor, decode_image_bytes, encode_image, image_to_pixel_values, normalise_pixels
 from profiler.models import load_adapter, split_variant
 from runtime.client import Client
 from runtime.codec import Frame, decode_frame, encode_frame
@@ -57,9 +57,32 @@ def test_decoding_the_bytes_equals_loading_the_file(raw, fmt: str, tmp_path) -> 
     from_file = load_adapter("tiny-captioner").prepare_image(str(path))
     x = raw.prepare_image(str(path))
     assert x.dtype == torch.uint8 and x.shape == (1, len(data))
-    assert torch.equal(raw.run(0, 0, x, phase="encode", position=0, state=raw.new_state()), from_file)
+    pixels = raw.run(0, 0, x, phase="encode", position=0, state=raw.new_state())
+    assert pixels.dtype == torch.uint8 and pixels.shape == (1, 3, 64, 64)   # a quarter of float32's bytes
+    assert torch.equal(normalise_pixels(pixels), from_file)
     with Image.open(io.BytesIO(data)) as im:
-        assert torch.equal(decode_image_bytes(x, 64), image_to_pixel_values(im.convert("RGB"), 64))
+        assert torch.equal(normalise_pixels(decode_image_bytes(x, 64)), image_to_pixel_values(im.convert("RGB"), 64))
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_the_same_way_from_bytes_or_file(tmp_path) -> None:  # noqa: ANN001
+    """A 12 MP-class JPEG: the decode unit and loading the file both decode it at 1/8 scale (not in
+    full), and agree exactly; the unit after the decode normalises what it hands on."""
+    big = render(fixed_examples("test", 1)[0].scene).resize((1600, 1200))
+    data = encode_image(big, "jpeg")
+    path = tmp_path / "big.jpeg"
+    path.write_bytes(data)
+    with Image.open(path) as im:
+        full = image_to_pixel_values(im.convert("RGB"), 64)
+    reduced = load_adapter("tiny-captioner").prepare_image(str(path))
+    assert not torch.equal(reduced, full)            # the scaled decode is not the full decode ...
+    assert float((reduced - full).abs().mean()) < 0.05   # ... but the same picture
+    x = bytes_tensor(data)
+    assert torch.equal(normalise_pixels(decode_image_bytes(x, 64)), reduced)
+    raw = load_adapter("tiny-captioner+jpeg")
+    state = raw.new_state()
+    whole = raw.run(0, 1, x, phase="encode", position=0, state=state)
+    pixels = raw.run(0, 0, x, phase="encode", position=0, state=raw.new_state())
+    assert torch.equal(raw.run(1, 1, pixels, phase="encode", position=0, state=raw.new_state()), whole)
 
 
 def test_bad_bytes_are_one_line_errors(raw) -> None:  # noqa: ANN001
@@ -78,10 +101,12 @@ def test_the_decode_unit_is_profiled_and_in_bytes_is_the_encoded_size(raw) -> No
     assert decode.name == "vision.decode" and decode.param_bytes == 0
     hw = profile.hardware_classes[0]
     assert decode.latency_s[hw]["encode"] > 0
-    assert decode.out_bytes["encode"] == 3 * 64 * 64 * 4              # float32 pixels handed on
+    assert decode.out_bytes["encode"] == 3 * 64 * 64                  # uint8 pixels handed on
+    assert decode.model_extra["host_code"] is True and "host_code" not in profile.units[1].model_extra
     encode = profile.phases[0]
     assert encode.in_bytes == example.numel() < 2000                   # the PNG, not 48 KiB of pixels
     assert profile.input["image_format"] == "png" and profile.input["image_size"] == 64
+    assert profile.input["captured"] == {"format": "png", "width": 64, "height": 64, "bytes": example.numel()}
     assert "prompt_tokens" not in profile.input
 
 
@@ -117,6 +142,16 @@ def test_a_worker_refuses_pixels_where_the_file_belongs(raw) -> None:  # noqa: A
                 err = decode_frame(reply)
                 assert err.kind == "error" and err.meta["code"] == "wrong-shape"
                 assert "uint8 bytes as captured" in err.meta["error"] and "image file" in err.meta["error"]
+                # where the decode unit's uint8 pixels go, float pixels are refused too
+                sp = stage_plan(raw, ["B"] + ["A"] * 10, {**addresses, "B": "127.0.0.1:1"}, version=2)
+                await t.send(addresses["A"], encode_frame(Frame("plan", meta={"plan": sp.to_dict()})))
+                await t.send(addresses["A"], encode_frame(Frame("open", "s", sp.version,
+                                                                meta={"reply": "127.0.0.1:1"})))
+                (reply,) = await t.send(addresses["A"], encode_frame(Frame("data", "s", sp.version, "encode", 1, 0, 0,
+                                                                            torch.zeros(1, 3, 64, 64))))
+                err = decode_frame(reply)
+                assert err.kind == "error" and err.meta["code"] == "wrong-shape", err.meta
+                assert "expected uint8 pixels [3, 64, 64]" in err.meta["error"]
             finally:
                 await t.close()
 
@@ -133,3 +168,20 @@ def test_the_daemon_api_passes_the_file_as_sent(raw) -> None:  # noqa: ANN001
     assert _pixels(load_adapter("tiny-captioner"), data).shape == (1, 3, 64, 64)
     with pytest.raises(HTTPException):
         _pixels(raw, b"not an image")
+
+
+def test_the_camera_variant_profiles_a_12_mp_jpeg() -> None:
+    """`+camera`: the profiled input is a 3024 x 4032 JPEG from a real photograph; the profile's encode
+    in_bytes is that file, larger than the uint8 pixels the decode unit hands on."""
+    from profiler.images import camera_photo_bytes
+
+    cam = load_adapter("tiny-captioner+camera")
+    assert cam.name == "tiny-captioner+camera" and cam.image_format == "jpeg"
+    assert split_variant("tiny-captioner+camera") == ("tiny-captioner", "camera")
+    data = camera_photo_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        assert (im.format, im.size) == ("JPEG", (3024, 4032))
+    profile = build_profile(cam, InputSpec(new_tokens=2), repeats=1, warmup=1)
+    assert profile.phases[0].in_bytes == len(data) > 500_000 > 3 * 64 * 64 == profile.units[0].out_bytes["encode"]
+    assert profile.input["captured"] | {"source": ""} == {"format": "jpeg", "width": 3024, "height": 4032,
+                                                        "bytes": len(data), "quality": 90, "source": ""}
