@@ -236,7 +236,7 @@ def build_profile(adapter: ModelAdapter, spec: InputSpec, *, hardware: str | Non
                    result_bytes=result_bytes(phase_infos, recs, spec),
                    hardware={hw: info}, weights=adapter.weights,
                    input=_spec_dict(spec, image_size, uses_prompt, getattr(adapter, "image_format", None),
-                                    adapter.captured(spec) if hasattr(adapter, "captured") else None),
+                                    adapter.captured(spec)),
                    family=adapter.family)
 
 

@@ -91,6 +91,11 @@ class ModelAdapter(ABC):
     def unit_modules(self, index: int) -> list[nn.Module]:
         """The modules whose parameters belong to unit `index` (for param bytes and FLOPs)."""
 
+    def captured(self, spec: InputSpec) -> dict[str, object] | None:
+        """The request input as captured (an image file's format, size and bytes) for a model that takes
+        it so (profiler.adapters.raw_image); None for one that takes tensors."""
+        return None
+
     def host_code_units(self) -> set[int]:
         """Units whose work is plain CPU code, not tensor kernels (decoding a JPEG, tokenizing): the
         roofline does not describe them, so an estimate scales their measured time by the device's
