@@ -74,7 +74,7 @@ CELLS: tuple[Cell, ...] = (
          "SmolLM2 prompt kept on a mid-range phone: tokenize there, the rest in the cloud", k_scale=1.5),
     # The ViT-B/16 + GPT-2 captioner: the h200 runs it ~100x faster than this CPU, so K is ~100 before
     # slack and every predicted second costs minutes; these cells run on a quiet host with little slack,
-    # and the second leaves out device-only (predicted 7.9x slower than the optimum, 4.6x than cloud-only).
+    # and the second leaves out device-only (predicted 7.8x slower than the optimum, 4.5x than cloud-only).
     Cell("a78-camera-free-20ms", "vit-gpt2-camera", "phone-a78", 31.6, 0.020, False,
          "a 12 MP photo, no constraint: the optimum decodes it on the phone and sends the cloud 224 px pixels",
          ("optimal", "cloud-only", "device-only"), k_scale=1.25, in_default_run=False),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.compression import WIRE_RATIO
+from orchestrator.compression import WIRE_RATIO, sends_compressed
 from orchestrator.network import NetworkState
 from profiler.profile import Profile
 from runtime.routes import fastest_link
@@ -153,11 +153,11 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
     terms: list[Term] = []
 
     def transfer(kind: TermKind, phase: str | None, src: str, dst: str, nbytes: float, repeat: int,
-                 units: tuple[int, ...] = ()) -> None:
+                 units: tuple[int, ...] = (), compressed: bool = False) -> None:
         if src == dst:
             return
-        # Activations inside a phase and shared edges travel compressed on a `wire` profile.
-        extra = hop_overhead(profile, net, src, dst, nbytes, compressed=kind in ("transfer", "edge"))
+        # Float activations inside a phase and shared edges travel compressed on a `wire` profile.
+        extra = hop_overhead(profile, net, src, dst, nbytes, compressed=compressed)
         t = net.transfer_time(src, dst, nbytes) + extra
         terms.append(Term(kind, phase, repeat * t, src=src, dst=dst, nbytes=nbytes, units=units, repeat=repeat,
                           overhead_s=repeat * extra))
@@ -183,11 +183,12 @@ def evaluate(profile: Profile, net: NetworkState, assignment: Sequence[str]) -> 
             terms.append(Term("compute", ph.name, r * c, node=assignment[u], units=(u,), repeat=r))
             if u < ph.last:
                 nbytes = profile.units[u].out_bytes.get(ph.name, 0.0)
-                transfer("transfer", ph.name, assignment[u], assignment[u + 1], nbytes, r, (u, u + 1))
+                transfer("transfer", ph.name, assignment[u], assignment[u + 1], nbytes, r, (u, u + 1),
+                         compressed=sends_compressed(profile, u))
     for e in profile.edges:
         src = assignment[e.from_]
         for m in dict.fromkeys(assignment[t] for t in e.to):
-            transfer("edge", None, src, m, e.bytes, 1, (e.from_,))
+            transfer("edge", None, src, m, e.bytes, 1, (e.from_,), compressed=True)
     active = profile.active_phases
     if active:
         transfer("result", None, assignment[active[-1].last], net.sink_node, profile.result_bytes, 1,

@@ -9,27 +9,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from profiler.errors import InputError
 
+EXIF_ORIENTATION = 0x0112
 # Pixels are scaled to [-1, 1]: mean 0.5 and std 0.5 per channel, as ViT configs default to.
 MEAN = 0.5
 STD = 0.5
 
 
-def load_image(path: str | Path, size: int | None = None) -> Image.Image:
-    """Open a PNG/JPEG (any size, any mode) as RGB; a bad file is an InputError naming it. With `size`, a
-    large JPEG is decoded at a reduced scale for an input of that size (`open_for_size`), as a decode
-    unit does with the same file's bytes."""
-    p = Path(path)
+# What Pillow raises for a file it cannot or will not decode: not an image, truncated or corrupt
+# (OSError), an oversized text chunk (ValueError), more pixels than Image.MAX_IMAGE_PIXELS allows.
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
+def load_image(path: str | Path | bytes, size: int | None = None) -> Image.Image:
+    """Open a PNG/JPEG (a path or the file's bytes; any size, any mode) as RGB, upright as its EXIF
+    orientation says; a bad file is an InputError naming it. With `size`, a large JPEG is decoded at
+    a reduced scale for an input of that size (`open_for_size`), as a decode unit does with the same
+    file's bytes."""
+    where = "image bytes" if isinstance(path, bytes) else str(path)
     try:
-        with Image.open(p) as im:
-            return open_for_size(im, size) if size else im.convert("RGB")
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else Path(path)) as im:
+            return open_for_size(im, size) if size else upright(im).convert("RGB")
     except FileNotFoundError:
-        raise InputError(f"{p}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{p}: not a readable image: {exc}") from None
+        raise InputError(f"{where}: no such image file") from None
+    except UNREADABLE as exc:
+        raise InputError(f"{where}: not a readable image: {exc}") from None
 
 
 def image_to_pixels_u8(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
@@ -54,12 +61,18 @@ def image_to_pixel_values(image: Image.Image | np.ndarray, size: int) -> torch.T
 
 
 def open_for_size(im: Image.Image, size: int) -> Image.Image:
-    """An opened image as RGB, a JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-    covers `size` on both sides: a 12 MP camera file decodes about 9x faster, as a phone's or any fast
-    image loader's scaled decode does. Lossless formats and small files decode in full."""
-    if im.format == "JPEG":
+    """An opened image as RGB and upright, a JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8)
+    that still covers `size` on both sides: a 12 MP camera file decodes about 9x faster, as a phone's
+    or any fast image loader's scaled decode does. Lossless formats and small files decode in full."""
+    if isinstance(im, JpegImagePlugin.JpegImageFile):      # MPO, a phone's multi-picture JPEG, too
         im.draft("RGB", (size, size))
-    return im.convert("RGB")
+    return upright(im).convert("RGB")
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says (phones store photos sideways and tag them);
+    the image itself when it has no such tag."""
+    return ImageOps.exif_transpose(im) if im.getexif().get(EXIF_ORIENTATION, 1) != 1 else im
 
 
 # -- image files as bytes (a request's input as captured) --------------------------------------------
@@ -93,7 +106,7 @@ def decode_image_bytes(data: torch.Tensor, size: int) -> torch.Tensor:
         try:
             with Image.open(io.BytesIO(row.numpy().tobytes())) as im:
                 rows.append(image_to_pixels_u8(open_for_size(im, size), size))
-        except (UnidentifiedImageError, OSError) as exc:
+        except UNREADABLE as exc:
             raise InputError(f"image bytes: not a readable PNG or JPEG file: {exc}") from None
     return torch.cat(rows)
 

@@ -2,7 +2,8 @@
 
 A `data` frame must be for the request's plan version and start a segment of the receiving node,
 and carry what that segment's first unit takes: token ids or pixels at a phase's first unit, else
-a hidden state shaped like the previous unit's output (measured once per model by `probe_shapes`).
+a hidden state shaped like the previous unit's output (measured once per model by `probe_shapes`), or
+uint8 pixels where a decode unit's output goes.
 An `edge` frame (the encoder output) must be a float tensor of the request's batch for a node that
 hosts a unit reading it. A refusal is a RequestRejected, which the worker answers with an `error`
 frame carrying its code.
@@ -44,7 +45,7 @@ def probe_shapes(adapter: ModelAdapter) -> Shapes:
             if name not in phases:
                 continue
             p = phases[name]
-            x = adapter.example_input(spec, name)
+            x = adapter.probe_input(spec, name)
             out: list[tuple[tuple[int, ...], bool]] = []
             for u in range(p.first, p.last + 1):
                 x = adapter.run(u, u, x, phase=name, position=0, state=state)

@@ -230,16 +230,21 @@ def max_positions(adapter: Any) -> int | None:
 
 
 def _pixels(adapter: Any, raw: bytes) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    """The request input from an uploaded image file: the file's bytes for a model whose first unit
+    decodes it (checked readable here with the same reduced-scale decode), else the model's pixels,
+    made as `aiflow caption FILE` makes them (a large JPEG decoded at a reduced scale, upright)."""
+    from PIL import Image
+
+    from profiler.images import UNREADABLE, open_for_size
 
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            im.load()
+        with Image.open(io.BytesIO(raw)) as im:       # the header only: size before any decoding
             if im.width * im.height > 50_000_000:
                 raise HTTPException(413, "image: more than 50 megapixels")
             if getattr(adapter, "source_input", "tensor") == "bytes":
+                open_for_size(im, adapter.image_size)  # readable, or a 422 now rather than a failed run
                 return adapter.prepare_image(raw)      # the file as sent: a first unit decodes it
-            px = adapter.prepare_image(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, InputError) as exc:
+        px = adapter.prepare_image(raw)
+    except (*UNREADABLE, InputError) as exc:
         raise HTTPException(422, f"image: not a readable PNG or JPEG ({type(exc).__name__})") from None
     return px if px.dim() == 4 else px.unsqueeze(0)

@@ -23,6 +23,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from orchestrator.compression import sends_compressed
 from orchestrator.costmodel import pass_overhead, request_overhead, serialisation_s, transfer_matrix
 from orchestrator.network import NetworkState
 from profiler.errors import InputError
@@ -214,7 +215,8 @@ def build_instance(profile: Profile, net: NetworkState, *, with_loads: bool = Fa
     for ph in active:
         r = ph.repeat
         for u in range(ph.first, ph.last):
-            add_pair(u, u + 1, profile.units[u].out_bytes.get(ph.name, 0.0), r, True, starts_pass=True)
+            add_pair(u, u + 1, profile.units[u].out_bytes.get(ph.name, 0.0), r, sends_compressed(profile, u),
+                     starts_pass=True)
         if ph.input == "loop":
             add_pair(ph.last, ph.first, ph.in_bytes, r, False)
 

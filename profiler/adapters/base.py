@@ -107,6 +107,11 @@ class ModelAdapter(ABC):
     def example_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:
         """The phase's input for a profiling run: pixel values, prompt ids, one token id, or None."""
 
+    def probe_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:
+        """An input of the phase's shape to learn the units' output shapes with (runtime.validate): the
+        profiling example unless that is costly to make."""
+        return self.example_input(spec, phase)
+
     def new_state(self) -> RequestState:
         return RequestState()
 

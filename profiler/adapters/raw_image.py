@@ -1,9 +1,9 @@
 """A vision model whose request input is the image file as captured (PNG or JPEG bytes).
 
 `RawImageAdapter` wraps the adapter of a model with an `encode` phase (a captioner, a ViT) and puts
-one unit in front of it: `vision.decode`, which decodes the file's bytes and preprocesses them into
-the pixels the encoder takes (`profiler.images.decode_image_bytes`, the same code that loads an image
-file from disk, so the output is the wrapped model's on that file, exactly). It has no parameters, is
+one unit in front of it: `vision.decode`, which decodes the file's bytes and resizes them into the
+encoder's pixels, not yet normalised (`profiler.images.decode_image_bytes`, the same code that loads
+an image file from disk, so the encoder's input is the wrapped model's on that file, exactly). It has no parameters, is
 profiled like any other unit and placed by the planner, so the bytes that leave the source are the
 file's (a few hundred bytes for the tiny captioner's scenes) unless the plan decodes on the source.
 
@@ -83,6 +83,13 @@ class RawImageAdapter(PrefixedAdapter):
         if phase != "encode":
             return self.inner.example_input(spec, phase)
         return bytes_tensor(self.example_file(spec)).expand(spec.batch, -1).contiguous()
+
+    def probe_input(self, spec: InputSpec, phase: str) -> torch.Tensor | None:
+        """The output shapes do not depend on the file: a small synthetic one, so a worker of a
+        `+camera` model starts without making (or needing matplotlib for) the 12 MP photo."""
+        if phase != "encode":
+            return self.inner.probe_input(spec, phase)
+        return bytes_tensor(encode_image(example_image(self.image_size), self.image_format))
 
     def new_state(self) -> RequestState:
         return self.inner.new_state()

@@ -70,6 +70,26 @@ def test_a_compressed_hop_pays_encoding_on_the_sender_and_decoding_on_the_receiv
     assert extra == pytest.approx(1000 * (1e-5 + 2e-5), rel=1e-9)
 
 
+def test_a_host_code_units_integer_output_is_neither_shrunk_nor_coded() -> None:
+    """A decode unit hands on uint8 pixels (a tokenizer int64 ids): the codec leaves them as they are, so
+    a compressed plan counts their full bytes and no codec time for their hop, in the cost model and
+    in the planner alike."""
+    doc = _with_overheads(_profile()).model_dump(by_alias=True, exclude_none=True)
+    doc["units"][0]["host_code"] = True
+    marked = parse_profile(doc)
+    wire, plain_wire = compressed_profile(marked, "fp16"), compressed_profile(_with_overheads(_profile()), "fp16")
+    assert wire.units[0].out_bytes == marked.units[0].out_bytes
+    assert plain_wire.units[0].out_bytes["enc"] == marked.units[0].out_bytes["enc"] / 2
+    assignment = ["a", "b", "b", "b"]          # only unit 0's output crosses (a->b), 1000 raw bytes
+    no_codec = wire.model_copy(update={"wire": None})
+    assert evaluate(wire, _network(), assignment).latency_s == pytest.approx(
+        evaluate(no_codec, _network(), assignment).latency_s, rel=1e-12)
+    hop = [t for t in evaluate(wire, _network(), assignment).terms if t.kind == "transfer"]
+    assert [t.nbytes for t in hop] == [marked.units[0].out_bytes["enc"]]        # full bytes cross
+    plan = solve(wire, _network(), PlanOptions())
+    assert plan.predicted_latency_s == pytest.approx(brute_force(wire, _network()), rel=1e-9)
+
+
 @pytest.mark.parametrize("hop_s", [0.0, 0.05, 5.0])
 def test_the_planner_minimises_l_with_overheads(hop_s: float) -> None:
     doc = _profile().model_dump(by_alias=True, exclude_none=True)

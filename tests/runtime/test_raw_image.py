@@ -170,7 +170,47 @@ def test_the_daemon_api_passes_the_file_as_sent(raw) -> None:  # noqa: ANN001
         _pixels(raw, b"not an image")
 
 
-def test_the_camera_variant_profiles_a_12_mp_jpeg() -> None:
+def test_a_large_jpeg_gives_the_same_pixels_by_every_path(tmp_path) -> None:  # noqa: ANN001
+    """The daemon's upload, `aiflow caption FILE` (a path) and the decode unit (the bytes) all decode a
+    large JPEG at the same reduced scale, so the model sees the same pixels whichever way it came."""
+    from orchestrator.daemon.api import _pixels
+
+    big = render(fixed_examples("test", 2)[1].scene).resize((1200, 900))
+    data = encode_image(big, "jpeg")
+    path = tmp_path / "big.jpeg"
+    path.write_bytes(data)
+    plain = load_adapter("tiny-captioner")
+    from_path = plain.prepare_image(str(path))
+    assert torch.equal(_pixels(plain, data), from_path)
+    assert torch.equal(normalise_pixels(decode_image_bytes(bytes_tensor(data), 64)), from_path)
+
+
+def test_orientation_and_oversized_files(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A photo tagged 'rotated' is turned upright by every path; a file over Pillow's pixel limit is a
+    one-line InputError, not a traceback."""
+    im = render(fixed_examples("test", 1)[0].scene).resize((96, 64))
+    exif = Image.Exif()
+    exif[0x0112] = 6                          # stored sideways: turn 90 degrees clockwise to view
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90, exif=exif)
+    tagged = buf.getvalue()
+    with Image.open(io.BytesIO(tagged)) as stored:
+        upright = stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert upright.size == (64, 96)
+    plain = load_adapter("tiny-captioner")
+    assert torch.equal(plain.prepare_image(tagged), image_to_pixel_values(upright, 64))
+    assert torch.equal(normalise_pixels(decode_image_bytes(bytes_tensor(tagged), 64)),
+                       image_to_pixel_values(upright, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)    # 96 x 64 is over twice that: refused
+    with pytest.raises(InputError, match="not a readable"):
+        decode_image_bytes(bytes_tensor(tagged), 64)
+    path = tmp_path / "tagged.jpeg"
+    path.write_bytes(tagged)
+    with pytest.raises(InputError, match="tagged.jpeg: not a readable image"):
+        plain.prepare_image(str(path))
+
+
+def test_the_camera_variant_profiles_a_12_mp_jpeg(monkeypatch: pytest.MonkeyPatch) -> None:
     """`+camera`: the profiled input is a 3024 x 4032 JPEG from a real photograph; the profile's encode
     in_bytes is that file, larger than the uint8 pixels the decode unit hands on."""
     from profiler.images import camera_photo_bytes
@@ -185,3 +225,12 @@ def test_the_camera_variant_profiles_a_12_mp_jpeg() -> None:
     assert profile.phases[0].in_bytes == len(data) > 500_000 > 3 * 64 * 64 == profile.units[0].out_bytes["encode"]
     assert profile.input["captured"] | {"source": ""} == {"format": "jpeg", "width": 3024, "height": 4032,
                                                         "bytes": len(data), "quality": 90, "source": ""}
+    # a worker learns the output shapes without the photo (or matplotlib, which makes it)
+    from profiler.adapters import raw_image
+    from runtime.validate import probe_shapes
+
+    def no_photo() -> bytes:
+        raise InputError("the camera example photo needs matplotlib")
+
+    monkeypatch.setattr(raw_image, "camera_photo_bytes", no_photo)
+    assert probe_shapes(cam)["encode"][0] == ((1, 3, 64, 64), True)
