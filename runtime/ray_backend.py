@@ -52,6 +52,7 @@ PIN_UNITS = 0.01                    # what a stage asks of its node's resource (
 BY_REF_BYTES = 100 * 1024           # frames at least this large travel as object references
 INBOX_POLL_S = 1.0                  # how long one long-poll of the reply inbox waits for a frame
 OBJECT_STORE_BYTES = 256 * 1024 * 1024   # per Ray node of a local cluster
+GCS_START_S = 120                   # how long a local cluster waits for its GCS server to start
 
 log = logging.getLogger("aiflow.ray")
 
@@ -469,6 +470,9 @@ class LocalRayCluster:
             raise BackendError("--backend ray: this process is already connected to a Ray cluster")
         t0 = time.perf_counter()
         self._loopback(True)
+        # Ray waits 30 s for its GCS server to write its port; on a busy 2-core host it took longer (a CI
+        # run's test suite beside other work timed out), so allow GCS_START_S unless the user set it.
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_START_S))
         head = {**self._args(self.nodes[0]), "include_dashboard": False}
         try:
             self.cluster = Cluster(initialize_head=True, head_node_args=head)
