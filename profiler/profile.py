@@ -24,6 +24,10 @@ from pydantic import (
 from profiler.fileio import dump_json, load_document, parse_document
 
 PROFILE_FORMAT = "aiflow.profile/v1"
+# The first units of the raw-input adapters (profiler.adapters.raw_image, raw_text): plain CPU code,
+# marked host_code by the profiler since the decode unit hands on uint8 pixels.
+DECODE_UNIT = "vision.decode"
+TOKENIZE_UNIT = "text.tokenize"
 
 PhaseInput = Literal["source", "none", "loop"]
 EntrySource = Literal["measured", "estimated", "given"]
@@ -153,6 +157,10 @@ class Profile(_Frozen):
                 if idx >= n:
                     raise ValueError(f"edges[{k}]: unit {idx} is out of range (the profile has {n} units)")
         for i, u in enumerate(self.units):
+            if u.name in (DECODE_UNIT, TOKENIZE_UNIT) and not (u.model_extra or {}).get("host_code"):
+                # made before: float32 pixels in its out_bytes and a roofline estimate per device
+                raise ValueError(f"units[{i}].host_code: missing, so {u.name} was profiled by an older aiflow; "
+                                 "profile the model again")
             for hw, per_phase in u.latency_s.items():
                 for ph in self.phases:
                     if ph.repeat > 0 and ph.first <= i <= ph.last and ph.name not in per_phase:

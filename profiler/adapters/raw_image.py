@@ -38,8 +38,8 @@ from profiler.images import (
     example_image,
     normalise_pixels,
 )
+from profiler.profile import DECODE_UNIT
 
-DECODE_UNIT = "vision.decode"
 CAMERA_VARIANT = "camera"     # a JPEG as a phone camera writes it (12 MP), profiled from a real photo
 IMAGE_VARIANTS = (*IMAGE_FORMATS, CAMERA_VARIANT)
 

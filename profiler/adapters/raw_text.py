@@ -21,8 +21,8 @@ from profiler.adapters.base import InputSpec, ModelAdapter, RequestState
 from profiler.adapters.common import model_device
 from profiler.adapters.prefixed import PrefixedAdapter
 from profiler.errors import InputError
+from profiler.profile import TOKENIZE_UNIT
 
-TOKENIZE_UNIT = "text.tokenize"
 # Profiling prompts are cut from this text to the spec's token count.
 PASSAGE = ("The quick brown fox jumps over the lazy dog and runs far away into the green hills beyond the "
            "river, where the old mill stands by the water and the children play until the evening bells ring "

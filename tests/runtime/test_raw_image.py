@@ -107,6 +107,12 @@ def test_the_decode_unit_is_profiled_and_in_bytes_is_the_encoded_size(raw) -> No
     assert encode.in_bytes == example.numel() < 2000                   # the PNG, not 48 KiB of pixels
     assert profile.input["image_format"] == "png" and profile.input["image_size"] == 64
     assert profile.input["captured"] == {"format": "png", "width": 64, "height": 64, "bytes": example.numel()}
+    # a profile file from before host_code (float32 pixels, a roofline estimate) is refused, by field
+    from profiler.profile import parse_profile
+    old = profile.model_dump(by_alias=True, exclude_none=True)
+    del old["units"][0]["host_code"]
+    with pytest.raises(InputError, match=r"old.json.*units\[0\]\.host_code: missing.*profile the model again"):
+        parse_profile(old, "old.json")
     assert "prompt_tokens" not in profile.input
 
 
