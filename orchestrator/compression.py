@@ -5,10 +5,9 @@ the bytes) or as int8 with one scale (a quarter). It never touches integer tenso
 raw input the client sends, nor what a plain-CPU first unit hands on (a decode unit's uint8 pixels, a
 tokenizer's ids: units marked `host_code`). `compressed_profile` applies the same ratios to the
 activations a profile lists (float outputs of units inside a phase and edges such as the encoder
-output), so the planner can weigh
-a plan's transfers as the runtime will really send them. The profile is marked with `wire`, so the
-cost model adds the measured (de)quantising time of every compressed hop (the profile's
-`overheads.<hw>.codec`, zero where it was not measured).
+output), so the planner can weigh a plan's transfers as the runtime will really send them. The
+profile is marked with `wire`, so the cost model adds the measured (de)quantising time of every
+compressed hop (the profile's `overheads.<hw>.codec`, zero where it was not measured).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ WIRE_RATIO: dict[str, float] = {"none": 1.0, "fp16": 0.5, "int8": 0.25}
 def sends_compressed(profile: Profile, unit: int) -> bool:
     """Whether unit `unit`'s output inside a phase travels compressed on a `wire` profile: not a
     host_code unit's (uint8 pixels, int64 ids: the codec leaves integer tensors alone)."""
-    return not bool((profile.units[unit].model_extra or {}).get("host_code"))
+    return not profile.units[unit].is_host_code
 
 
 def compressed_profile(profile: Profile, how: str) -> Profile:

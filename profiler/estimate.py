@@ -73,11 +73,6 @@ def op_count(unit: Unit, phase: str) -> float:
     return 1.0
 
 
-def is_host_code(unit: Unit) -> bool:
-    """Plain CPU code (profiler.build's `host_code`): estimated by host speed, not the roofline."""
-    return bool((unit.model_extra or {}).get("host_code"))
-
-
 def unit_inputs(profile: Profile) -> dict[tuple[int, str], float]:
     """Bytes that reach each (unit, phase): the phase input for its first unit, else the previous unit's output."""
     out: dict[tuple[int, str], float] = {}
@@ -140,7 +135,7 @@ def calibrate(profile: Profile, hardware: str) -> Calibration:
         per_phase = u.latency_s.get(hardware, {})
         for ph in profile.phases:
             t = per_phase.get(ph.name)
-            if t is None or t <= 0 or not ph.first <= i <= ph.last or is_host_code(u):
+            if t is None or t <= 0 or not ph.first <= i <= ph.last or u.is_host_code:
                 continue
             flops = float(u.flops.get(ph.name, 0.0))
             xs.append(roofline(flops, bytes_moved(u, ph.name, inputs[(i, ph.name)]), peak, bw))
@@ -174,8 +169,8 @@ def estimate_latencies(profile: Profile, device: DeviceClass, calibration: Calib
         for ph in profile.phases:
             if not ph.first <= i <= ph.last:
                 continue
-            measured = u.latency_s.get(calibration.hardware, {}).get(ph.name)
-            if is_host_code(u) and measured is not None:
+            measured = u.latency_s.get(calibration.hardware, {}).get(ph.name) if u.is_host_code else None
+            if measured is not None:
                 per_phase[ph.name] = float(measured) * device.host_factor
                 continue
             flops = float(u.flops.get(ph.name, 0.0))

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from profiler.errors import InputError
 
-EXIF_ORIENTATION = 0x0112
 # Pixels are scaled to [-1, 1]: mean 0.5 and std 0.5 per channel, as ViT configs default to.
 MEAN = 0.5
 STD = 0.5
@@ -72,7 +71,7 @@ def open_for_size(im: Image.Image, size: int) -> Image.Image:
 def upright(im: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation tag says (phones store photos sideways and tag them);
     the image itself when it has no such tag."""
-    return ImageOps.exif_transpose(im) if im.getexif().get(EXIF_ORIENTATION, 1) != 1 else im
+    return ImageOps.exif_transpose(im) if im.getexif().get(ExifTags.Base.Orientation, 1) != 1 else im
 
 
 # -- image files as bytes (a request's input as captured) --------------------------------------------

@@ -50,6 +50,12 @@ class Unit(_Frozen):
     # Per hardware class and phase: relative spread (p90 - p10) / median of the timed runs.
     spread: dict[str, dict[str, NonNegativeFloat]] = Field(default_factory=dict)
 
+    @property
+    def is_host_code(self) -> bool:
+        """Plain CPU code (the extra field `host_code`: decoding an image file, tokenizing), not tensor
+        kernels: estimated by host speed, and its integer output is never compressed."""
+        return bool((self.model_extra or {}).get("host_code"))
+
     @model_validator(mode="after")
     def _mem_covers_params(self) -> Unit:
         if self.mem_bytes < self.param_bytes:
@@ -157,7 +163,7 @@ class Profile(_Frozen):
                 if idx >= n:
                     raise ValueError(f"edges[{k}]: unit {idx} is out of range (the profile has {n} units)")
         for i, u in enumerate(self.units):
-            if u.name in (DECODE_UNIT, TOKENIZE_UNIT) and not (u.model_extra or {}).get("host_code"):
+            if u.name in (DECODE_UNIT, TOKENIZE_UNIT) and not u.is_host_code:
                 # made before: float32 pixels in its out_bytes and a roofline estimate per device
                 raise ValueError(f"units[{i}].host_code: missing, so {u.name} was profiled by an older aiflow; "
                                  "profile the model again")
