@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psutil
 import ray
 import ray.exceptions
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -53,6 +54,7 @@ BY_REF_BYTES = 100 * 1024           # frames at least this large travel as objec
 INBOX_POLL_S = 1.0                  # how long one long-poll of the reply inbox waits for a frame
 OBJECT_STORE_BYTES = 256 * 1024 * 1024   # per Ray node of a local cluster
 GCS_START_S = 120                   # how long a local cluster waits for its GCS server to start
+START_TRIES = 3                     # starts of a local cluster before its error is the user's
 
 log = logging.getLogger("aiflow.ray")
 
@@ -445,6 +447,23 @@ class RayStages:
                 ray.kill(handle)
 
 
+def _child_pids() -> set[int]:
+    return {c.pid for c in psutil.Process().children(recursive=True)}
+
+
+def _stop_children_since(before: set[int], grace_s: float = 5.0) -> None:
+    """Stop the processes this one started after `before` was taken (a failed Ray start's GCS, raylets
+    and agents): SIGTERM, then SIGKILL for those still alive after `grace_s`."""
+    new = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
+    for child in new:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(new, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
 class LocalRayCluster:
     """A Ray cluster on this machine with one Ray node per network node (each offering its
     `aiflow.node/<name>` resource); the first node is the head, where the driver and reply inboxes run.
@@ -464,29 +483,47 @@ class LocalRayCluster:
                 "object_store_memory": self.object_store_bytes}
 
     def start(self) -> LocalRayCluster:
-        from ray.cluster_utils import Cluster
-
         if ray.is_initialized():
             raise BackendError("--backend ray: this process is already connected to a Ray cluster")
         t0 = time.perf_counter()
-        self._loopback(True)
         # Ray waits 30 s for its GCS server to write its port; on a busy 2-core host it took longer (a CI
         # run's test suite beside other work timed out), so allow GCS_START_S unless the user set it.
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_START_S))
-        head = {**self._args(self.nodes[0]), "include_dashboard": False}
-        try:
-            self.cluster = Cluster(initialize_head=True, head_node_args=head)
-            self.ray_nodes[self.nodes[0]] = self.cluster.head_node
-            for node in self.nodes[1:]:
-                self.ray_nodes[node] = self.cluster.add_node(**self._args(node))
-            self.cluster.wait_for_nodes()
-            ray.init(address=self.cluster.address, namespace=NAMESPACE, log_to_driver=False,
-                     logging_level=logging.WARNING, include_dashboard=False)
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(1, START_TRIES + 1):
+            before = _child_pids()
+            try:
+                self._start_once()
+                break
+            except Exception as exc:
+                # Ray's wait for a raylet to register is a fixed 30 s (CI timed out there beside other
+                # tests); a node that failed mid-start is known to no Cluster, so its processes are ours
+                # to stop before the next try.
+                self.close()
+                _stop_children_since(before)
+                if attempt == START_TRIES:
+                    raise
+                log.warning("local Ray cluster: start %d of %d failed (%s); starting it again",
+                            attempt, START_TRIES, _one_line(exc))
+            except BaseException:
+                self.close()
+                _stop_children_since(before)
+                raise
         log.info("local Ray cluster: %d node(s) in %.1f s", len(self.nodes), time.perf_counter() - t0)
         return self
+
+    def _start_once(self) -> None:
+        from ray.cluster_utils import Cluster
+
+        self._loopback(True)
+        head = {**self._args(self.nodes[0]), "include_dashboard": False}
+        self.ray_nodes = {}
+        self.cluster = Cluster(initialize_head=True, head_node_args=head)
+        self.ray_nodes[self.nodes[0]] = self.cluster.head_node
+        for node in self.nodes[1:]:
+            self.ray_nodes[node] = self.cluster.add_node(**self._args(node))
+        self.cluster.wait_for_nodes()
+        ray.init(address=self.cluster.address, namespace=NAMESPACE, log_to_driver=False,
+                 logging_level=logging.WARNING, include_dashboard=False)
 
     def _loopback(self, on: bool) -> None:
         """Ray binds a node's services to the address it reaches the outside by (eth0 here), and turns
@@ -514,12 +551,14 @@ class LocalRayCluster:
         self.cluster.remove_node(self.ray_nodes.pop(node), allow_graceful=graceful)
 
     def close(self) -> None:
-        if ray.is_initialized():
-            ray.shutdown()
-        if self.cluster is not None:
-            self.cluster.shutdown()
+        try:
+            if ray.is_initialized():
+                ray.shutdown()
+            if self.cluster is not None:
+                self.cluster.shutdown()
+        finally:
             self.cluster = None
-        self._loopback(False)
+            self._loopback(False)
 
 
 class RayBackend(Backend):

@@ -8,6 +8,7 @@ installed (the optional extra aiflow[ray])."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,13 @@ from profiler.models import load_adapter  # noqa: E402
 from profiler.profile import load_profile  # noqa: E402
 from runtime.backends import open_backend  # noqa: E402
 from runtime.codec import Frame, encode_frame  # noqa: E402
-from runtime.ray_backend import LocalRayCluster, RayBackend, RayTransport, node_resource  # noqa: E402
+from runtime.ray_backend import START_TRIES, LocalRayCluster, RayBackend, RayTransport, node_resource  # noqa: E402
 from runtime.session import prepare_input  # noqa: E402
 from runtime.transport import TransportError  # noqa: E402
 from tests.runtime.conftest import adapter, network, stage_plan  # noqa: E402
 from tests.runtime.test_distributed import reference_forward  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]   # see the `alone` marker: Ray's fixed start wait
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ("phone", "cloud")                   # a Ray node each: two keep the module's cluster quick to start
 NEW_TOKENS = 8
@@ -53,6 +54,45 @@ class LaneSender:
         except TransportError as exc:
             return exc.code
         return "ok" if self.transport.on_lanes else "not on a lane"
+
+
+def test_a_failed_start_is_tried_again_and_its_processes_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's node start gives up after a fixed 30 s on a busy host: the cluster starts again, and the
+    processes the failed try left (known to no Cluster object) are stopped first."""
+    import psutil
+
+    leaked: list[subprocess.Popen[bytes]] = []
+    tries: list[int] = []
+
+    def start_once(self: LocalRayCluster) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            leaked.append(subprocess.Popen(["sleep", "60"]))
+            raise RuntimeError("The current node timed out during startup.")
+
+    monkeypatch.setattr(LocalRayCluster, "_start_once", start_once)
+    c = LocalRayCluster(NODES).start()
+    try:
+        assert len(tries) == 2
+        assert leaked[0].poll() is not None               # stopped (and reaped) by start, not by this test
+        assert leaked[0].pid not in {p.pid for p in psutil.Process().children(recursive=True)}
+    finally:
+        leaked[0].kill()
+        leaked[0].wait()
+        c.close()
+
+
+def test_a_start_that_keeps_failing_raises_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    tries: list[int] = []
+
+    def start_once(self: LocalRayCluster) -> None:
+        tries.append(1)
+        raise RuntimeError("raylet failed")
+
+    monkeypatch.setattr(LocalRayCluster, "_start_once", start_once)
+    with pytest.raises(RuntimeError, match="raylet failed"):
+        LocalRayCluster(NODES).start()
+    assert len(tries) == START_TRIES
 
 
 @pytest.fixture(scope="module")
