@@ -32,7 +32,7 @@ import torch
 from orchestrator.candidate import best_plan
 from orchestrator.cooperative import latency_for_rounds
 from orchestrator.costmodel import latency_for_steps
-from orchestrator.daemon import adopt, emulation
+from orchestrator.daemon import adopt, emulation, spool
 from orchestrator.daemon.coop import CoopServing
 from orchestrator.daemon.decide import Decision, decide
 from orchestrator.daemon.estimate import (
@@ -44,6 +44,15 @@ from orchestrator.daemon.estimate import (
     shift_start,
 )
 from orchestrator.daemon.events import EventHub
+from orchestrator.daemon.kept import (
+    Kept,
+    emulation_record,
+    finish_record,
+    probe_record,
+    run_record,
+    state_record,
+    write_kept,
+)
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.daemon.snapshot import link_key, take_snapshot
@@ -68,6 +77,7 @@ from runtime.transport import Tls, TransportError
 log = logging.getLogger("aiflow.daemon")
 SMALL_PROBE_BYTES = 64
 FRAME_OVERHEAD_BYTES = 150          # a probe frame's header, about
+SPOOL_MARK_EVERY = 100              # a flush notes its progress in the spool file this often (records)
 
 
 class ServiceUnavailable(RuntimeError):
@@ -184,8 +194,11 @@ class Daemon:
         self._background: set[asyncio.Task] = set()
         self._writes: set[asyncio.Task] = set()          # history writes close() waits for
         # history writes that failed (the database unreachable), in order, written again by the flush job;
-        # bounded: beyond settings.history_buffer the oldest is dropped and counted
-        self._unwritten: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        # bounded: beyond settings.history_buffer the oldest is dropped and counted. With a state folder they
+        # are also appended to a spool file there, so a daemon killed during the outage loses none (spool.py)
+        self._unwritten: deque[Kept] = deque()
+        self._spool: spool.Spool | None = (spool.Spool(state_dir, store.url) if state_dir is not None
+                                           and store is not None else None)
         self.history_dropped = 0
         self._flush_lock = asyncio.Lock()
         self.probes_sent_bytes: dict[str, int] = defaultdict(int)
@@ -194,6 +207,8 @@ class Daemon:
     # -- life ------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start local workers, solve and apply the first plan (or resume a crashed daemon's), start the jobs."""
+        if self._adopt_spooled():
+            await self.flush_history()      # before the resume check: a kept record may be a clean stop
         if self.resume and self.store is not None:
             crashed = await self._record(self.store.crashed_daemon_state, self.model)
             if crashed is not None:
@@ -202,7 +217,7 @@ class Daemon:
         if self.store is not None:
             self._state_id = await self._record(self._open_state)
             if self._state_id is not None and (self.overrides["links"] or self.overrides["nodes"]):
-                await self._record(self._save_emulation)      # taken over: the next crash restores them too
+                await self._keep(emulation_record(self._state_id, self.overrides))   # the next crash restores them too
         local = [n for n, s in self.nodes.items() if s.local]
         if local:
             try:
@@ -393,13 +408,14 @@ class Daemon:
         if writes:
             await asyncio.wait(writes, timeout=10.0)
         if self._state_id is not None:
-            await self._record(self._save_state, None, None, None, True,
-                               datetime.now(UTC), buffered=True)
+            await self._keep(state_record(self._state_id, stopped=True, at=datetime.now(UTC)))
         if self._unwritten:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.flush_history(), timeout=10.0)
-            if self._unwritten:
+            if self._unwritten and self._spool is None:
                 log.warning("history: %d record(s) could not be written before stopping", len(self._unwritten))
+        if self._spool is not None:
+            self._spool.close(len(self._unwritten))
         for task in list(self._background):
             task.cancel()
         if self.client is not None:
@@ -455,7 +471,7 @@ class Daemon:
         assert self.truth is not None
         await self._push_emulation()
         if self._state_id is not None:
-            await self._record(self._save_emulation, buffered=True)
+            await self._keep(emulation_record(self._state_id, self.overrides))
         self.events.publish("state")
         return self.truth.to_meta()
 
@@ -526,9 +542,8 @@ class Daemon:
         self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
         self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
         if self._state_id is not None:
-            await self._record(self.store.update_daemon_state, self._state_id,
-                               self.base.model_dump(mode="json", exclude_none=True), None, None, False,
-                               datetime.now(UTC), buffered=True)
+            await self._keep(state_record(self._state_id, network=self.base.model_dump(mode="json", exclude_none=True),
+                                          at=datetime.now(UTC)))
         decision = await self.resolve("node-join")
         return {"name": name, "joined": "new", "profile": how, "decision": decision.to_dict()}
 
@@ -578,8 +593,7 @@ class Daemon:
         shifted = self._estimate(now)
         down = {n for n, s in self.nodes.items() if s.state == "down"}
         self.snapshot = take_snapshot(self.base, self.links, self.slowdown, down)
-        self.snapshot_id = await self._record(self._save_probe_rows, self.snapshot, *self._probe_rows(),
-                                              datetime.now(UTC), buffered=True)
+        self.snapshot_id = await self._keep(probe_record(self.snapshot, *self._probe_rows(), datetime.now(UTC)))
         self.metrics.observe_snapshot(self.links, self.slowdown, self.nodes)
         self.metrics.probe_seconds.observe(time.monotonic() - t_start)
         self.events.publish("state")
@@ -946,13 +960,11 @@ class Daemon:
         self.metrics.switch_seconds.observe(time.perf_counter() - t0)
         log.info("plan v%d applied (%s): %s", number, describe_mode(plan), " ".join(plan.assignment))
         if self._state_id is not None:
-            await self._record(self._save_state, None, plan_id, number, False,
-                               datetime.now(UTC), buffered=True)
+            await self._keep(state_record(self._state_id, plan_id=plan_id, version=number, at=datetime.now(UTC)))
         if old is not None:
             self._spawn(self._retire(old, app_id))
         elif app_id is not None:
-            await self._record(self._finish_application, app_id, "applied (first plan)", datetime.now(UTC),
-                               buffered=True)
+            await self._keep(finish_record(app_id, "applied (first plan)", datetime.now(UTC)))
 
     async def _retire(self, old: Version, application_id: int | None) -> None:
         """Free an old version once its last request finished (bounded by the request timeout), then
@@ -968,7 +980,7 @@ class Daemon:
         self.versions.pop(old.number, None)
         if application_id is not None:
             outcome = "switched" if left == 0 else f"switched; {left} request(s) still on v{old.number} at the deadline"
-            await self._record(self._finish_application, application_id, outcome, datetime.now(UTC), buffered=True)
+            await self._keep(finish_record(application_id, outcome, datetime.now(UTC)))
 
     def _in_flight(self, version: int) -> int:
         """Requests still running on a plan version (split ones on the workers, cooperative ones here)."""
@@ -1086,55 +1098,101 @@ class Daemon:
         point = {"at": time.time(), "latency_s": res.scaled_s, "predicted_s": predicted, "version": version.number}
         self.request_log.append(point)
         self.events.publish("request", point)
-        self._spawn(self._record(self._save_run, output, res, version, predicted, datetime.now(UTC), buffered=True),
-                    write=True)
+        self._spawn(self._keep(self._run_record(output, res, version, predicted, datetime.now(UTC))), write=True)
 
     # -- history (every store call runs in a thread: SQLAlchemy is synchronous) ----------------------
-    async def _record(self, fn: Callable[..., Any], *args: Any, buffered: bool = False) -> Any:
-        """One history write, in a thread. A failure never stops the service: it is logged and counted, and a
-        `buffered` write (a record that stands alone: a request, a probe round, a switch's end) is kept and
-        written by the flush job once the database answers again, in order, with its own timestamps."""
+    async def _record(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One history write, in a thread. A failure never stops the service: it is logged and counted (a
+        record that stands alone is written with `_keep` instead, which keeps it when the database is away)."""
         if self.store is None:
-            return None
-        if buffered and self._unwritten:
-            self._buffer(fn, args)                  # behind the writes already waiting: order is kept
             return None
         try:
             return await asyncio.to_thread(fn, *args)
         except Exception as exc:  # noqa: BLE001 - history must never stop the service
             log.warning("history: %s failed: %s", fn.__name__, _one_line(exc))
             self.metrics.history_errors.inc()
-            if buffered and _unreachable(exc):
-                self._buffer(fn, args)
             return None
 
-    def _buffer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    async def _keep(self, rec: Kept) -> Any:
+        """Write a record that stands alone (a request, a probe round, a state change, a switch's end), in a
+        thread; returns what the store returned, or None. When the database does not answer, the record is
+        kept and written by the flush job once it does again, in order, with its own timestamps."""
+        if self.store is None:
+            return None
+        if self._unwritten:
+            self._buffer(rec)                       # behind the writes already waiting: order is kept
+            return None
+        try:
+            return await asyncio.to_thread(write_kept, self.store, rec)
+        except Exception as exc:  # noqa: BLE001 - history must never stop the service
+            log.warning("history: a %s record failed: %s", rec.kind, _one_line(exc))
+            self.metrics.history_errors.inc()
+            if _unreachable(exc):
+                self._buffer(rec)
+            return None
+
+    def _buffer(self, rec: Kept) -> None:
         if len(self._unwritten) >= self.settings.history_buffer:
             self._unwritten.popleft()
             self.history_dropped += 1
             self.metrics.history_dropped.inc()
-        self._unwritten.append((fn, args))
+            self._spooled(lambda s: s.consumed(1, len(self._unwritten)))
+        self._unwritten.append(rec)
+        self._spooled(lambda s: s.append(rec))
+
+    def _spooled(self, step: Callable[[spool.Spool], None]) -> None:
+        """One step on the spool file; a file that cannot be written (disk full) is given up with a warning,
+        and the records stay in memory only."""
+        if self._spool is None:
+            return
+        try:
+            step(self._spool)
+        except OSError as exc:
+            log.warning("history: spool file %s: %s; kept records are in memory only now",
+                        self._spool.path or self._spool.state_dir, exc.strerror or exc)
+            self._spool = None
+
+    def _adopt_spooled(self) -> int:
+        """Take the records a daemon that is gone kept in its spool file (killed during an outage): they
+        join this daemon's buffer (and its spool), and the flush job writes them. Returns how many."""
+        if self._spool is None or self.store is None:
+            return 0
+        try:
+            taken = spool.adopt(self._spool.state_dir, self.store.url, self._buffer, own=self._spool.path)
+        except OSError as exc:
+            log.warning("history: spool files in %s: %s", self._spool.state_dir, exc.strerror or exc)
+            return 0
+        if taken:
+            log.info("history: %d record(s) kept by a daemon that stopped before writing them; writing them", taken)
+        return taken
 
     async def flush_history(self) -> int:
         """Write the records kept while the database was unreachable, oldest first; stop at the first
         failure (the database is still away). Returns how many were written."""
         written = 0
+        gone = 0                                    # left the buffer since the spool last heard of it
         async with self._flush_lock:
             while self._unwritten and self.store is not None:
-                fn, args = self._unwritten[0]
+                rec = self._unwritten[0]
                 try:
-                    await asyncio.to_thread(fn, *args)
+                    await asyncio.to_thread(write_kept, self.store, rec)
+                    written += 1
                 except Exception as exc:  # noqa: BLE001
                     if _unreachable(exc):
                         log.debug("history: still failing: %s", _one_line(exc))
                         break
-                    log.warning("history: a buffered %s failed for good: %s", fn.__name__, _one_line(exc))
+                    log.warning("history: a kept %s record failed for good: %s", rec.kind, _one_line(exc))
                     self.history_dropped += 1
                     self.metrics.history_dropped.inc()
-                self._unwritten.popleft()
-                written += 1
+                if self._unwritten and self._unwritten[0] is rec:   # else dropped meanwhile (buffer full)
+                    self._unwritten.popleft()
+                    gone += 1
+                if gone == SPOOL_MARK_EVERY:
+                    self._spooled(lambda s, n=gone: s.consumed(n, len(self._unwritten)))
+                    gone = 0
+            self._spooled(lambda s: s.consumed(gone, len(self._unwritten)))
         if written:
-            log.info("history: %d buffered record(s) written", written)
+            log.info("history: %d kept record(s) written", written)
         return written
 
     async def roll_up(self) -> None:
@@ -1157,11 +1215,6 @@ class Daemon:
                   "kind": f"estimate:{est.method}", "samples": est.samples} for key, est in self.links.items()],
                 [{"node": name, "state": st.state, "slowdown": self.slowdown.get(name)}
                  for name, st in self.nodes.items()])
-
-    def _save_probe_rows(self, snapshot: NetworkState, links: list[dict[str, Any]], nodes: list[dict[str, Any]],
-                         at: datetime) -> int:
-        self.store.record_samples(links, nodes, measured_at=at)
-        return self.store.save_network(snapshot, origin="daemon")
 
     def _save_solve(self, plan: Plan, network_id: int | None, decision: Decision, trigger: str) -> tuple[int, int]:
         profile_id = self._profile_id()
@@ -1193,24 +1246,9 @@ class Daemon:
         return self.store.open_daemon_state(self.model, settings=asdict(self.settings),
                                             network=self.base.model_dump(mode="json", exclude_none=True))
 
-    def _save_state(self, network: dict[str, Any] | None, plan_id: int | None, version: int | None, stopped: bool,
-                    at: datetime) -> None:
-        assert self._state_id is not None
-        self.store.update_daemon_state(self._state_id, network=network, plan_id=plan_id, version=version,
-                                       stopped=stopped, at=at)
-
-    def _save_emulation(self) -> None:
-        assert self._state_id is not None
-        self.store.update_daemon_state(self._state_id, emulation=self.overrides)
-
-    def _finish_application(self, app_id: int, outcome: str, at: datetime | None = None) -> None:
-        self.store.finish_plan_application(app_id, outcome=outcome, finished_at=at)
-
-    def _save_run(self, output: str, res: RequestResult, version: Version, predicted: float,
-                  at: datetime | None = None) -> int:
-        return self.store.record_run(version.plan_id, strategy="daemon", output=output, measured_s=res.scaled_s,
-                                     predicted_s=predicted, breakdown=res.breakdown(scale=True), model=self.model,
-                                     plan_version=version.number, created_at=at)
+    def _run_record(self, output: str, res: RequestResult, version: Version, predicted: float, at: datetime) -> Kept:
+        return run_record(plan_id=version.plan_id, output=output, measured_s=res.scaled_s, predicted_s=predicted,
+                          breakdown=res.breakdown(scale=True), model=self.model, plan_version=version.number, at=at)
 
     # -- views -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import statistics
@@ -358,7 +359,11 @@ def test_a_worker_joins_and_profiles_its_own_hardware(tmp_path: Path, images: tu
         await serve(daemon, "127.0.0.1", 0, on_ready=ready, stop=stop)
 
     asyncio.run(main())
+    with store.engine.connect() as c:
+        (network,) = c.execute(text("SELECT network FROM daemon_states")).one()
     store.close()
+    network = json.loads(network) if isinstance(network, str) else network
+    assert "edge2" in [n["name"] for n in network["nodes"]]            # a daemon resuming this one knows it
     assert joined["profiled"] == "measured on edge2" and joined["hardware"] and joined["node"] == "up"
     assert "edge2" in joined["nodes"] and "edge2" in joined["assignment"]     # a fast, near node: used
     assert joined["caption"] == reference[0]

@@ -8,6 +8,8 @@ which the test stops (closing every connection) and starts again on the same por
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bench.tcp_proxy import Proxy
+from orchestrator.daemon import spool
+from orchestrator.daemon.kept import Kept, probe_record
 from orchestrator.daemon.service import Daemon
 from orchestrator.daemon.settings import DaemonSettings
 from orchestrator.network import load_network
@@ -47,15 +51,12 @@ def test_history_survives_a_database_outage(pg_url: str) -> None:  # noqa: F811 
 
     async def scenario() -> None:
         for i in range(3):                                    # the database answers
-            await daemon._record(daemon._save_run, f"caption {i}", result(i), version, 0.1, datetime.now(UTC),
-                                 buffered=True)
+            await daemon._keep(daemon._run_record(f"caption {i}", result(i), version, 0.1, datetime.now(UTC)))
         proxy.stop()                                          # ... and goes away
         outage_started = datetime.now(UTC)
         for i in range(3, 43):
-            await daemon._record(daemon._save_run, f"caption {i}", result(i), version, 0.1, datetime.now(UTC),
-                                 buffered=True)
-        await daemon._record(daemon._save_probe_rows, daemon.snapshot, *daemon._probe_rows(), datetime.now(UTC),
-                             buffered=True)
+            await daemon._keep(daemon._run_record(f"caption {i}", result(i), version, 0.1, datetime.now(UTC)))
+        await daemon._keep(probe_record(daemon.snapshot, *daemon._probe_rows(), datetime.now(UTC)))
         assert len(daemon._unwritten) == 41 and daemon.history_dropped == 0
         assert await daemon.flush_history() == 0              # still away: nothing written, nothing lost
         assert len(daemon._unwritten) == 41
@@ -74,8 +75,7 @@ def test_history_survives_a_database_outage(pg_url: str) -> None:  # noqa: F811 
         # the buffer is bounded: a longer outage keeps the newest `history_buffer` records and counts the rest
         proxy.stop()
         for i in range(60):
-            await daemon._record(daemon._save_run, f"late {i}", result(i), version, 0.1, datetime.now(UTC),
-                                 buffered=True)
+            await daemon._keep(daemon._run_record(f"late {i}", result(i), version, 0.1, datetime.now(UTC)))
         assert len(daemon._unwritten) == 50 and daemon.history_dropped == 10
         proxy.start()
         assert await daemon.flush_history() == 50
@@ -87,5 +87,87 @@ def test_history_survives_a_database_outage(pg_url: str) -> None:  # noqa: F811 
     try:
         asyncio.run(scenario())
     finally:
+        store.close()
+        proxy.close()
+
+
+CHILD = """
+import asyncio, sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from orchestrator.daemon.service import Daemon
+from orchestrator.network import load_network
+from orchestrator.store import Store
+from profiler.models import load_adapter
+from profiler.profile import load_profile
+from runtime.client import RequestResult
+
+root, url, state_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+daemon = Daemon("tiny-captioner", load_network(root / "examples" / "daemon.network.yaml"),
+                load_profile(root / "examples" / "tiny-captioner.profile.json"), load_adapter("tiny-captioner"),
+                store=Store.open(url), state_dir=state_dir)
+print("ready", flush=True)
+sys.stdin.readline()                                   # the database has gone away
+
+
+async def keep() -> None:
+    for i in range(20):
+        res = RequestResult(f"r{i}", None, None, 1, 0.1, 1.0, False, plan_version=1)
+        await daemon._keep(daemon._run_record(f"kept {i}", res, SimpleNamespace(number=1, plan_id=None), 0.1,
+                                              datetime.now(UTC)))
+
+asyncio.run(keep())
+print(len(daemon._unwritten), flush=True)
+time.sleep(600)                                        # killed here, mid-outage
+"""
+
+
+def test_a_daemon_killed_during_an_outage_leaves_its_records_to_the_next(pg_url: str,  # noqa: F811 - fixture
+                                                                         tmp_path: Path) -> None:
+    """The records a daemon keeps while the database is away are in its spool file at once: SIGKILLed during
+    the outage, it loses none; the next daemon with the same state folder writes them, in order. A spool
+    whose daemon is alive is never taken."""
+    url = make_url(pg_url)
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.start()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    state_dir = tmp_path / "state"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), through_proxy, str(state_dir)], cwd=ROOT,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    store = Store.open(through_proxy)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        proxy.stop()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "20"                   # all kept, none written
+        [spooled] = state_dir.glob(spool.PATTERN)
+        taken: list[Kept] = []
+        assert spool.adopt(state_dir, store.url, taken.append) == 0 and spooled.exists()   # its daemon is alive
+        child.kill()
+        child.wait(timeout=10)
+
+        proxy.start()
+        daemon = Daemon("tiny-captioner", load_network(ROOT / "examples" / "daemon.network.yaml"),
+                        load_profile(ROOT / "examples" / "tiny-captioner.profile.json"),
+                        load_adapter("tiny-captioner"), store=store, state_dir=state_dir)
+        daemon._adopt_spooled()
+        assert len(daemon._unwritten) == 20 and not spooled.exists()
+        assert daemon._spool is not None and daemon._spool.path is not None   # now in the new daemon's spool
+        assert len(spool.parse(daemon._spool.path.read_text(), "spool")) == 20
+        # the flush job's first try may meet a pooled connection the outage cut (dropped then); it tries again
+        assert sum(asyncio.run(daemon.flush_history()) for _ in range(3)) == 20
+        assert daemon._spool.path.stat().st_size == 0                       # nothing pending
+        with store.engine.connect() as c:
+            rows = c.execute(text("SELECT output FROM runs ORDER BY id")).all()
+        assert [r.output for r in rows] == [f"kept {i}" for i in range(20)]
+        daemon._spool.close(0)
+        assert not list(state_dir.glob(spool.PATTERN))
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
         store.close()
         proxy.close()
