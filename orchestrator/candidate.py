@@ -11,6 +11,7 @@ plans of different modes are compared on one snapshot. Pure: no I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from orchestrator.cooperative import CooperativeUnsupported, evaluate_cooperative
@@ -25,14 +26,15 @@ from profiler.profile import Profile
 
 def best_plan(profile: Profile, net: NetworkState, options: PlanOptions | None = None, *,
               draft: Profile | None = None, max_quality_loss: float = DEFAULT_MAX_QUALITY_LOSS,
-              reduce: bool = True) -> tuple[Plan, CoopSearch | None]:
+              reduce: bool = True, no_verifier: Collection[str] = ()) -> tuple[Plan, CoopSearch | None]:
     """The best split plan (token reductions considered), or the best cooperative plan when `draft` is
-    given and it is faster; with the cooperative search (None without a draft). Raises the planner's
-    InfeasibleError / NoPlanFound, CooperativeUnsupported and ValueError (a bad quality cap)."""
+    given and it is faster (verifying on no node of `no_verifier`); with the cooperative search (None
+    without a draft). Raises the planner's InfeasibleError / NoPlanFound, CooperativeUnsupported and
+    ValueError (a bad quality cap)."""
     plan, _ = solve_with_reductions(profile, net, options, max_quality_loss=max_quality_loss, reduce=reduce)
     if draft is None:
         return plan, None
-    return choose_plan(plan, profile, draft, net)
+    return choose_plan(plan, profile, draft, net, no_verifier=no_verifier)
 
 
 def same_plan(a: Plan, b: Plan) -> bool:

@@ -55,6 +55,9 @@ class CoopServing:
         self.truth: Emulation | None = None
         self.restarts: dict[str, int] = defaultdict(int)     # node -> verifiers restarted after they died
         self.retried = 0                                     # requests run again on a restarted verifier
+        # remote verifiers (not started here, so not restarted here) found not answering: the daemon plans
+        # no cooperative plan on them until a health check finds them back (check_unanswered)
+        self.unanswered: set[str] = set()
         self._revive_lock = asyncio.Lock()
         self._on_restart = on_restart
 
@@ -95,6 +98,8 @@ class CoopServing:
         try:
             health = await self.transport.health(self.addresses[node], timeout=10.0)
         except (TimeoutError, TransportError, OSError) as exc:
+            if node not in self.verifiers:
+                self.unanswered.add(node)
             raise RequestFailed(f"verifier on {node} does not answer: {exc}", (node,)) from None
         if health.get("role") != "verifier" or health.get("model") != self.target.name:
             raise ValueError(f"{self.addresses[node]}: not a verifier of {self.target.name}")
@@ -134,6 +139,9 @@ class CoopServing:
                 except (RuntimeError, TransportError, OSError) as exc:
                     # a verifier that died is started again and the request run again from its start, once
                     if attempt or time.monotonic() >= deadline or not await self.revive(route.verifier, address):
+                        if route.verifier not in self.verifiers and not await self._answers(address):
+                            self.unanswered.add(route.verifier)
+                            log.warning("the remote verifier on %s (%s) does not answer", route.verifier, address)
                         raise RequestFailed(f"cooperative request failed on {route.verifier}: {exc}",
                                             (route.verifier,)) from None
                     self.retried += 1
@@ -167,9 +175,27 @@ class CoopServing:
             log.warning("verifier on %s died: started again at %s", node, self.addresses[node])
             return True
 
+    async def _answers(self, address: str, timeout: float = 2.0) -> bool:
+        """Whether a verifier of this model answers a health check at `address`."""
+        try:
+            health = await self.transport.health(address, timeout=timeout)
+        except (TimeoutError, TransportError, OSError):
+            return False
+        return health.get("role") == "verifier" and health.get("model") == self.target.name
+
+    async def check_unanswered(self, timeout: float = 2.0) -> list[str]:
+        """The probe's check of the remote verifiers found not answering: those that answer again (at the
+        address the network names) may verify again. Returns them."""
+        back = [n for n in sorted(self.unanswered) if n in self.addresses
+                and await self._answers(self.addresses[n], timeout)]
+        for node in back:
+            self.unanswered.discard(node)
+            log.warning("the remote verifier on %s answers again", node)
+        return back
+
     async def revive_dead(self) -> list[str]:
         """The probe's check: restart every verifier whose process died; the nodes restarted."""
-        dead = [(n, a) for n, a in self.addresses.items() if not self.verifiers[n].alive(n)]
+        dead = [(n, a) for n, a in self.addresses.items() if n in self.verifiers and not self.verifiers[n].alive(n)]
         return [n for n, a in dead if await self.revive(n, a)]
 
     def forget(self, version: int) -> None:

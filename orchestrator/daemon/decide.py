@@ -14,7 +14,7 @@ The threshold is the hysteresis that keeps measurement noise from making the pla
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -68,9 +68,10 @@ def _describe(plan: Plan) -> str:
 
 
 def decide(current: Plan | None, candidate: Plan, profile: Profile, snapshot: NetworkState,
-           settings: DaemonSettings, request_rate_hz: float, draft: Profile | None = None) -> Decision:
+           settings: DaemonSettings, request_rate_hz: float, draft: Profile | None = None, *,
+           no_verifier: Collection[str] = ()) -> Decision:
     """Whether `candidate` replaces `current` (module docstring); `draft` is the draft's profile when
-    either plan is cooperative."""
+    either plan is cooperative; `no_verifier`: nodes where no verifier answers now."""
     cand = plan_latency(candidate, profile, snapshot, draft)
     loads = plan_load_bytes(profile, current, candidate, draft)
     migration = settings.switch_s + sum(loads.values()) / settings.load_bytes_per_s
@@ -83,6 +84,10 @@ def decide(current: Plan | None, candidate: Plan, profile: Profile, snapshot: Ne
     if gone:
         return Decision(True, f"the plan in force uses {', '.join(gone)}, which is down", math.inf, cand.latency_s,
                         math.inf, migration, loads)
+    # a cooperative plan's decoder runs on its verifier, the last node of its assignment
+    if current.mode == "cooperative" and current.assignment and current.assignment[-1] in no_verifier:
+        return Decision(True, f"the plan in force verifies on {current.assignment[-1]}, where no verifier answers",
+                        math.inf, cand.latency_s, math.inf, migration, loads)
     cur = plan_latency(current, profile, snapshot, draft)
     if not cur.feasible:
         why = cur.problem or "a node it uses is unreachable"

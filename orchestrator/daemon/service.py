@@ -620,6 +620,8 @@ class Daemon:
                     await self._push_emulation()
         if self.coop is not None:
             await self.coop.revive_dead()       # a verifier that died between requests: ready for the next
+            if await self.coop.check_unanswered(self.settings.health_timeout_s):
+                change = change or "verifier-up"    # a remote verifier answers again: cooperative plans may use it
         if restarted:
             # a restarted worker listens at a new address and holds no plan: the plan in force is applied
             # again (as a new version) even if the planner would keep it
@@ -870,9 +872,11 @@ class Daemon:
             t0 = time.perf_counter()
             try:
                 # the best split plan (token reductions considered), or the cooperative plan and k when faster
+                no_verifier = self.no_verifier(snapshot)
                 candidate, _ = await asyncio.to_thread(best_plan, self.profile, snapshot, opts,
                                                        draft=self.draft_profile,
-                                                       max_quality_loss=self.settings.max_quality_loss)
+                                                       max_quality_loss=self.settings.max_quality_loss,
+                                                       no_verifier=no_verifier)
             except (InfeasibleError, NoPlanFound) as exc:
                 self.metrics.solves.labels(status="infeasible").inc()
                 decision = Decision(False, f"no plan: {exc}", None, math.inf, 0.0, 0.0, {})
@@ -881,7 +885,7 @@ class Daemon:
             self.metrics.solve_seconds.observe(time.perf_counter() - t0)
             self.metrics.solves.labels(status=candidate.status).inc()
             decision = decide(current, candidate, self.profile, snapshot, self.settings, self.request_rate_hz(),
-                              self.draft_profile)
+                              self.draft_profile, no_verifier=no_verifier)
             plan_id = await self._record(self._save_solve, candidate, snapshot_id, decision, trigger)
             cand_id, decision_id = plan_id if plan_id else (None, None)
             noted = self._note_decision(decision, trigger, candidate)
@@ -894,6 +898,15 @@ class Daemon:
             elif force and self.current is not None:
                 await self.switch(self.current.plan, snapshot, self.current.plan_id, decision_id)
             return decision
+
+    def no_verifier(self, snapshot: NetworkState) -> set[str]:
+        """Nodes a cooperative plan cannot verify on now: remote ones that name no verifier (the daemon starts
+        verifiers on its local nodes only) and remote verifiers found not answering."""
+        if self.coop is None:
+            return set()
+        remote = {n for n, st in self.nodes.items() if not st.local}
+        named = {n.name for n in snapshot.nodes if n.verifier_address}
+        return (remote - named) | self.coop.unanswered
 
     def _note_decision(self, decision: Decision, trigger: str, candidate: Plan | None) -> dict[str, Any]:
         self.metrics.decisions.labels(applied=str(decision.apply).lower()).inc()
@@ -1042,21 +1055,32 @@ class Daemon:
 
     async def _run_cooperative(self, source: torch.Tensor, max_new_tokens: int) -> tuple[RequestResult, Version, float]:
         """One request on the cooperative plan in force: the draft proposes here, the verifier checks. It
-        keeps its version to the end (a switch meanwhile waits for it before freeing the version)."""
+        keeps its version to the end (a switch meanwhile waits for it before freeing the version). When it
+        failed because its remote verifier stopped answering, the daemon re-plans without that verifier
+        and the request runs again, once, on the plan it applies."""
         version = self.current
         assert version is not None and self.coop is not None and self.draft_profile is not None
         plan = version.plan
         self.open_requests += 1
         self.request_times.append(time.monotonic())
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        again = False
         try:
             res, rounds, passes = await self.coop.generate(
                 version.number, source, max_new_tokens=max_new_tokens, eos=self.adapter.eos_token_id,
-                deadline=time.monotonic() + self.settings.request_timeout_s, base=self.base)
+                deadline=deadline, base=self.base)
         except RequestFailed:
-            self.metrics.requests.labels(outcome="failed").inc()
-            raise
+            if plan.assignment[-1] in self.coop.unanswered and time.monotonic() < deadline:
+                await self.resolve("verifier-down")
+                again = self.current is not None and self.current.number != version.number
+            if not again:
+                self.metrics.requests.labels(outcome="failed").inc()
+                raise
+            self.metrics.requests.labels(outcome="retried").inc()
         finally:
             self.open_requests -= 1
+        if again:
+            return await self.run_request(source, max_new_tokens)
         predicted = latency_for_rounds(self.profile, self.draft_profile, version.snapshot, plan.assignment,
                                        plan.draft_assignment or [], plan.k or 1, rounds, passes)
         self.metrics.requests.labels(outcome="ok").inc()
@@ -1091,7 +1115,8 @@ class Daemon:
             gone = {n for n, st in self.nodes.items() if st.state == "down"}
             self.snapshot = take_snapshot(self.base, self.links, self.slowdown, gone)
             self.snapshot_id = await self._record(self._save_snapshot, self.snapshot)
-            await self.resolve("node-" + changed, force=changed == "restarted")
+            await self.resolve(changed if changed.startswith("verifier") else "node-" + changed,
+                               force=changed == "restarted")
         return changed
 
     def record_request(self, output: str, res: RequestResult, version: Version, predicted: float) -> None:

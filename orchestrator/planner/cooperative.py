@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from orchestrator.cooperative import (
@@ -108,8 +109,9 @@ def _encoder_chain(target: Profile, net: NetworkState, v: str, n_enc: int) -> li
 
 
 def search_cooperative(target: Profile, draft: Profile, net: NetworkState,
-                       ks: list[int] | None = None) -> CoopSearch:
-    """The best cooperative plan over verifiers, encoder placements and the measured k."""
+                       ks: list[int] | None = None, *, no_verifier: Collection[str] = ()) -> CoopSearch:
+    """The best cooperative plan over verifiers, encoder placements and the measured k. `no_verifier`:
+    nodes that cannot verify now (the daemon's: a remote verifier that does not answer, or none named)."""
     check_pair(target, draft)
     ks = ks or measured_ks(draft)
     dec = decoder_units(target)
@@ -119,6 +121,9 @@ def search_cooperative(target: Profile, draft: Profile, net: NetworkState,
     for v in net.node_names:
         if v == net.source:
             continue                      # the source runs the draft; the target verifies elsewhere
+        if v in no_verifier:
+            out.skipped.append(f"{v}: no verifier answers there")
+            continue
         chain = _encoder_chain(target, net, v, n_enc)
         if chain is None:
             out.skipped.append(f"{v}: no placement of the encoder reaches it")
@@ -153,11 +158,12 @@ def coop_plan(target: Profile, draft: Profile, choice: CoopChoice, solve_time_s:
                 draft_model=draft.model, draft_assignment=choice.draft_assignment, k=choice.k)
 
 
-def choose_plan(split: Plan, target: Profile, draft: Profile, net: NetworkState) -> tuple[Plan, CoopSearch]:
+def choose_plan(split: Plan, target: Profile, draft: Profile, net: NetworkState, *,
+                no_verifier: Collection[str] = ()) -> tuple[Plan, CoopSearch]:
     """The faster of the split plan and the best cooperative plan (split on a tie: one model is
-    simpler to run)."""
+    simpler to run); no cooperative plan verifies on a node of `no_verifier`."""
     t0 = time.perf_counter()
-    search = search_cooperative(target, draft, net)
+    search = search_cooperative(target, draft, net, no_verifier=no_verifier)
     if search.best is not None and search.best.evaluation.latency_s < split.predicted_latency_s:
         exact = not any("memory" in s for s in search.skipped)
         return coop_plan(target, draft, search.best, time.perf_counter() - t0, exact=exact), search

@@ -37,12 +37,14 @@ def with_link(net: NetworkState, a: str, b: str, bw: float, lat: float) -> Netwo
     return NetworkState.model_validate(doc)
 
 
-def brute_cooperative(target: Profile, draft: Profile, net: NetworkState) -> tuple[float, int]:
-    """The least L_coop over every verifier, every placement of the target's encoder and every k."""
+def brute_cooperative(target: Profile, draft: Profile, net: NetworkState,
+                      skip: tuple[str, ...] = ()) -> tuple[float, int]:
+    """The least L_coop over every verifier (but those of `skip`), every placement of the target's
+    encoder and every k."""
     n_enc = next(p.first for p in target.active_phases if p.input == "loop")
     best = (math.inf, 0)
     for v in net.node_names:
-        if v == net.source:
+        if v == net.source or v in skip:
             continue
         for enc in itertools.product(net.node_names, repeat=n_enc):
             assignment = [*enc, *[v] * (len(target.units) - n_enc)]
@@ -81,6 +83,24 @@ def test_the_choice_follows_the_link(family: tuple[Profile, Profile, NetworkStat
     near, _ = best_plan(target, base, draft=draft)
     far, _ = best_plan(target, with_link(base, "phone", "edge", 1e8, 0.03), draft=draft)
     assert near.mode == "cooperative" and far.mode == "split" and "edge" not in far.assignment
+
+
+def test_no_cooperative_plan_verifies_where_no_verifier_answers(family: tuple[Profile, Profile, NetworkState]) -> None:
+    """The daemon's `no_verifier` (a remote verifier not answering): the best plan is the faster of split
+    and the cooperative plans verifying elsewhere (brute force over the other nodes), and a cooperative
+    plan in force verifying there is replaced whatever the thresholds say."""
+    target, draft, net = family
+    coop, _ = best_plan(target, net, draft=draft)
+    assert coop.mode == "cooperative" and coop.assignment[-1] == "edge"
+    plan, search = best_plan(target, net, draft=draft, no_verifier={"edge"})
+    assert search is not None and "edge: no verifier answers there" in search.skipped
+    assert not (plan.mode == "cooperative" and plan.assignment[-1] == "edge")
+    best_coop, _ = brute_cooperative(target, draft, net, skip=("edge",))
+    assert plan.predicted_latency_s == pytest.approx(min(solve(target, net).predicted_latency_s, best_coop), rel=1e-9)
+    lax = DaemonSettings(threshold=0.99, horizon_s=0.001)             # would keep any plan in force
+    d = decide(coop, plan, target, net, lax, 0.0, draft, no_verifier={"edge"})
+    assert d.apply and "verifies on edge, where no verifier answers" in d.reason
+    assert not decide(coop, plan, target, net, lax, 0.0, draft).apply
 
 
 def test_decide_moves_between_modes_and_k_with_hysteresis(family: tuple[Profile, Profile, NetworkState]) -> None:

@@ -41,10 +41,10 @@ def family_network(**edge: str) -> object:
     return parse_network(doc)
 
 
-def start_verifier() -> tuple[subprocess.Popen, str]:
+def start_verifier(listen: str = "127.0.0.1:0") -> tuple[subprocess.Popen, str]:
     """`aiflow verifier` for the edge, on loopback; (process, its READY address)."""
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "verifier", "--name", "edge",
-                             "--model", "captioner-target", "--token", TOKEN, "--threads", "1"],
+                             "--model", "captioner-target", "--token", TOKEN, "--threads", "1", "--listen", listen],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     line = proc.stdout.readline().strip() if proc.stdout else ""
     if not line.startswith("READY "):
@@ -75,6 +75,8 @@ def test_daemon_verifies_on_a_remote_verifier(tmp_path: Path) -> None:
                     assert status["verifiers"]["edge"]["address"] == verifier_address
                     answers = [(await api.post("/v1/requests", json=body(p))).json() for p in paths]
                     assert daemon.coop is not None and not daemon.coop.verifiers     # none started here
+                    await daemon.probe()                    # the probe's verifier check leaves a remote one be
+                    assert "aiflow_job_errors_total{" not in daemon.metrics.render().decode()
                     return [(a["plan_version"], a["output"]) for a in answers]
             finally:
                 await daemon.drain()
@@ -86,6 +88,73 @@ def test_daemon_verifies_on_a_remote_verifier(tmp_path: Path) -> None:
     finally:
         worker.stop()
         verifier.terminate()
+        verifier.wait(timeout=20)
+
+
+def test_a_remote_verifier_that_dies_is_planned_around_and_used_again_when_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon cannot restart a verifier it did not start: when the remote one dies, the request that
+    found it dead is answered anyway (the daemon re-plans without it, a split plan here, and runs the
+    request again), and when a verifier answers at that address again the probe finds it and the daemon
+    goes back to verifying there. Every caption is the target's own. (Plan versions are not asserted: the
+    probes' measurements may re-plan between these steps.)"""
+    paths = [im.path for im in write_test_images(tmp_path, 3)]
+    target = load_adapter("captioner-target")
+    reference = unsplit_captions(target, paths)
+    monkeypatch.setenv("AIFLOW_CONTROLLER_TOKEN", "remote-verifier-test-controller")   # split plans use the edge
+    worker = LocalWorkers("captioner-target", ["edge"], token=TOKEN, threads=1,
+                          controller_token="remote-verifier-test-controller")
+    verifier, verifier_address = start_verifier()
+    try:
+        net = family_network(address=worker.start()["edge"], verifier_address=verifier_address)
+        # a short window: the load of starting the verifier again on these two cores ages out of the estimates
+        daemon = Daemon("captioner-target", net, load_profile(TARGET), target, token=TOKEN,
+                        settings=DaemonSettings(probe_interval_s=1.0, solve_interval_s=30.0, drain_s=10.0,
+                                                window_s=5.0),
+                        draft=(load_profile(DRAFT), load_adapter("captioner-draft")))
+        seen: dict[str, object] = {}
+
+        async def scenario() -> None:
+            nonlocal verifier
+            await daemon.start()
+            try:
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(daemon)),
+                                             base_url="http://daemon", timeout=120) as api:
+                    async def caption(path: Path) -> tuple[int, int, str, str]:
+                        r = await api.post("/v1/requests", json=body(path))
+                        mode = (await api.get("/v1/status")).json()["plan"]["mode"]
+                        return r.status_code, r.json().get("plan_version"), mode, r.json().get("output")
+
+                    seen["before"] = await caption(paths[0])
+                    verifier.kill()
+                    verifier.wait(timeout=20)
+                    seen["dead"] = await caption(paths[1])
+                    seen["unanswered"] = sorted(daemon.coop.unanswered)
+                    verifier, _ = start_verifier(verifier_address)          # back, at the address named
+                    deadline = asyncio.get_running_loop().time() + 60
+                    while daemon.current.plan.mode != "cooperative" and asyncio.get_running_loop().time() < deadline:
+                        await asyncio.sleep(0.2)
+                    seen["back"] = await caption(paths[2])
+                    seen["switches"] = [d["trigger"] for d in daemon.decisions if d.get("switched_to")]
+                    seen["triggers"] = [d["trigger"] for d in daemon.decisions]
+                    seen["metrics"] = daemon.metrics.render().decode()
+            finally:
+                await daemon.drain()
+                await daemon.close()
+
+        asyncio.run(scenario())
+        assert seen["before"] == (200, 1, "cooperative", reference[0])
+        assert seen["dead"][0] == 200 and seen["dead"][2:] == ("split", reference[1]), seen["dead"]
+        assert seen["unanswered"] == ["edge"]
+        assert seen["back"][0] == 200 and seen["back"][2:] == ("cooperative", reference[2]), seen["back"]
+        # the switch away is the verifier's doing; the way back may be the check that found it, or a later
+        # re-solve (a link's measurement) when the load of the verifier's own start made it look slower then
+        assert seen["switches"][:2] == ["start", "verifier-down"], seen["switches"]
+        assert "verifier-up" in seen["triggers"], seen["triggers"]
+        assert 'outcome="retried"' in seen["metrics"] and "aiflow_job_errors_total{" not in seen["metrics"]
+    finally:
+        worker.stop()
+        verifier.kill()
         verifier.wait(timeout=20)
 
 
