@@ -1157,6 +1157,10 @@ class Daemon:
             return None
 
     def _buffer(self, rec: Kept) -> None:
+        if self.settings.history_buffer == 0:         # keep none: the record is dropped and counted
+            self.history_dropped += 1
+            self.metrics.history_dropped.inc()
+            return
         if len(self._unwritten) >= self.settings.history_buffer:
             self._unwritten.popleft()
             self.history_dropped += 1

@@ -5,8 +5,10 @@ daemon is alive is never taken, one whose daemon was killed is taken once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,12 @@ from orchestrator.daemon.kept import (
     state_record,
     write_kept,
 )
-from orchestrator.store import Store
+from orchestrator.daemon.service import Daemon
+from orchestrator.daemon.settings import DaemonSettings
+from orchestrator.network import load_network
+from orchestrator.store import Store, engine
+from profiler.models import load_adapter
+from profiler.profile import load_profile
 from tests.orchestrator.store_fixtures import small_network, small_plan, small_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,3 +176,53 @@ def test_a_live_daemons_file_is_never_taken_a_dead_ones_once(tmp_path: Path) -> 
         if holder.poll() is None:
             holder.kill()
             holder.wait(timeout=10)
+
+
+def test_a_daemon_spools_what_the_database_refuses_and_the_next_one_writes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite held locked by another connection (the writes fail as unreachable after the busy timeout):
+    the daemon keeps the newest `history_buffer` records in memory and in its spool; stopped without
+    writing them, it leaves the file, and the next daemon on the database writes them, in order. With
+    `history_buffer` 0 nothing is kept and nothing is spooled."""
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    db = tmp_path / "history.db"
+    store = Store.open(f"sqlite:///{db}")
+    state = tmp_path / "state"
+
+    def daemon(buffer: int) -> Daemon:
+        return Daemon("tiny-captioner", load_network(ROOT / "examples" / "daemon.network.yaml"),
+                      load_profile(ROOT / "examples" / "tiny-captioner.profile.json"), load_adapter("tiny-captioner"),
+                      settings=DaemonSettings(history_buffer=buffer), store=store, state_dir=state)
+
+    def run(i: int) -> Kept:
+        return run_record(plan_id=None, output=f"r{i}", measured_s=0.1, predicted_s=0.1, breakdown={},
+                          model="tiny-captioner", plan_version=1, at=AT + timedelta(seconds=i))
+
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        first = daemon(3)
+        for i in range(5):
+            asyncio.run(first._keep(run(i)))
+        assert len(first._unwritten) == 3 and first.history_dropped == 2
+        assert first._spool is not None and first._spool.path is not None
+        assert [r.fields["output"] for r in spool.parse(first._spool.path.read_text(), "spool")] == ["r2", "r3", "r4"]
+        assert asyncio.run(first.flush_history()) == 0                  # still locked: nothing lost
+        first._spool.close(len(first._unwritten))                      # a stop that could not write them
+        assert first._spool.path.exists()
+
+        none = daemon(0)
+        asyncio.run(none._keep(run(9)))
+        assert not none._unwritten and none.history_dropped == 1 and none._spool.path is None
+        holder.execute("ROLLBACK")
+
+        second = daemon(100)
+        assert second._adopt_spooled() == 3 and not first._spool.path.exists()
+        assert asyncio.run(second.flush_history()) == 3
+        second._spool.close(0)
+        with store.engine.connect() as c:
+            outputs = [o for (o,) in c.execute(text("SELECT output FROM runs ORDER BY id"))]
+        assert outputs == ["r2", "r3", "r4"] and not list(state.glob(spool.PATTERN))
+    finally:
+        holder.close()
+        store.close()
