@@ -63,6 +63,8 @@ DEFAULT_TIMEOUT_S = 30.0
 # on it waiting out its deadline. Servers accept pings that often.
 KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
+RECONNECT_MIN_MS = 100                 # reconnect backoff of a channel whose peer went away: from this ...
+RECONNECT_MAX_MS = 1_000               # ... to at most this
 
 _SEQ = struct.Struct("<Q")
 
@@ -122,6 +124,9 @@ class Transport(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def forget(self, address: str) -> None:  # noqa: B027 - a hook: most transports keep nothing per address
+        """Drop what is kept for `address`, where a new process serves now."""
+
 
 def _options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", max_message_bytes),
@@ -130,8 +135,13 @@ def _options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    # A channel whose peer died waits out a reconnect backoff (gRPC's grows to 120 s) and fails calls at
+    # once meanwhile, even after a new process listens on the same port (a restarted worker can get a port
+    # a dead one had): keep that wait short.
     return [*_options(max_message_bytes), ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS)]
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_MIN_MS),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_MIN_MS), ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS)]
 
 
 def _server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -282,6 +292,16 @@ class GrpcTransport(Transport):
         except grpc.aio.AioRpcError as exc:
             raise TransportError(address, exc.code().name, exc.details() or "") from None
         return json.loads(reply.decode("utf-8"))
+
+    async def forget(self, address: str) -> None:
+        """Drop the stream and channel kept for `address` (a process was started there: a channel to the
+        one that had the port before may still be waiting out its reconnect backoff)."""
+        stream = self._streams.pop(address, None)
+        if stream is not None:
+            await stream.close()
+        entry = self._channels.pop(address, None)
+        if entry is not None:
+            await entry[0].close()
 
     async def close(self) -> None:
         streams, self._streams = self._streams, {}

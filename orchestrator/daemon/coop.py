@@ -95,6 +95,7 @@ class CoopServing:
             started = await asyncio.to_thread(workers.start)
             self.verifiers[node] = workers
             self.addresses[node] = started[node]
+            await self.transport.forget(started[node])          # no channel left from an earlier holder of the port
         try:
             health = await self.transport.health(self.addresses[node], timeout=10.0)
         except (TimeoutError, TransportError, OSError) as exc:
@@ -169,6 +170,8 @@ class CoopServing:
             except Exception as exc:  # noqa: BLE001 - a verifier that will not start: its requests fail
                 log.warning("restarting the verifier on %s failed: %s", node, exc)
                 return False
+            await self.transport.forget(seen_address)
+            await self.transport.forget(self.addresses[node])
             self.restarts[node] += 1
             if self._on_restart is not None:
                 self._on_restart(node)

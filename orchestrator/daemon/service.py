@@ -646,6 +646,7 @@ class Daemon:
             log.warning("restarting worker %s failed: %s", s.name, exc)
             return False
         s.pid = self.workers.pid(s.name)
+        await self.transport.forget(s.address)      # a channel kept from a dead holder of the port
         self.metrics.restarts.labels(node=s.name).inc()
         if self._secrets_key is not None:
             await self._record(self._save_workers)

@@ -189,3 +189,52 @@ def test_a_stream_to_a_stage_that_went_away_leaves_no_task_behind() -> None:
     problems = asyncio.run(scenario())
     gc.collect()
     assert not problems, problems
+
+
+def test_a_process_started_on_a_dead_ones_port_is_reached_at_once_or_soon() -> None:
+    """A restarted worker or verifier can get the port a dead one had. The channel kept for that address
+    may be waiting out its reconnect backoff: `forget` drops it (the next call reaches the new server at
+    once), and without it the backoff is capped (RECONNECT_MAX_MS), not gRPC's two minutes."""
+    async def main() -> tuple[dict, float]:
+        t = GrpcTransport(TOKEN)
+        first = FrameServer(lambda f: [], lambda: {"ok": True, "which": 1}, token=TOKEN)
+        address = await first.start("127.0.0.1:0")
+        try:
+            assert (await t.health(address))["which"] == 1
+            await first.stop(0)
+            for _ in range(3):                                  # the channel finds the peer gone
+                with pytest.raises(TransportError):
+                    await t.health(address, timeout=1.0)
+            second = FrameServer(lambda f: [], lambda: {"ok": True, "which": 2}, token=TOKEN)
+            await second.start(address)
+            try:
+                await t.forget(address)
+                at_once = await t.health(address, timeout=1.0)
+                # the same without forget, on a second transport whose channel saw the port die too
+                u = GrpcTransport(TOKEN)
+                await second.stop(0)
+                for _ in range(3):
+                    with pytest.raises(TransportError):
+                        await u.health(address, timeout=1.0)
+                third = FrameServer(lambda f: [], lambda: {"ok": True, "which": 3}, token=TOKEN)
+                await third.start(address)
+                t0 = time.monotonic()
+                while True:
+                    try:
+                        await u.health(address, timeout=1.0)
+                        break
+                    except TransportError:
+                        assert time.monotonic() - t0 < 5.0, "the channel did not reconnect"
+                        await asyncio.sleep(0.05)
+                waited = time.monotonic() - t0
+                await third.stop(0)
+                await u.close()
+                return at_once, waited
+            finally:
+                await second.stop(0)
+        finally:
+            await t.close()
+
+    at_once, waited = asyncio.run(main())
+    assert at_once["which"] == 2
+    assert waited < 2.0, waited
