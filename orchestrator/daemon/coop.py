@@ -54,6 +54,9 @@ class CoopServing:
         self.network: EmulatedNetwork | None = None
         self.truth: Emulation | None = None
         self.restarts: dict[str, int] = defaultdict(int)     # node -> verifiers restarted after they died
+        # node -> how many verifiers were started there: what a failed request saw (a restarted verifier can
+        # get the port, so the address, of the one that died)
+        self.started: dict[str, int] = defaultdict(int)
         self.retried = 0                                     # requests run again on a restarted verifier
         # remote verifiers (not started here, so not restarted here) found not answering: the daemon plans
         # no cooperative plan on them until a health check finds them back (check_unanswered)
@@ -95,6 +98,7 @@ class CoopServing:
             started = await asyncio.to_thread(workers.start)
             self.verifiers[node] = workers
             self.addresses[node] = started[node]
+            self.started[node] += 1
             await self.transport.forget(started[node])          # no channel left from an earlier holder of the port
         try:
             health = await self.transport.health(self.addresses[node], timeout=10.0)
@@ -127,7 +131,7 @@ class CoopServing:
         self.in_flight[version] += 1
         try:
             for attempt in range(2):
-                address = self.addresses[route.verifier]
+                address, seen = self.addresses[route.verifier], self.started[route.verifier]
                 client = CoopClient(self.draft, self.target, route, address, self.transport, network=self.network,
                                     pacing=pacing)
                 try:
@@ -139,7 +143,7 @@ class CoopServing:
                     raise RequestFailed("request timed out (cooperative)") from None
                 except (RuntimeError, TransportError, OSError) as exc:
                     # a verifier that died is started again and the request run again from its start, once
-                    if attempt or time.monotonic() >= deadline or not await self.revive(route.verifier, address):
+                    if attempt or time.monotonic() >= deadline or not await self.revive(route.verifier, seen):
                         if route.verifier not in self.verifiers and not await self._answers(address):
                             self.unanswered.add(route.verifier)
                             log.warning("the remote verifier on %s (%s) does not answer", route.verifier, address)
@@ -154,24 +158,26 @@ class CoopServing:
                             transfer_bytes={h: int(b) for h, b in res.bytes_sent.items()}, plan_version=version)
         return out, res.rounds, res.draft_passes
 
-    async def revive(self, node: str, seen_address: str) -> bool:
-        """After a request failed on the verifier at `seen_address`: True when a verifier on `node` can be
-        tried again (restarted here because its process died, or already restarted by another request)."""
+    async def revive(self, node: str, seen: int) -> bool:
+        """After a request failed on the `seen`-th verifier started on `node`: True when a verifier there can
+        be tried again (restarted here because its process died, or already restarted since)."""
         workers = self.verifiers.get(node)
         if workers is None:
             return False
         async with self._revive_lock:
-            if self.addresses.get(node) != seen_address:
+            if self.started[node] != seen:
                 return True
             if not await exited(workers, node):
                 return False
+            old = self.addresses[node]
             try:
                 self.addresses[node] = await asyncio.to_thread(workers.restart, node)
             except Exception as exc:  # noqa: BLE001 - a verifier that will not start: its requests fail
                 log.warning("restarting the verifier on %s failed: %s", node, exc)
                 return False
-            await self.transport.forget(seen_address)
-            await self.transport.forget(self.addresses[node])
+            self.started[node] += 1
+            await self.transport.forget(old)
+            await self.transport.forget(self.addresses[node])     # the new one may have the old one's port
             self.restarts[node] += 1
             if self._on_restart is not None:
                 self._on_restart(node)
@@ -198,8 +204,8 @@ class CoopServing:
 
     async def revive_dead(self) -> list[str]:
         """The probe's check: restart every verifier whose process died; the nodes restarted."""
-        dead = [(n, a) for n, a in self.addresses.items() if n in self.verifiers and not self.verifiers[n].alive(n)]
-        return [n for n, a in dead if await self.revive(n, a)]
+        dead = [(n, self.started[n]) for n in self.addresses if n in self.verifiers and not self.verifiers[n].alive(n)]
+        return [n for n, seen in dead if await self.revive(n, seen)]
 
     def forget(self, version: int) -> None:
         self.routes.pop(version, None)

@@ -92,6 +92,7 @@ class NodeStatus:
     state: str = "up"                       # up | down
     pid: int | None = None
     since: float = field(default_factory=time.monotonic)
+    started: int = 1                        # workers started for the node: a restart may reuse the address
 
 
 @dataclass
@@ -510,6 +511,7 @@ class Daemon:
             if st.local:
                 raise ValueError(f"node {name!r} is a local worker of this daemon")
             st.address, st.state = address, "down"           # the next probe finds it up and re-solves
+            st.started += 1                                   # a new process, maybe at the old address
             return {"name": name, "joined": "again", "profile": "unchanged"}
         if not links:
             raise ValueError("links: a joining node needs at least one link to a node of the network")
@@ -646,6 +648,7 @@ class Daemon:
             log.warning("restarting worker %s failed: %s", s.name, exc)
             return False
         s.pid = self.workers.pid(s.name)
+        s.started += 1
         await self.transport.forget(s.address)      # a channel kept from a dead holder of the port
         self.metrics.restarts.labels(node=s.name).inc()
         if self._secrets_key is not None:
@@ -1021,16 +1024,18 @@ class Daemon:
             attempt = 0
             while True:
                 started = self.client.plan
+                processes = {n: st.started for n, st in self.nodes.items()}
                 try:
                     res = await self.client.generate(source, max_new_tokens=max_new_tokens,
                                                      eos=self.adapter.eos_token_id, deadline=deadline)
                     break
                 except RequestFailed as exc:
                     attempt += 1
-                    # the addresses that failed it: one death is recovered from once, however many plan
-                    # versions were applied to the dead address meanwhile (a switch may commit just after)
+                    # the processes that failed it (address, and how many were started on the node: a restarted
+                    # worker can get the dead one's port): one death is recovered from once, however many plan
+                    # versions were applied to the dead process meanwhile (a switch may commit just after)
                     at = {x.name: x.address or "" for x in started.nodes}
-                    dead = {n: at.get(n, "") for n in exc.down}
+                    dead = {n: (at.get(n, ""), processes.get(n, 0)) for n in exc.down}
                     retry = attempt <= self.settings.max_retries and time.monotonic() < deadline
                     if dead and retry:
                         await self.recover(dead)
@@ -1088,22 +1093,28 @@ class Daemon:
         self.metrics.latency.labels(plan_version=str(res.plan_version)).observe(res.scaled_s)
         return res, version, predicted if math.isfinite(predicted) else plan.predicted_latency_s
 
-    async def recover(self, dead: dict[str, str]) -> None:
-        """Requests found nodes not answering at the addresses `dead` ({node: address}): check every node now
-        (restarting dead local workers), and re-plan at once. Requests that fail together recover once: a
-        caller whose dead addresses the plan in force no longer uses has nothing to do."""
+    async def recover(self, dead: dict[str, tuple[str, int]]) -> None:
+        """Requests found nodes not answering (`dead`: node -> its address and process count then): check every
+        node now (restarting dead local workers), and re-plan at once. Requests that fail together recover
+        once: a caller whose dead processes the plan in force no longer uses has nothing to do."""
         async with self._recover_lock:
             if self.client is None or not self._still_on(dead):
                 return
             log.warning("requests failed: %s not answering; checking nodes", ", ".join(dead))
             await self._check_nodes(locked=True)
 
-    def _still_on(self, dead: dict[str, str]) -> bool:
-        """Whether the plan in force still sends to one of the `dead` addresses."""
+    def _still_on(self, dead: dict[str, tuple[str, int]]) -> bool:
+        """Whether the plan in force still sends to one of the `dead` processes: the same address, and no
+        worker started on that node since."""
         assert self.client is not None
         plan = self.client.plan
         hosting = set(plan.hosting_nodes())
-        return any(n in hosting and plan.node(n).address == a for n, a in dead.items())
+        return any(n in hosting and plan.node(n).address == a and self._started(n) == count
+                   for n, (a, count) in dead.items())
+
+    def _started(self, node: str) -> int:
+        st = self.nodes.get(node)
+        return st.started if st is not None else 0
 
     async def _check_nodes(self, locked: bool = False) -> str | None:
         """Health of every node (dead local workers restarted); on a change, a snapshot without the down

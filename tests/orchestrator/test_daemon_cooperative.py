@@ -152,3 +152,61 @@ def test_daemon_switches_between_cooperative_and_split_as_the_link_changes(tmp_p
     applied = [(d["mode"], d["k"]) for d in reversed(decisions) if d["applied"]]
     assert applied == stored
     assert runs == len(outputs)
+
+
+class SamePortVerifiers:
+    """Stands in for the LocalWorkers of one verifier whose restarts get the address it had (the port a
+    dead process held is free again at once, and the kernel may hand it out again)."""
+
+    def __init__(self) -> None:
+        self.live = False
+        self.restarts = 0
+
+    def alive(self, name: str) -> bool:
+        return self.live
+
+    def restart(self, name: str) -> str:
+        self.restarts += 1
+        self.live = True
+        return "127.0.0.1:5"
+
+
+def test_a_verifier_restarted_on_its_old_port_is_not_taken_for_the_dead_one() -> None:
+    """Two requests fail on the verifier that died; the first restarts it, at the same address. The second,
+    which saw the dead one, must find it restarted (and try again), not take the new process at that
+    address for the one that failed it (which made it wait 2 s and fail: a CI run's 502)."""
+    from orchestrator.daemon.coop import CoopServing
+
+    coop = CoopServing("captioner-target", load_adapter("captioner-target"), load_adapter("captioner-draft"),
+                       load_profile(TARGET), load_profile(DRAFT), token=None)
+    fake = SamePortVerifiers()
+    coop.verifiers["edge"] = fake        # type: ignore[assignment]
+    coop.addresses["edge"], coop.started["edge"] = "127.0.0.1:5", 1
+
+    async def two_failed_requests() -> tuple[bool, bool, float]:
+        first = await coop.revive("edge", 1)
+        t0 = time.monotonic()
+        second = await coop.revive("edge", 1)
+        return first, second, time.monotonic() - t0
+
+    first, second, waited = asyncio.run(two_failed_requests())
+    assert first and second and fake.restarts == 1 and coop.started["edge"] == 2
+    assert waited < 0.5 and coop.addresses["edge"] == "127.0.0.1:5"
+
+
+def test_a_worker_restarted_on_its_old_port_is_not_taken_for_the_dead_one() -> None:
+    """The split side of the same: a request that failed on a worker remembers the process (its address and
+    how many were started on the node), so a plan that sends to a restarted worker at the dead one's
+    address counts as moved on (the request runs again), and one that still sends to the dead process does not."""
+    from types import SimpleNamespace
+
+    net = load_network(ROOT / "examples" / "daemon.network.yaml")
+    daemon = Daemon("tiny-captioner", net, load_profile(ROOT / "examples" / "tiny-captioner.profile.json"),
+                    load_adapter("tiny-captioner"))
+    daemon.nodes["edge"].address = "127.0.0.1:5"
+    nodes = {"edge": SimpleNamespace(address="127.0.0.1:5")}
+    daemon.client = SimpleNamespace(plan=SimpleNamespace(hosting_nodes=lambda: ["edge"], node=nodes.__getitem__))
+    dead = {"edge": ("127.0.0.1:5", daemon.nodes["edge"].started)}
+    assert daemon._still_on(dead)                                   # the dead process: still used
+    daemon.nodes["edge"].started += 1                               # restarted (as _restart does), same port
+    assert not daemon._still_on(dead)
