@@ -137,11 +137,14 @@ def _options(max_message_bytes: int) -> list[tuple[str, int]]:
 def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     # A channel whose peer died waits out a reconnect backoff (gRPC's grows to 120 s) and fails calls at
     # once meanwhile, even after a new process listens on the same port (a restarted worker can get a port
-    # a dead one had): keep that wait short.
+    # a dead one had): keep that wait short. And by default every channel of the process to an address
+    # shares one connection and its backoff, so even a new channel (a new client, the next plan's) failed
+    # at once: each channel connects on its own.
     return [*_options(max_message_bytes), ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ("grpc.initial_reconnect_backoff_ms", RECONNECT_MIN_MS),
-            ("grpc.min_reconnect_backoff_ms", RECONNECT_MIN_MS), ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS)]
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_MIN_MS), ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+            ("grpc.use_local_subchannel_pool", 1)]
 
 
 def _server_options(max_message_bytes: int) -> list[tuple[str, int]]:
