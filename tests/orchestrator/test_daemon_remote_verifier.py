@@ -53,51 +53,14 @@ def start_verifier(listen: str = "127.0.0.1:0") -> tuple[subprocess.Popen, str]:
     return proc, line.split()[1]
 
 
-def test_daemon_verifies_on_a_remote_verifier(tmp_path: Path) -> None:
-    paths = [im.path for im in write_test_images(tmp_path, 3)]
-    target = load_adapter("captioner-target")
-    reference = unsplit_captions(target, paths)
-    worker = LocalWorkers("captioner-target", ["edge"], token=TOKEN, threads=1)
-    verifier, verifier_address = start_verifier()
-    try:
-        net = family_network(address=worker.start()["edge"], verifier_address=verifier_address)
-        daemon = Daemon("captioner-target", net, load_profile(TARGET), target, token=TOKEN,
-                        settings=DaemonSettings(probe_interval_s=1.0, solve_interval_s=30.0, drain_s=10.0),
-                        draft=(load_profile(DRAFT), load_adapter("captioner-draft")))
-
-        async def scenario() -> list[tuple[int, str]]:
-            await daemon.start()
-            try:
-                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(daemon)),
-                                             base_url="http://daemon", timeout=120) as api:
-                    status = (await api.get("/v1/status")).json()
-                    assert status["plan"]["mode"] == "cooperative" and status["plan"]["assignment"][-1] == "edge"
-                    assert status["verifiers"]["edge"]["address"] == verifier_address
-                    answers = [(await api.post("/v1/requests", json=body(p))).json() for p in paths]
-                    assert daemon.coop is not None and not daemon.coop.verifiers     # none started here
-                    await daemon.probe()                    # the probe's verifier check leaves a remote one be
-                    assert "aiflow_job_errors_total{" not in daemon.metrics.render().decode()
-                    return [(a["plan_version"], a["output"]) for a in answers]
-            finally:
-                await daemon.drain()
-                await daemon.close()
-
-        outputs = asyncio.run(scenario())
-        assert outputs == [(1, ref) for ref in reference]
-        assert verifier.poll() is None and alive(worker.pid("edge"))      # the remote ones are not the daemon's
-    finally:
-        worker.stop()
-        verifier.terminate()
-        verifier.wait(timeout=20)
-
-
-def test_a_remote_verifier_that_dies_is_planned_around_and_used_again_when_back(
+def test_daemon_verifies_on_a_remote_verifier_and_plans_around_it_while_it_is_dead(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The daemon cannot restart a verifier it did not start: when the remote one dies, the request that
-    found it dead is answered anyway (the daemon re-plans without it, a split plan here, and runs the
-    request again), and when a verifier answers at that address again the probe finds it and the daemon
-    goes back to verifying there. Every caption is the target's own. (Plan versions are not asserted: the
-    probes' measurements may re-plan between these steps.)"""
+    """The daemon verifies on the verifier the network names for a remote node, starting none of its own
+    (and its probe leaves that verifier be). It cannot restart a verifier it did not start: when it dies,
+    the request that found it dead is answered anyway (the daemon re-plans without it, a split plan here,
+    and runs the request again), and when a verifier answers at that address again the probe finds it and
+    the daemon goes back to verifying there. Every caption is the target's own. (Plan versions after the
+    first are not asserted: the probes' measurements may re-plan between these steps.)"""
     paths = [im.path for im in write_test_images(tmp_path, 3)]
     target = load_adapter("captioner-target")
     reference = unsplit_captions(target, paths)
@@ -125,7 +88,13 @@ def test_a_remote_verifier_that_dies_is_planned_around_and_used_again_when_back(
                         mode = (await api.get("/v1/status")).json()["plan"]["mode"]
                         return r.status_code, r.json().get("plan_version"), mode, r.json().get("output")
 
+                    status = (await api.get("/v1/status")).json()
+                    assert status["plan"]["mode"] == "cooperative" and status["plan"]["assignment"][-1] == "edge"
+                    assert status["verifiers"]["edge"]["address"] == verifier_address
                     seen["before"] = await caption(paths[0])
+                    assert daemon.coop is not None and not daemon.coop.verifiers     # none started here
+                    await daemon.probe()                    # the probe's verifier check leaves a remote one be
+                    assert "aiflow_job_errors_total{" not in daemon.metrics.render().decode()
                     verifier.kill()
                     verifier.wait(timeout=20)
                     seen["dead"] = await caption(paths[1])
@@ -143,6 +112,7 @@ def test_a_remote_verifier_that_dies_is_planned_around_and_used_again_when_back(
                 await daemon.close()
 
         asyncio.run(scenario())
+        assert verifier.poll() is None and alive(worker.pid("edge"))      # the remote ones are not the daemon's
         assert seen["before"] == (200, 1, "cooperative", reference[0])
         assert seen["dead"][0] == 200 and seen["dead"][2:] == ("split", reference[1]), seen["dead"]
         assert seen["unanswered"] == ["edge"]
