@@ -61,16 +61,20 @@ def check_pair(target: Profile, draft: Profile) -> None:
 
 def _encoder_chain(target: Profile, net: NetworkState, v: str, n_enc: int) -> list[str] | None:
     """The placement of units 0..n_enc-1 that minimises their once-cost plus the edge copy to v:
-    a shortest path over (unit, node). None when no placement reaches v."""
+    a shortest path over (unit, node). None when no placement reaches v. As the runtime runs a
+    cooperative plan (runtime.cooperative.coop_route), the target's units are on the source, then on v:
+    no third node, and no way back to the source."""
     names = net.node_names
     src = names.index(net.source)
+    vi = names.index(v)
     phases = [p for p in target.active_phases if p.input == "source" and p.last < n_enc]
     if n_enc == 0 or not phases:
         return [] if n_enc == 0 else None
     ph = phases[0]
     allowed: list[list[int]] = []
     for u in range(n_enc):
-        nodes = [i for i, n in enumerate(names) if math.isfinite(compute_time(target, net, u, n, ph.name))
+        nodes = [i for i, n in enumerate(names) if i in (src, vi)
+                 and math.isfinite(compute_time(target, net, u, n, ph.name))
                  and target.units[u].mem_bytes <= net.node(n).mem_bytes]
         pins = net.constraints.pins.get(target.units[u].name)
         if pins is not None:
@@ -89,6 +93,8 @@ def _encoder_chain(target: Profile, net: NetworkState, v: str, n_enc: int) -> li
         for j in allowed[u]:
             c = compute_time(target, net, u, names[j], ph.name)
             for i, before in cost.items():
+                if i == vi and j != vi:
+                    continue                  # once on the verifier, the target stays there
                 t = before + c + (0.0 if i == j else tau[i][j] + pass_overhead(target, net, names[j]))
                 if t < nxt.get(j, math.inf):
                     nxt[j], arg[j] = t, i
@@ -96,7 +102,6 @@ def _encoder_chain(target: Profile, net: NetworkState, v: str, n_enc: int) -> li
         back.append(arg)
     edge_bytes = [e.bytes for e in target.edges if e.from_ < n_enc]
     tau_edge = [transfer_matrix(target, net, b) for b in edge_bytes]
-    vi = names.index(v)
     finals = {i: c + sum(0.0 if i == vi else t[i][vi] for t in tau_edge) for i, c in cost.items()}
     finals = {i: c for i, c in finals.items() if math.isfinite(c)}
     if not finals:

@@ -71,10 +71,19 @@ def _case(seed: int, raw_input: bool = False) -> tuple[Profile, Profile, Network
     return target, draft, _network(rng, raw_input)
 
 
+def runnable(assignment: tuple[str, ...], source: str) -> bool:
+    """The runtime's rule for a cooperative target (runtime.cooperative.coop_route): units on the source
+    first, then all on one verifier."""
+    rest = [n for n in assignment if n != source]
+    return len(set(rest)) <= 1 and list(assignment) == [source] * (len(assignment) - len(rest)) + rest
+
+
 def _brute_force(target: Profile, draft: Profile, net: NetworkState) -> float:
     best = math.inf
     names = net.node_names
     for assignment in itertools.product(names, repeat=len(target.units)):
+        if not runnable(assignment, net.source):
+            continue
         for draft_assignment in itertools.product(names, repeat=len(draft.units)):
             for k in (1, 2, 3, 5):
                 ev = evaluate_cooperative(target, draft, net, list(assignment), list(draft_assignment), k)

@@ -5,7 +5,6 @@ snapshot; a reduced plan weighed with its reduction."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
@@ -46,8 +45,8 @@ def brute_cooperative(target: Profile, draft: Profile, net: NetworkState,
     for v in net.node_names:
         if v == net.source or v in skip:
             continue
-        for enc in itertools.product(net.node_names, repeat=n_enc):
-            assignment = [*enc, *[v] * (len(target.units) - n_enc)]
+        for cut in range(n_enc + 1):                 # the runtime's rule: the source's units, then v's
+            assignment = [*[net.source] * cut, *[v] * (len(target.units) - cut)]
             for k in measured_ks(draft):
                 ev = evaluate_cooperative(target, draft, net, assignment, [net.source] * len(draft.units), k)
                 if ev.feasible and ev.latency_s < best[0]:
