@@ -494,20 +494,16 @@ class LocalRayCluster:
             try:
                 self._start_once()
                 break
-            except Exception as exc:
+            except BaseException as exc:
                 # Ray's wait for a raylet to register is a fixed 30 s (CI timed out there beside other
                 # tests); a node that failed mid-start is known to no Cluster, so its processes are ours
-                # to stop before the next try.
+                # to stop, before the next try or before the error (an interrupt included) goes up.
                 self.close()
                 _stop_children_since(before)
-                if attempt == START_TRIES:
+                if not isinstance(exc, Exception) or attempt == START_TRIES:
                     raise
                 log.warning("local Ray cluster: start %d of %d failed (%s); starting it again",
                             attempt, START_TRIES, _one_line(exc))
-            except BaseException:
-                self.close()
-                _stop_children_since(before)
-                raise
         log.info("local Ray cluster: %d node(s) in %.1f s", len(self.nodes), time.perf_counter() - t0)
         return self
 

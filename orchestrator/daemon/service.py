@@ -1168,15 +1168,18 @@ class Daemon:
                 self._buffer(rec)
             return None
 
+    def _drop(self) -> None:
+        """Count a kept record given up (the buffer full, or a write the database refuses for good)."""
+        self.history_dropped += 1
+        self.metrics.history_dropped.inc()
+
     def _buffer(self, rec: Kept) -> None:
         if self.settings.history_buffer == 0:         # keep none: the record is dropped and counted
-            self.history_dropped += 1
-            self.metrics.history_dropped.inc()
+            self._drop()
             return
         if len(self._unwritten) >= self.settings.history_buffer:
             self._unwritten.popleft()
-            self.history_dropped += 1
-            self.metrics.history_dropped.inc()
+            self._drop()
             self._spooled(lambda s: s.consumed(1, len(self._unwritten)))
         self._unwritten.append(rec)
         self._spooled(lambda s: s.append(rec))
@@ -1223,8 +1226,7 @@ class Daemon:
                         log.debug("history: still failing: %s", _one_line(exc))
                         break
                     log.warning("history: a kept %s record failed for good: %s", rec.kind, _one_line(exc))
-                    self.history_dropped += 1
-                    self.metrics.history_dropped.inc()
+                    self._drop()
                 if self._unwritten and self._unwritten[0] is rec:   # else dropped meanwhile (buffer full)
                     self._unwritten.popleft()
                     gone += 1
